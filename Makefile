@@ -1,0 +1,41 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+# TORCH selects the PyTorch build; the default is the CPU build. On a GPU machine:
+#   make setup TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_OUT ?= xraymuscle-demo
+
+.PHONY: setup demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/xraymuscle demo --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python benchmarks/phantom_bench.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,38 @@
+"""Materials and mass density from Hounsfield units.
+
+The segmentation into air / soft tissue / bone and the density conversion follow the piecewise
+linear model used by physics-based DRR renderers: two lines through 1.03 g/cm³ at 0 HU, the
+smaller of the two taken, clipped at zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AIR_MAX_HU = -800.0
+SOFT_TISSUE_MAX_HU = 350.0
+
+
+def density_from_hu(hu: np.ndarray) -> np.ndarray:
+    """Mass density in g/cm³ from HU: ``max(min(0.001029·HU + 1.03, 0.0005886·HU + 1.03), 0)``.
+
+    Parameters
+    ----------
+    hu
+        CT values in Hounsfield units, any shape.
+
+    Returns
+    -------
+    np.ndarray
+        float32 density in g/cm³, same shape.
+
+    Examples
+    --------
+    >>> float(density_from_hu(np.array(0.0)))
+    1.03
+    >>> float(density_from_hu(np.array(-1000.0)))
+    0.029
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    rho = np.minimum(np.float32(0.001029) * hu + np.float32(1.03), np.float32(0.0005886) * hu + np.float32(1.03))
+    return np.maximum(rho, np.float32(0.0))

@@ -1,0 +1,1 @@
+"""Training: datasets and augmentation, the decomposition trainer, the CycleGAN and its losses."""

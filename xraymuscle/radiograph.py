@@ -1,0 +1,294 @@
+"""Plain radiographs with their pixel spacing: the :class:`Radiograph` container and its reader.
+
+DICOM CR/DX (uncompressed, JPEG lossless, JPEG-LS, JPEG 2000) and PNG / JPEG / TIFF (8 or 16
+bit) are read into one float32 array in which more attenuation is brighter (bone bright), as a
+radiograph is displayed: MONOCHROME1 is inverted, greyscale stored as RGB is reduced to one
+channel, and the modality and VOI LUTs are applied.
+
+Pixel spacing is read from the DICOM tags themselves (some libraries report a default 1.0 mm
+where the true spacing is in ImagerPixelSpacing). The order of trust follows the DICOM standard:
+
+1. ``PixelSpacing`` that differs from ``ImagerPixelSpacing`` (or comes with a
+   ``PixelSpacingCalibrationType``) is already calibrated to the patient: used as it is.
+2. ``ImagerPixelSpacing`` divided by ``EstimatedRadiographicMagnificationFactor``.
+3. ``ImagerPixelSpacing`` scaled by source-to-patient / source-to-detector distance.
+4. ``ImagerPixelSpacing`` alone: the spacing at the detector, not at the patient.
+5. ``PixelSpacing`` alone, unless it is exactly 1.0 × 1.0, which converters write as a
+   placeholder: then the spacing is unknown.
+
+A spacing given by the user overrides all of these (source ``user``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from xraymuscle.errors import InputError
+from xraymuscle.typing import PathLikeStr
+
+SpacingPlane = Literal["patient", "detector", "unknown"]
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom", "")
+MAX_PIXELS = 12000 * 12000  # refuse decoding beyond this: memory stays bounded
+
+
+@dataclass
+class Radiograph:
+    """A 2D radiograph with the geometry needed to turn pixels into millimetres.
+
+    Parameters
+    ----------
+    pixels
+        float32 array (H, W); larger values mean more attenuation (bone bright).
+    pixel_spacing
+        ``(row, column)`` spacing in mm, or ``None`` when unknown.
+    spacing_source
+        Where the spacing came from: ``dicom:PixelSpacing``, ``dicom:ImagerPixelSpacing``,
+        ``dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor``,
+        ``dicom:ImagerPixelSpacing/SourceDistances``, ``user`` or ``unknown``.
+    spacing_plane
+        ``patient`` when the spacing is corrected for magnification (or calibrated),
+        ``detector`` when it is the spacing on the detector, ``unknown`` without a spacing.
+    bits_stored
+        Bit depth of the stored pixels (8 or 16 for raster files).
+    is_colour
+        True when the file held real colour (not greyscale stored as RGB): not a radiograph.
+    metadata
+        Study metadata read from DICOM (age, sex, dates, view, ...); empty for raster files.
+    notes
+        Human-readable remarks made while reading (ignored placeholder spacing, ...).
+    """
+
+    pixels: np.ndarray
+    pixel_spacing: tuple[float, float] | None
+    spacing_source: str
+    spacing_plane: SpacingPlane
+    bits_stored: int
+    path: str | None = None
+    is_colour: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+    @property
+    def pixel_area_mm2(self) -> float | None:
+        """Area of one pixel in mm², or ``None`` when the spacing is unknown."""
+        if self.pixel_spacing is None:
+            return None
+        return self.pixel_spacing[0] * self.pixel_spacing[1]
+
+
+def _positive_pair(value: Any) -> tuple[float, float] | None:
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or not all(math.isfinite(v) and v > 0 for v in vals):
+        return None
+    return vals[0], vals[1]
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def dicom_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str, SpacingPlane, list[str]]:
+    """Pixel spacing of a projection radiograph from its DICOM tags (see the module notes).
+
+    Returns
+    -------
+    spacing, source, plane, notes
+    """
+    notes: list[str] = []
+    ps = _positive_pair(ds.get("PixelSpacing"))
+    ips = _positive_pair(ds.get("ImagerPixelSpacing"))
+    calibrated = "PixelSpacingCalibrationType" in ds
+    if ps is not None and ips is not None and (calibrated or not np.allclose(ps, ips, rtol=1e-4)):
+        return ps, "dicom:PixelSpacing", "patient", notes
+    if ips is not None:
+        emf = _positive(ds.get("EstimatedRadiographicMagnificationFactor"))
+        if emf is not None:
+            spacing = (ips[0] / emf, ips[1] / emf)
+            return spacing, "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", "patient", notes
+        sid = _positive(ds.get("DistanceSourceToDetector"))
+        sod = _positive(ds.get("DistanceSourceToPatient"))
+        if sid is not None and sod is not None and sod < sid:
+            scale = sod / sid
+            return (ips[0] * scale, ips[1] * scale), "dicom:ImagerPixelSpacing/SourceDistances", "patient", notes
+        return ips, "dicom:ImagerPixelSpacing", "detector", notes
+    if ps is not None:
+        if ps == (1.0, 1.0) and not calibrated:
+            notes.append("PixelSpacing 1.0 x 1.0 without ImagerPixelSpacing ignored as a placeholder")
+            return None, "unknown", "unknown", notes
+        return ps, "dicom:PixelSpacing", "patient", notes
+    return None, "unknown", "unknown", notes
+
+
+def _dicom_metadata(ds: pydicom.Dataset) -> dict[str, Any]:
+    def get(tag: str) -> Any:
+        v = ds.get(tag)
+        return None if v in (None, "") else str(v)
+
+    return {
+        "modality": get("Modality"),
+        "patient_id": get("PatientID"),
+        "patient_age": get("PatientAge"),
+        "patient_sex": get("PatientSex"),
+        "study_date": get("StudyDate"),
+        "view_position": get("ViewPosition"),
+        "laterality": get("ImageLaterality") or get("Laterality"),
+        "manufacturer": get("Manufacturer"),
+        "body_part": get("BodyPartExamined"),
+    }
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _grey_from_colour(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Reduce (H, W, C) to (H, W); report whether the channels really differed (colour)."""
+    rgb = arr[..., :3]
+    spread = np.ptp(rgb.astype(np.int32), axis=-1) if rgb.shape[-1] > 1 else np.zeros(1)
+    # JPEG chroma noise makes grey-as-RGB differ by a few levels; real colour differs a lot.
+    full = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
+    is_colour = float(np.mean(spread)) > 0.02 * full
+    grey = rgb.astype(np.float32).mean(axis=-1)
+    return grey, is_colour
+
+
+def _read_dicom(path: Path) -> Radiograph:
+    try:
+        ds = pydicom.dcmread(str(path))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a readable DICOM file ({exc})", path) from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError("DICOM file has no pixel data", path)
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * cols > MAX_PIXELS:
+        raise InputError(f"image of {cols} x {rows} pixels is too large (limit {MAX_PIXELS} pixels)", path)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1))
+    if frames > 1:
+        raise InputError(f"multi-frame DICOM ({frames} frames) is not a plain radiograph", path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    is_colour = False
+    if spp > 1 or arr.ndim == 3:
+        if photometric.startswith("YBR"):
+            arr = pydicom.pixels.convert_color_space(arr, photometric, "RGB")
+        grey, is_colour = _grey_from_colour(arr)
+        pixels = grey
+        bits = int(ds.get("BitsStored", 8))
+    else:
+        bits = int(ds.get("BitsStored", 16))
+        values = apply_modality_lut(arr, ds)
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            values = apply_voi_lut(values, ds, prefer_lut=True)
+        pixels = np.asarray(values, dtype=np.float32)
+        if photometric == "MONOCHROME1":
+            pixels = pixels.max() + pixels.min() - pixels
+    spacing, source, plane, notes = dicom_spacing(ds)
+    return Radiograph(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        pixel_spacing=spacing,
+        spacing_source=source,
+        spacing_plane=plane,
+        bits_stored=bits,
+        path=str(path),
+        is_colour=is_colour,
+        metadata=_dicom_metadata(ds),
+        notes=notes,
+    )
+
+
+def _read_raster(path: Path) -> Radiograph:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise InputError("empty file", path)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if arr is None:
+        raise InputError("not a readable PNG, JPEG or TIFF image", path)
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise InputError(f"image of {arr.shape[1]} x {arr.shape[0]} pixels is too large", path)
+    if arr.dtype not in (np.uint8, np.uint16, np.float32):
+        raise InputError(f"unsupported pixel type {arr.dtype}", path)
+    bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(np.dtype(arr.dtype), 32)
+    is_colour = False
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[..., :3]
+        arr, is_colour = _grey_from_colour(arr)
+    return Radiograph(
+        pixels=np.ascontiguousarray(arr, dtype=np.float32),
+        pixel_spacing=None,
+        spacing_source="unknown",
+        spacing_plane="unknown",
+        bits_stored=bits,
+        path=str(path),
+        is_colour=is_colour,
+    )
+
+
+def read_radiograph(path: PathLikeStr, *, pixel_spacing: float | tuple[float, float] | None = None) -> Radiograph:
+    """Read a radiograph (DICOM CR/DX, PNG, JPEG, TIFF) with its pixel spacing.
+
+    Parameters
+    ----------
+    path
+        The image file. DICOM is recognised by content (the ``DICM`` preamble) or a ``.dcm``
+        suffix; anything else is decoded as a raster image.
+    pixel_spacing
+        Spacing in mm at the patient (isotropic, or ``(row, column)``); overrides the file's.
+
+    Raises
+    ------
+    InputError
+        Missing or empty file, not an image, no pixel data, undecodable (truncated) data,
+        an invalid ``pixel_spacing``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path)
+    if not path.is_file():
+        raise InputError("not a file", path)
+    try:
+        if path.stat().st_size == 0:
+            raise InputError("empty file", path)
+        is_dicom = _is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom")
+    except PermissionError:
+        raise InputError("permission denied", path) from None
+    radiograph = _read_dicom(path) if is_dicom else _read_raster(path)
+    if radiograph.pixels.ndim != 2 or min(radiograph.pixels.shape) < 8:
+        raise InputError(f"not a 2D image of useful size (shape {radiograph.pixels.shape})", path)
+    if pixel_spacing is not None:
+        pair = _positive_pair([pixel_spacing] if np.isscalar(pixel_spacing) else pixel_spacing)
+        if pair is None:
+            raise InputError(f"pixel spacing must be positive, not {pixel_spacing}")
+        radiograph.pixel_spacing = pair
+        radiograph.spacing_source = "user"
+        radiograph.spacing_plane = "patient"
+    return radiograph

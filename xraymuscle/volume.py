@@ -1,0 +1,258 @@
+"""3D images with their geometry: the :class:`Volume` container and the CT / label-map readers.
+
+Every volume is held in LPS patient coordinates, as SimpleITK reads it. The array is indexed
+``[k, j, i]`` (slice, row, column), the order SimpleITK's ``GetArrayFromImage`` returns; spacing,
+origin and the direction cosines are given in ``(i, j, k)`` order, in mm.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from xraymuscle.errors import InputError
+from xraymuscle.typing import PathLikeStr
+
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Volume:
+    """A 3D array with the geometry that places it in patient (LPS) space.
+
+    Parameters
+    ----------
+    array
+        Voxel values indexed ``[k, j, i]``; HU for a CT, integer labels for a label map.
+    spacing
+        Voxel size along ``i, j, k`` in mm; all positive.
+    origin
+        Physical (LPS) position of the centre of voxel ``(0, 0, 0)``, mm.
+    direction
+        3 × 3 matrix whose columns are the LPS directions of the ``i, j, k`` axes.
+    path
+        The file or folder it was read from, if any.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.array, np.ndarray):
+            raise TypeError(f"array must be a numpy array, not {type(self.array).__name__}")
+        if self.array.ndim != 3:
+            raise ValueError(f"array must be 3D, not {self.array.ndim}D {self.array.shape}")
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+        if len(self.spacing) != 3 or min(self.spacing) <= 0 or not np.all(np.isfinite(self.spacing)):
+            raise ValueError(f"spacing must be three positive numbers, not {self.spacing}")
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape ``(nk, nj, ni)``."""
+        return self.array.shape  # type: ignore[return-value]
+
+    @property
+    def size_ijk(self) -> tuple[int, int, int]:
+        """Number of voxels along ``i, j, k``."""
+        nk, nj, ni = self.array.shape
+        return ni, nj, nk
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel, mm³."""
+        return float(np.prod(self.spacing))
+
+    @property
+    def index_to_world(self) -> np.ndarray:
+        """4 × 4 affine taking ``(i, j, k, 1)`` to LPS mm."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction @ np.diag(self.spacing)
+        affine[:3, 3] = self.origin
+        return affine
+
+    def world_corners(self) -> np.ndarray:
+        """The 8 corners of the voxel grid's outer boundary in LPS mm, shape (8, 3)."""
+        ni, nj, nk = self.size_ijk
+        lo, hi = -0.5, np.array([ni, nj, nk]) - 0.5
+        idx = np.array([[x, y, z] for x in (lo, hi[0]) for y in (lo, hi[1]) for z in (lo, hi[2])])
+        return (self.index_to_world @ np.c_[idx, np.ones(8)].T).T[:, :3]
+
+    def same_grid(self, other: Volume, *, tol: float = 1e-3) -> bool:
+        """Whether ``other`` has this volume's shape, spacing, origin and direction."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def to_sitk(self) -> sitk.Image:
+        """The same volume as a SimpleITK image (geometry included)."""
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(tuple(self.direction.ravel()))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, *, path: PathLikeStr | None = None) -> Volume:
+        """Wrap a 3D scalar SimpleITK image."""
+        return cls(
+            array=sitk.GetArrayFromImage(image),
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=np.array(image.GetDirection()).reshape(3, 3),
+            path=None if path is None else str(path),
+        )
+
+    def save(self, path: PathLikeStr, *, compress: bool = True) -> None:
+        """Write to any format SimpleITK knows from the extension (``.nii.gz``, ``.mha``, ...)."""
+        sitk.WriteImage(self.to_sitk(), str(path), useCompression=compress)
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise InputError("no such file or folder", path)
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise InputError("folder holds no DICOM series", path)
+        files_per_series = [reader.GetGDCMSeriesFileNames(str(path), s) for s in series]
+        files = max(files_per_series, key=len)
+        if len(series) > 1:
+            warnings.warn(
+                f"{path}: {len(series)} DICOM series found; reading the largest ({len(files)} files)",
+                stacklevel=3,
+            )
+        reader.SetFileNames(files)
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"cannot read DICOM series: {_first_line(exc)}", path) from None
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"not a readable image ({_first_line(exc)})", path) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # SimpleITK puts the useful sentence last; drop the source-location prefix it adds.
+    msg = lines[-1] if lines else type(exc).__name__
+    return msg.split(": ", 1)[-1] if msg.startswith("sitk::") else msg
+
+
+def read_volume(path: PathLikeStr) -> Volume:
+    """Read a 3D scalar image (NIfTI, NRRD, MHA/MHD, or a DICOM series folder).
+
+    Raises
+    ------
+    InputError
+        When the path is missing, is not an image, or is not a 3D scalar image.
+    """
+    path = Path(path)
+    image = _read_sitk(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"expected a scalar 3D image, got {image.GetNumberOfComponentsPerPixel()} "
+            "components per voxel",
+            path,
+        )
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise InputError(f"expected a 3D image, got {dim}D of size {image.GetSize()}", path)
+    if min(image.GetSize()) < 2:
+        raise InputError(f"expected a 3D image, got a single slice of size {image.GetSize()}", path)
+    return Volume.from_sitk(image, path=path)
+
+
+def read_ct(path: PathLikeStr) -> Volume:
+    """Read a CT volume in Hounsfield units, as float32.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume`, and when the values are not finite.
+    """
+    vol = read_volume(path)
+    arr = vol.array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise InputError("CT holds NaN or infinite values", path)
+    vol.array = arr
+    return vol
+
+
+def read_labels(path: PathLikeStr, *, reference: Volume | None = None) -> Volume:
+    """Read an integer label map; put it on ``reference``'s grid when given.
+
+    A label map on another grid is resampled onto the reference grid (nearest neighbour) with a
+    warning. Values must be non-negative integers (floats holding integers are accepted).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume`; for non-integer or negative values; when the map does not
+        overlap the reference volume.
+    """
+    vol = read_volume(path)
+    arr = vol.array
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise InputError("label map holds non-integer values", path)
+    if arr.size and arr.min() < 0:
+        raise InputError(f"label map holds negative values (min {arr.min()})", path)
+    if arr.size and arr.max() > np.iinfo(np.uint16).max:
+        raise InputError(f"label values above {np.iinfo(np.uint16).max} are not supported", path)
+    vol.array = arr.astype(np.uint16)
+    if reference is None or vol.same_grid(reference):
+        return vol
+    if not _overlaps(vol, reference):
+        raise InputError(
+            f"label map does not overlap its CT ({reference.path or 'reference'})", path
+        )
+    warnings.warn(
+        f"{path}: label map grid differs from the CT's; resampling it (nearest neighbour)",
+        stacklevel=2,
+    )
+    resampled = sitk.Resample(
+        vol.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
+    )
+    out = Volume.from_sitk(resampled, path=path)
+    if not out.array.any() and arr.any():
+        raise InputError(
+            f"label map's labels fall outside its CT ({reference.path or 'reference'})", path
+        )
+    return out
+
+
+def _overlaps(a: Volume, b: Volume) -> bool:
+    """Whether the axis-aligned LPS bounding boxes of two grids intersect."""
+    ca, cb = a.world_corners(), b.world_corners()
+    lo = np.maximum(ca.min(0), cb.min(0))
+    hi = np.minimum(ca.max(0), cb.max(0))
+    return bool(np.all(hi > lo))
+
+
+def read_ct_and_labels(ct_path: PathLikeStr, labels_path: PathLikeStr) -> tuple[Volume, Volume]:
+    """Read a CT and its label map, the labels on the CT's grid."""
+    ct = read_ct(ct_path)
+    return ct, read_labels(labels_path, reference=ct)
+
+
+def is_volume_path(path: PathLikeStr) -> bool:
+    """Whether a path looks like a volume file by its extension (or is a folder)."""
+    p = Path(path)
+    return p.is_dir() or any(p.name.lower().endswith(s) for s in _VOLUME_SUFFIXES)
