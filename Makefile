@@ -1,4 +1,5 @@
 # The two commands a newcomer needs:  `make demo`  and  `make test`.
+# `make test-slow` runs the heavy tests; `make bench` the benchmarks.
 # TORCH selects the PyTorch build; the default is the CPU build. On a GPU machine:
 #   make setup TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
 PYTHON ?= python3
@@ -25,6 +26,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: setup

@@ -34,5 +34,7 @@ def density_from_hu(hu: np.ndarray) -> np.ndarray:
     0.029
     """
     hu = np.asarray(hu, dtype=np.float32)
-    rho = np.minimum(np.float32(0.001029) * hu + np.float32(1.03), np.float32(0.0005886) * hu + np.float32(1.03))
+    rho = np.minimum(
+        np.float32(0.001029) * hu + np.float32(1.03), np.float32(0.0005886) * hu + np.float32(1.03)
+    )
     return np.maximum(rho, np.float32(0.0))

@@ -11,20 +11,32 @@ from xraymuscle.atomic import atomic_path
 from xraymuscle.typing import PathLikeStr
 
 # A fixed palette (RGB): left/right twins share a hue, the right one lighter.
-_PALETTE = np.array(
-    [
-        (214, 39, 40), (255, 152, 150),  # gluteus maximus
-        (31, 119, 180), (174, 199, 232),  # gluteus medius
-        (44, 160, 44), (152, 223, 138),  # gluteus minimus
-        (255, 127, 14), (255, 187, 120),  # iliopsoas
-        (148, 103, 189), (197, 176, 213),  # quadriceps
-        (140, 86, 75), (196, 156, 148),  # hamstrings
-        (227, 119, 194), (247, 182, 210),  # adductors
-        (188, 189, 34), (219, 219, 141),
-        (23, 190, 207), (158, 218, 229),
-    ],
-    dtype=np.float32,
-) / 255.0
+_PALETTE = (
+    np.array(
+        [
+            (214, 39, 40),
+            (255, 152, 150),  # gluteus maximus
+            (31, 119, 180),
+            (174, 199, 232),  # gluteus medius
+            (44, 160, 44),
+            (152, 223, 138),  # gluteus minimus
+            (255, 127, 14),
+            (255, 187, 120),  # iliopsoas
+            (148, 103, 189),
+            (197, 176, 213),  # quadriceps
+            (140, 86, 75),
+            (196, 156, 148),  # hamstrings
+            (227, 119, 194),
+            (247, 182, 210),  # adductors
+            (188, 189, 34),
+            (219, 219, 141),
+            (23, 190, 207),
+            (158, 218, 229),
+        ],
+        dtype=np.float32,
+    )
+    / 255.0
+)
 
 
 def colour(index: int) -> np.ndarray:
@@ -97,7 +109,7 @@ def write_png(path: PathLikeStr, rgb: np.ndarray) -> None:
     img = np.clip(np.asarray(rgb, np.float32), 0, 1)
     img8 = (img * 255 + 0.5).astype(np.uint8)
     if img8.ndim == 3:
-        img8 = cv2.cvtColor(img8, cv2.COLOR_RGB2BGR)
+        img8 = np.ascontiguousarray(img8[..., ::-1])  # RGB -> BGR
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), img8):
             raise OSError(f"{path}: could not write PNG")

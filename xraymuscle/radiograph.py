@@ -22,6 +22,7 @@ A spacing given by the user overrides all of these (source ``user``).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +111,9 @@ def _positive(value: Any) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
-def dicom_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str, SpacingPlane, list[str]]:
+def dicom_spacing(
+    ds: pydicom.Dataset,
+) -> tuple[tuple[float, float] | None, str, SpacingPlane, list[str]]:
     """Pixel spacing of a projection radiograph from its DICOM tags (see the module notes).
 
     Returns
@@ -127,12 +130,22 @@ def dicom_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str,
         emf = _positive(ds.get("EstimatedRadiographicMagnificationFactor"))
         if emf is not None:
             spacing = (ips[0] / emf, ips[1] / emf)
-            return spacing, "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", "patient", notes
+            return (
+                spacing,
+                "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor",
+                "patient",
+                notes,
+            )
         sid = _positive(ds.get("DistanceSourceToDetector"))
         sod = _positive(ds.get("DistanceSourceToPatient"))
         if sid is not None and sod is not None and sod < sid:
             scale = sod / sid
-            return (ips[0] * scale, ips[1] * scale), "dicom:ImagerPixelSpacing/SourceDistances", "patient", notes
+            return (
+                (ips[0] * scale, ips[1] * scale),
+                "dicom:ImagerPixelSpacing/SourceDistances",
+                "patient",
+                notes,
+            )
         return ips, "dicom:ImagerPixelSpacing", "detector", notes
     if ps is not None:
         if ps == (1.0, 1.0) and not calibrated:
@@ -178,19 +191,21 @@ def _grey_from_colour(arr: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _read_dicom(path: Path) -> Radiograph:
-    try:
-        ds = pydicom.dcmread(str(path))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"not a readable DICOM file ({exc})", path) from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError("DICOM file has no pixel data", path)
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > MAX_PIXELS:
-        raise InputError(f"image of {cols} x {rows} pixels is too large (limit {MAX_PIXELS} pixels)", path)
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
-        raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from None
+    # pydicom reports truncation as a warning, not an error: catch it and refuse the file.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds, arr = _decode_dicom(path)
+            failure = None
+        except InputError as exc:
+            failure = exc
+    for w in caught:
+        text = str(w.message)
+        if "End of file" in text or "truncat" in text.lower():
+            raise InputError(f"file is truncated ({text.split(' in file ')[0]})", path)
+    if failure is not None:
+        raise failure
+    notes = [str(w.message) for w in caught]
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1))
     if frames > 1:
@@ -211,7 +226,8 @@ def _read_dicom(path: Path) -> Radiograph:
         pixels = np.asarray(values, dtype=np.float32)
         if photometric == "MONOCHROME1":
             pixels = pixels.max() + pixels.min() - pixels
-    spacing, source, plane, notes = dicom_spacing(ds)
+    spacing, source, plane, spacing_notes = dicom_spacing(ds)
+    notes += spacing_notes
     return Radiograph(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         pixel_spacing=spacing,
@@ -223,6 +239,22 @@ def _read_dicom(path: Path) -> Radiograph:
         metadata=_dicom_metadata(ds),
         notes=notes,
     )
+
+
+def _decode_dicom(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+    try:
+        ds = pydicom.dcmread(str(path))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a readable DICOM file ({exc})", path) from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError("DICOM file has no pixel data", path)
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * cols > MAX_PIXELS:
+        raise InputError(f"image of {cols} x {rows} pixels is too large (limit {MAX_PIXELS} pixels)", path)
+    try:
+        return ds, ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from None
 
 
 def _read_raster(path: Path) -> Radiograph:
@@ -253,7 +285,9 @@ def _read_raster(path: Path) -> Radiograph:
     )
 
 
-def read_radiograph(path: PathLikeStr, *, pixel_spacing: float | tuple[float, float] | None = None) -> Radiograph:
+def read_radiograph(
+    path: PathLikeStr, *, pixel_spacing: float | tuple[float, float] | None = None
+) -> Radiograph:
     """Read a radiograph (DICOM CR/DX, PNG, JPEG, TIFF) with its pixel spacing.
 
     Parameters

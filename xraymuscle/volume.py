@@ -164,8 +164,7 @@ def read_volume(path: PathLikeStr) -> Volume:
     image = _read_sitk(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
-            f"expected a scalar 3D image, got {image.GetNumberOfComponentsPerPixel()} "
-            "components per voxel",
+            f"expected a scalar 3D image, got {image.GetNumberOfComponentsPerPixel()} components per voxel",
             path,
         )
     dim = image.GetDimension()
@@ -220,9 +219,7 @@ def read_labels(path: PathLikeStr, *, reference: Volume | None = None) -> Volume
     if reference is None or vol.same_grid(reference):
         return vol
     if not _overlaps(vol, reference):
-        raise InputError(
-            f"label map does not overlap its CT ({reference.path or 'reference'})", path
-        )
+        raise InputError(f"label map does not overlap its CT ({reference.path or 'reference'})", path)
     warnings.warn(
         f"{path}: label map grid differs from the CT's; resampling it (nearest neighbour)",
         stacklevel=2,
@@ -232,9 +229,7 @@ def read_labels(path: PathLikeStr, *, reference: Volume | None = None) -> Volume
     )
     out = Volume.from_sitk(resampled, path=path)
     if not out.array.any() and arr.any():
-        raise InputError(
-            f"label map's labels fall outside its CT ({reference.path or 'reference'})", path
-        )
+        raise InputError(f"label map's labels fall outside its CT ({reference.path or 'reference'})", path)
     return out
 
 

@@ -146,39 +146,72 @@ def sample_params(rng: np.random.Generator) -> PhantomParams:
 
 # Muscle keyframes for the LEFT side (x > 0) at body_scale 1: z, cx, cy, ax, ay, angle.
 _MUSCLE_FRAMES: dict[str, list[list[tuple[float, ...]]]] = {
-    "gluteus_medius": [[
-        (125, 100, 30, 22, 12, -50), (95, 112, 26, 40, 17, -50), (55, 128, 22, 34, 18, -42),
-        (15, 142, 16, 22, 15, -30), (-25, 150, 12, 10, 8, -20),
-    ]],
-    "gluteus_minimus": [[
-        (92, 104, 14, 24, 7, -50), (55, 118, 8, 26, 9, -45), (15, 130, 2, 17, 9, -35),
-        (-22, 142, 2, 7, 5, -20),
-    ]],
-    "gluteus_maximus": [[
-        (100, 52, 92, 20, 14, 25), (65, 72, 100, 46, 26, 20), (20, 88, 102, 56, 32, 15),
-        (-20, 100, 92, 56, 32, 25), (-60, 116, 70, 40, 22, 45), (-105, 132, 45, 16, 10, 60),
-    ]],
+    "gluteus_medius": [
+        [
+            (125, 100, 30, 22, 12, -50),
+            (95, 112, 26, 40, 17, -50),
+            (55, 128, 22, 34, 18, -42),
+            (15, 142, 16, 22, 15, -30),
+            (-25, 150, 12, 10, 8, -20),
+        ]
+    ],
+    "gluteus_minimus": [
+        [
+            (92, 104, 14, 24, 7, -50),
+            (55, 118, 8, 26, 9, -45),
+            (15, 130, 2, 17, 9, -35),
+            (-22, 142, 2, 7, 5, -20),
+        ]
+    ],
+    "gluteus_maximus": [
+        [
+            (100, 52, 92, 20, 14, 25),
+            (65, 72, 100, 46, 26, 20),
+            (20, 88, 102, 56, 32, 15),
+            (-20, 100, 92, 56, 32, 25),
+            (-60, 116, 70, 40, 22, 45),
+            (-105, 132, 45, 16, 10, 60),
+        ]
+    ],
     "iliopsoas": [
         [  # psoas
-            (175, 34, 22, 17, 15, 0), (115, 44, 10, 21, 18, 10), (55, 56, -14, 19, 17, 20),
-            (5, 72, -40, 17, 14, 0), (-40, 96, -22, 13, 11, 0), (-75, 112, 4, 7, 7, 0),
+            (175, 34, 22, 17, 15, 0),
+            (115, 44, 10, 21, 18, 10),
+            (55, 56, -14, 19, 17, 20),
+            (5, 72, -40, 17, 14, 0),
+            (-40, 96, -22, 13, 11, 0),
+            (-75, 112, 4, 7, 7, 0),
         ],
         [  # iliacus
-            (120, 82, 2, 26, 7, -50), (80, 82, -6, 30, 11, -50), (40, 76, -26, 22, 12, -40),
+            (120, 82, 2, 26, 7, -50),
+            (80, 82, -6, 30, 11, -50),
+            (40, 76, -26, 22, 12, -40),
             (8, 76, -40, 15, 10, -20),
         ],
     ],
-    "quadriceps": [[
-        (25, 100, -52, 8, 7, 0), (-40, 124, -36, 36, 27, 20), (-100, 118, -20, 47, 37, 10),
-        (-235, 100, -16, 47, 37, 0),
-    ]],
-    "hamstrings": [[
-        (-62, 66, 28, 13, 10, 0), (-120, 92, 40, 30, 22, 10), (-235, 96, 40, 34, 24, 10),
-    ]],
-    "adductors": [[
-        (-35, 34, -20, 17, 17, 0), (-90, 60, 0, 30, 30, 0), (-160, 76, 10, 25, 25, 0),
-        (-235, 86, 16, 15, 15, 0),
-    ]],
+    "quadriceps": [
+        [
+            (25, 100, -52, 8, 7, 0),
+            (-40, 124, -36, 36, 27, 20),
+            (-100, 118, -20, 47, 37, 10),
+            (-235, 100, -16, 47, 37, 0),
+        ]
+    ],
+    "hamstrings": [
+        [
+            (-62, 66, 28, 13, 10, 0),
+            (-120, 92, 40, 30, 22, 10),
+            (-235, 96, 40, 34, 24, 10),
+        ]
+    ],
+    "adductors": [
+        [
+            (-35, 34, -20, 17, 17, 0),
+            (-90, 60, 0, 30, 30, 0),
+            (-160, 76, 10, 25, 25, 0),
+            (-235, 86, 16, 15, 15, 0),
+        ]
+    ],
 }
 
 
@@ -270,7 +303,9 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
     p, b, h = params, params.body_scale, params.height_scale
     margin = p.fat_mm + 25
     grid = Grid.covering(
-        (-185 * b - margin, -130 * b - margin, -240 * h), (185 * b + margin, 150 * b + margin, 180 * h), spacing
+        (-185 * b - margin, -130 * b - margin, -240 * h),
+        (185 * b + margin, 150 * b + margin, 180 * h),
+        spacing,
     )
     canvas = _Canvas(grid, np.zeros(grid.shape, np.uint16), np.full(grid.shape, -1000.0, np.float32))
     wobble_rng = np.random.default_rng(p.wobble_seed)
@@ -279,7 +314,10 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
     cortex_mm = 2.5
     for side, tag in ((1, "left"), (-1, "right")):
         femur, hip = _bone_depth(grid, p, side)
-        for depth, label in ((femur, OTHER_LABELS[f"femur_{tag}"]), (hip, OTHER_LABELS[f"hip_{tag}"])):
+        for depth, label in (
+            (femur, OTHER_LABELS[f"femur_{tag}"]),
+            (hip, OTHER_LABELS[f"hip_{tag}"]),
+        ):
             inside = depth > 0
             hu = np.where(depth < cortex_mm, p.cortical_hu, p.cancellous_hu).astype(np.float32)
             if label == OTHER_LABELS[f"femur_{tag}"]:
@@ -291,8 +329,14 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
             canvas.hu[mask] = hu[mask]
     spine = np.full(grid.shape, -np.inf, np.float32)
     for f in (
-        swept_ellipse(grid, [Keyframe(110 * h, 0, 62 * b, 48 * b, 22 * b, 0), Keyframe(40 * h, 0, 72 * b, 30 * b, 16 * b, 0),
-                             Keyframe(20 * h, 0, 80 * b, 12 * b, 10 * b, 0)]),
+        swept_ellipse(
+            grid,
+            [
+                Keyframe(110 * h, 0, 62 * b, 48 * b, 22 * b, 0),
+                Keyframe(40 * h, 0, 72 * b, 30 * b, 16 * b, 0),
+                Keyframe(20 * h, 0, 80 * b, 12 * b, 10 * b, 0),
+            ],
+        ),
     ):
         if f is not None:
             f.paint(spine)
@@ -312,37 +356,86 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
 
     # --- muscles, deep ones first
     for muscle in MUSCLE_PRIORITY:
-        for side, tag, label in ((1, "left", MUSCLE_LABELS[muscle][0]), (-1, "right", MUSCLE_LABELS[muscle][1])):
+        for side, tag, label in (
+            (1, "left", MUSCLE_LABELS[muscle][0]),
+            (-1, "right", MUSCLE_LABELS[muscle][1]),
+        ):
             key = f"{muscle}_{tag}"
             area = _AXIS_SIZE[muscle] * np.sqrt(p.muscle_scale[key])  # semi-axes by sqrt: area by the factor
             jx, jy = p.jitter[key]
-            hu = p.muscle_hu + p.muscle_hu_offset[key]
+            muscle_hu = p.muscle_hu + p.muscle_hu_offset[key]
             for chain in _MUSCLE_FRAMES[muscle]:
                 frames = [
-                    Keyframe(z * h, side * (cx * b + jx), cy * b + jy, ax * b * area, ay * b * area, side * ang)
+                    Keyframe(
+                        z * h,
+                        side * (cx * b + jx),
+                        cy * b + jy,
+                        ax * b * area,
+                        ay * b * area,
+                        side * ang,
+                    )
                     for z, cx, cy, ax, ay, ang in chain
                 ]
-                wob = np.c_[wobble_rng.uniform(0, 0.07, 3), wobble_rng.uniform(0, 2 * np.pi, 3), wobble_rng.uniform(-1, 1, 3)]
-                canvas.claim(swept_ellipse(grid, frames, wobble=wob), label, hu)
-    for side in (1, -1):  # erector spinae and the lower abdominal wall: muscle, not labelled as such
+                wob = np.c_[
+                    wobble_rng.uniform(0, 0.07, 3),
+                    wobble_rng.uniform(0, 2 * np.pi, 3),
+                    wobble_rng.uniform(-1, 1, 3),
+                ]
+                canvas.claim(swept_ellipse(grid, frames, wobble=wob), label, muscle_hu)
+    for side in (
+        1,
+        -1,
+    ):  # erector spinae and the lower abdominal wall: muscle, not labelled as such
         other = OTHER_LABELS["other_muscle"]
-        canvas.claim(swept_ellipse(grid, [Keyframe(180 * h, side * 36 * b, 86 * b, 24 * b, 22 * b),
-                                          Keyframe(60 * h, side * 30 * b, 96 * b, 16 * b, 12 * b)]), other, p.muscle_hu)
-        canvas.claim(swept_ellipse(grid, [Keyframe(180 * h, side * 50 * b, -92 * b, 45 * b, 7 * b, side * -10),
-                                          Keyframe(20 * h, side * 30 * b, -82 * b, 30 * b, 6 * b, 0)]), other, p.muscle_hu)
+        canvas.claim(
+            swept_ellipse(
+                grid,
+                [
+                    Keyframe(180 * h, side * 36 * b, 86 * b, 24 * b, 22 * b),
+                    Keyframe(60 * h, side * 30 * b, 96 * b, 16 * b, 12 * b),
+                ],
+            ),
+            other,
+            p.muscle_hu,
+        )
+        canvas.claim(
+            swept_ellipse(
+                grid,
+                [
+                    Keyframe(180 * h, side * 50 * b, -92 * b, 45 * b, 7 * b, side * -10),
+                    Keyframe(20 * h, side * 30 * b, -82 * b, 30 * b, 6 * b, 0),
+                ],
+            ),
+            other,
+            p.muscle_hu,
+        )
 
     # --- pelvic and abdominal contents: bladder, bowel with mesenteric fat, gas pockets
     bladder_r = np.array([40, 30, 30]) * b * float(wobble_rng.uniform(0.6, 1.1))
     canvas.claim(ellipsoid(grid, (0, -42 * b, -2 * h), bladder_r), OTHER_LABELS["urinary_bladder"], 10.0)
-    cavity = swept_ellipse(grid, [Keyframe(180 * h, 0, -10 * b, 120 * b, 70 * b), Keyframe(60 * h, 0, -10 * b, 110 * b, 68 * b),
-                                  Keyframe(0, 0, -30 * b, 55 * b, 42 * b)])
+    cavity = swept_ellipse(
+        grid,
+        [
+            Keyframe(180 * h, 0, -10 * b, 120 * b, 70 * b),
+            Keyframe(60 * h, 0, -10 * b, 110 * b, 68 * b),
+            Keyframe(0, 0, -30 * b, 55 * b, 42 * b),
+        ],
+    )
     if cavity is not None:
-        rough = ndimage.zoom(wobble_rng.normal(size=(8, 8, 8)).astype(np.float32), np.array(cavity.depth.shape) / 8, order=1)
+        rough = ndimage.zoom(
+            wobble_rng.normal(size=(8, 8, 8)).astype(np.float32),
+            np.array(cavity.depth.shape) / 8,
+            order=1,
+        )
         rough = rough[: cavity.depth.shape[0], : cavity.depth.shape[1], : cavity.depth.shape[2]]
         bowel_hu = np.where(rough > 0.3, p.fat_hu, 35.0).astype(np.float32)
         canvas.claim(cavity, OTHER_LABELS["bowel"], np.broadcast_to(bowel_hu, cavity.depth.shape))
     for _ in range(p.gas_pockets):
-        c = (wobble_rng.uniform(-90, 90) * b, wobble_rng.uniform(-60, 20) * b, wobble_rng.uniform(20, 170) * h)
+        c = (
+            wobble_rng.uniform(-90, 90) * b,
+            wobble_rng.uniform(-60, 20) * b,
+            wobble_rng.uniform(20, 170) * h,
+        )
         r = wobble_rng.uniform(8, 28, size=3) * b
         gas = ellipsoid(grid, c, r)
         if gas is not None:

@@ -58,7 +58,9 @@ def make_case(
     row.update({f"param__{k}": v for k, v in params.flat().items()})
     with atomic_dir(out_dir / cid) as tmp:
         # labels fit in 8 bits, and the CT's integer HU in 16: small files, exact values
-        Volume(labels.array.astype(np.uint8), labels.spacing, labels.origin, labels.direction).save(tmp / "labels.nii.gz")
+        Volume(labels.array.astype(np.uint8), labels.spacing, labels.origin, labels.direction).save(
+            tmp / "labels.nii.gz"
+        )
         Volume(ct.array.astype(np.int16), ct.spacing, ct.origin, ct.direction).save(tmp / "ct.nii.gz")
         if preview:
             write_png(tmp / "preview.png", phantom_preview(ct, labels, catalog))
@@ -99,15 +101,18 @@ def make_cohort(
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for index in tqdm(range(n), desc="phantom cases", unit="case", disable=not progress):
         folder = out / case_id(index)
         row = _case_done(folder)
         stale = row is None or row.get("seed") != seed or float(row.get("spacing_mm", -1)) != spacing
-        if stale or (preview and not (folder / "preview.png").is_file()):
+        if row is None or stale or (preview and not (folder / "preview.png").is_file()):
             row = make_case(seed, index, out, spacing=spacing, catalog=catalog, preview=preview)
         rows.append(row)
-    write_text_atomic(out / "label_names.json", json.dumps({str(k): v for k, v in label_names().items()}, indent=1))
+    write_text_atomic(
+        out / "label_names.json",
+        json.dumps({str(k): v for k, v in label_names().items()}, indent=1),
+    )
     csv_path = out / "cohort.csv"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 Box = tuple[slice, slice, slice]  # (k, j, i) slices into the grid
+Vec = Sequence[float] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,10 @@ class Grid:
     z: np.ndarray
 
     @classmethod
-    def covering(cls, lo: Sequence[float], hi: Sequence[float], spacing: float) -> Grid:
+    def covering(cls, lo: Vec, hi: Vec, spacing: float) -> Grid:
         axes = [
             (np.arange(int(np.ceil((h - lo_) / spacing)) + 1) * spacing + lo_).astype(np.float32)
-            for lo_, h in zip(lo, hi)
+            for lo_, h in zip(lo, hi, strict=True)
         ]
         return cls(*axes)
 
@@ -42,10 +43,10 @@ class Grid:
     def spacing(self) -> float:
         return float(self.x[1] - self.x[0])
 
-    def box(self, lo: Sequence[float], hi: Sequence[float]) -> Box | None:
+    def box(self, lo: Vec, hi: Vec) -> Box | None:
         """Slices covering the mm box ``[lo, hi]`` (x, y, z), or None when it misses the grid."""
         out = []
-        for axis, a, b in zip((self.z, self.y, self.x), lo[::-1], hi[::-1]):
+        for axis, a, b in zip((self.z, self.y, self.x), lo[::-1], hi[::-1], strict=True):
             i0 = int(np.searchsorted(axis, a, side="left"))
             i1 = int(np.searchsorted(axis, b, side="right"))
             if i1 <= i0:
@@ -71,7 +72,7 @@ class Field:
         np.maximum(target[self.box], self.depth, out=target[self.box])
 
 
-def ellipsoid(grid: Grid, centre: Sequence[float], radii: Sequence[float]) -> Field | None:
+def ellipsoid(grid: Grid, centre: Vec, radii: Vec) -> Field | None:
     """Axis-aligned ellipsoid; depth ≈ (1 − normalised radius) × smallest radius."""
     c, r = np.asarray(centre, np.float32), np.asarray(radii, np.float32)
     box = grid.box(c - r, c + r)
@@ -83,7 +84,11 @@ def ellipsoid(grid: Grid, centre: Sequence[float], radii: Sequence[float]) -> Fi
 
 
 def capsule(
-    grid: Grid, a: Sequence[float], b: Sequence[float], radius_a: float, radius_b: float | None = None
+    grid: Grid,
+    a: Vec,
+    b: Vec,
+    radius_a: float,
+    radius_b: float | None = None,
 ) -> Field | None:
     """A segment a→b swept by a sphere whose radius goes linearly from ``radius_a`` to ``radius_b``."""
     pa, pb = np.asarray(a, np.float32), np.asarray(b, np.float32)
@@ -104,10 +109,10 @@ def capsule(
 
 def spherical_shell(
     grid: Grid,
-    centre: Sequence[float],
+    centre: Vec,
     inner: float,
     outer: float,
-    axis: Sequence[float],
+    axis: Vec,
     min_cos: float,
 ) -> Field | None:
     """Part of a spherical shell whose direction from the centre is within an angle of ``axis``."""
@@ -158,7 +163,10 @@ def swept_ellipse(
     """
     fr = sorted(frames, key=lambda f: f.z)
     zk = np.array([f.z for f in fr], np.float32)
-    params = {name: np.array([getattr(f, name) for f in fr], np.float32) for name in ("cx", "cy", "ax", "ay", "angle")}
+    params = {
+        name: np.array([getattr(f, name) for f in fr], np.float32)
+        for name in ("cx", "cy", "ax", "ay", "angle")
+    }
     extent = max(float(params["ax"].max()), float(params["ay"].max())) * 1.35
     lo = (float((params["cx"]).min()) - extent, float(params["cy"].min()) - extent, float(zk[0]))
     hi = (float((params["cx"]).max()) + extent, float(params["cy"].max()) + extent, float(zk[-1]))
@@ -167,7 +175,9 @@ def swept_ellipse(
         return None
     z, y, x = grid.coords(box)
     zz = z[:, 0, 0]
-    cx, cy, ax, ay, ang = (np.interp(zz, zk, params[n])[:, None, None] for n in ("cx", "cy", "ax", "ay", "angle"))
+    cx, cy, ax, ay, ang = (
+        np.interp(zz, zk, params[n])[:, None, None] for n in ("cx", "cy", "ax", "ay", "angle")
+    )
     theta = np.deg2rad(ang)
     cos_t, sin_t = np.cos(theta), np.sin(theta)
     u = ((x - cx) * cos_t + (y - cy) * sin_t) / ax
@@ -188,7 +198,7 @@ def arc_plate(
     p_start: Sequence[np.ndarray],
     p_end: Sequence[np.ndarray],
     bulge: float,
-    thickness: Sequence[float],
+    thickness: Vec,
 ) -> Field | None:
     """A curved plate: in each axial slice, a circular arc of given thickness from start to end.
 
@@ -199,8 +209,16 @@ def arc_plate(
     z0, z1 = z_range
     ps, pe = np.asarray(p_start, np.float32), np.asarray(p_end, np.float32)
     pad = max(thickness) + abs(bulge)
-    lo = (float(min(ps[:, 0].min(), pe[:, 0].min())) - pad, float(min(ps[:, 1].min(), pe[:, 1].min())) - pad, z0)
-    hi = (float(max(ps[:, 0].max(), pe[:, 0].max())) + pad, float(max(ps[:, 1].max(), pe[:, 1].max())) + pad, z1)
+    lo = (
+        float(min(ps[:, 0].min(), pe[:, 0].min())) - pad,
+        float(min(ps[:, 1].min(), pe[:, 1].min())) - pad,
+        z0,
+    )
+    hi = (
+        float(max(ps[:, 0].max(), pe[:, 0].max())) + pad,
+        float(max(ps[:, 1].max(), pe[:, 1].max())) + pad,
+        z1,
+    )
     box = grid.box(lo, hi)
     if box is None:
         return None

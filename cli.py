@@ -1,0 +1,180 @@
+"""The ``xraymuscle`` command line: a thin Typer layer over library calls.
+
+User mistakes (missing files, bad values, unknown names) print one line on stderr and exit with
+code 2; heavy modules are imported inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from xraymuscle import __version__
+from xraymuscle.errors import InputError
+
+app = typer.Typer(
+    name="xraymuscle",
+    help="Per-muscle volume and mass, with uncertainty, from a single hip radiograph.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn an :class:`InputError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xraymuscle {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Per-muscle volume and mass, with uncertainty, from a single hip radiograph."""
+
+
+CatalogOpt = Annotated[
+    str,
+    typer.Option("--catalog", help="Muscle catalogue: a preset name in configs/muscles or a YAML file."),
+]
+
+
+@app.command()
+@user_errors
+def phantom(
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the cohort.")],
+    n: Annotated[int, typer.Option("--n", help="Number of cases.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; case i uses the stream (seed, i).")] = 0,
+    spacing: Annotated[float, typer.Option("--spacing", help="Isotropic voxel size, mm.")] = 2.0,
+    preview: Annotated[bool, typer.Option("--preview", help="Write a preview PNG per case.")] = False,
+    catalog: CatalogOpt = "hip",
+) -> None:
+    """Write a cohort of synthetic pelvis CTs with muscle labels, and its cohort.csv."""
+    from xraymuscle.catalog import MuscleCatalog
+    from xraymuscle.phantom.cohort import make_cohort
+
+    csv_path = make_cohort(
+        n, out, seed=seed, spacing=spacing, preview=preview, catalog=MuscleCatalog.load(catalog)
+    )
+    typer.echo(f"wrote {n} cases and {csv_path}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("xraymuscle-demo"),
+    n: Annotated[int, typer.Option("--n", help="Number of phantom cases.")] = 4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Run the pipeline on built-in data: a phantom cohort with preview images."""
+    from xraymuscle.demo import run_demo
+
+    summary = run_demo(out, n=n, seed=seed)
+    typer.echo(summary)
+
+
+@app.command()
+@user_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A CT / label map (file or DICOM folder) or a radiograph.")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="A label map to check against the CT.")
+    ] = None,
+    catalog: CatalogOpt = "hip",
+    label_source: Annotated[
+        str | None,
+        typer.Option("--label-source", help="Label source in the catalogue, to list muscle volumes."),
+    ] = None,
+    pixel_spacing: Annotated[
+        float | None,
+        typer.Option("--pixel-spacing", help="Radiograph pixel spacing, mm (overrides the file)."),
+    ] = None,
+) -> None:
+    """Print the geometry of a CT, label map or radiograph as JSON (and muscle volumes)."""
+    from xraymuscle.catalog import MuscleCatalog
+    from xraymuscle.measure import muscle_volumes
+    from xraymuscle.radiograph import read_radiograph
+    from xraymuscle.volume import is_volume_path, read_ct, read_labels
+
+    info: dict[str, Any]
+    if is_volume_path(path):
+        ct = read_ct(path)
+        info = {
+            "kind": "volume",
+            "path": str(path),
+            "shape_ijk": list(ct.size_ijk),
+            "spacing_mm": list(ct.spacing),
+            "origin_lps_mm": list(ct.origin),
+            "direction": ct.direction.round(6).ravel().tolist(),
+            "min": float(ct.array.min()),
+            "max": float(ct.array.max()),
+        }
+        if labels is not None:
+            lab = read_labels(labels, reference=ct)
+            info["labels"] = sorted(int(v) for v in set(lab.array.ravel().tolist()) - {0})
+            if label_source is not None:
+                info["muscles"] = muscle_volumes(ct, lab, MuscleCatalog.load(catalog), label_source)
+    else:
+        rad = read_radiograph(path, pixel_spacing=pixel_spacing)
+        info = {
+            "kind": "radiograph",
+            "path": str(path),
+            "shape": list(rad.shape),
+            "pixel_spacing_mm": None if rad.pixel_spacing is None else list(rad.pixel_spacing),
+            "spacing_source": rad.spacing_source,
+            "spacing_plane": rad.spacing_plane,
+            "bits_stored": rad.bits_stored,
+            "is_colour": rad.is_colour,
+            "notes": rad.notes,
+            "metadata": rad.metadata,
+        }
+    typer.echo(json.dumps(info, indent=1))
+
+
+@app.command()
+@user_errors
+def catalog(
+    name: Annotated[str, typer.Argument(help="Catalogue preset name or YAML file.")] = "hip",
+    label_source: Annotated[str | None, typer.Option("--label-source", help="Show one source only.")] = None,
+) -> None:
+    """List a muscle catalogue's muscles and the label values of each source."""
+    from xraymuscle.catalog import MuscleCatalog
+
+    cat = MuscleCatalog.load(name)
+    sources = [label_source] if label_source else sorted(cat.sources)
+    for source in sources:
+        cat.check_source(source)
+    typer.echo(f"catalogue {cat.name} ({cat.path})")
+    for i, muscle in enumerate(cat.muscles):
+        values = "  ".join(f"{s}={list(cat.sources[s].get(muscle, ())) or '-'}" for s in sources)
+        typer.echo(f"{i:2d} {muscle:24s} {values}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,106 @@
+"""The command line through Typer's runner: help, version, commands, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from xraymuscle import __version__
+from xraymuscle.volume import Volume
+
+runner = CliRunner()
+
+
+def test_help_and_version() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("phantom", "demo", "inspect", "catalog"):
+        assert command in result.output
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_phantom_command(tmp_path: Path) -> None:
+    out = tmp_path / "cohort"
+    result = runner.invoke(
+        app,
+        ["phantom", "--n", "2", "--out", str(out), "--seed", "3", "--spacing", "5", "--preview"],
+    )
+    assert result.exit_code == 0, result.output
+    with (out / "cohort.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    assert (out / rows[0]["ct"]).is_file() and (out / "phantom_0001" / "preview.png").is_file()
+
+
+def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((20, 30), np.uint16))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "x.png"), "--pixel-spacing", "0.2"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["spacing_source"] == "user" and info["shape"] == [20, 30] and info["bits_stored"] == 16
+    ct = Volume(np.zeros((4, 5, 6), np.float32), (1.0, 2.0, 3.0))
+    ct.save(tmp_path / "ct.nii.gz")
+    lab = Volume(np.zeros((4, 5, 6), np.uint8), (1.0, 2.0, 3.0))
+    lab.array[1, 1, 1] = 3
+    lab.save(tmp_path / "lab.nii.gz")
+    result = runner.invoke(
+        app,
+        [
+            "inspect",
+            str(tmp_path / "ct.nii.gz"),
+            "--labels",
+            str(tmp_path / "lab.nii.gz"),
+            "--label-source",
+            "phantom",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["spacing_mm"] == [1.0, 2.0, 3.0] and info["labels"] == [3]
+    assert info["muscles"]["gluteus_medius_left"]["volume_ml"] == pytest.approx(0.006)
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "text.nii.gz").write_text("not an image")
+    (tmp / "note.dcm").write_text("not a dicom" * 30)
+    Volume(np.zeros((3, 3, 3), np.float32), (1, 1, 1)).save(tmp / "ct.nii.gz")
+    Volume(np.full((3, 3, 3), 0.5, np.float32), (1, 1, 1)).save(tmp / "frac.nii.gz")
+    return [
+        (["inspect", str(tmp / "missing.nii.gz")], "missing.nii.gz: no such file"),
+        (["inspect", str(tmp / "text.nii.gz")], "text.nii.gz: not a readable image"),
+        (["inspect", str(tmp / "note.dcm")], "note.dcm: not a readable DICOM"),
+        (
+            ["inspect", str(tmp / "ct.nii.gz"), "--labels", str(tmp / "frac.nii.gz")],
+            "frac.nii.gz: label map holds non-integer",
+        ),
+        (
+            ["catalog", "--label-source", "atlas"],
+            "known sources: ['phantom', 'totalsegmentator_v2']",
+        ),
+        (["catalog", "knee"], "unknown muscles preset 'knee'"),
+        (["phantom", "--n", "0", "--out", str(tmp / "o")], "--n must be at least 1"),
+        (
+            ["phantom", "--n", "1", "--spacing", "-2", "--out", str(tmp / "o")],
+            "--spacing must be in",
+        ),
+    ]
+
+
+def test_user_mistakes_are_one_line_exit_2(tmp_path: Path) -> None:
+    for args, expected in _bad_inputs(tmp_path):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+        assert expected in lines[0], (args, lines[0])
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,0 +1,241 @@
+"""Radiograph reader: DICOM variants built with pydicom, raster files, spacing tags, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    generate_uid,
+)
+
+from xraymuscle.errors import InputError
+from xraymuscle.radiograph import read_radiograph
+
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def ramp(h: int = 32, w: int = 40, bits: int = 12) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 2**bits, size=(h, w)).astype(np.uint16)
+
+
+def write_dx(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    syntax: str = ExplicitVRLittleEndian,
+    **tags: object,
+) -> Path:
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DX_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = DX_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientSex = "F"
+    ds.PatientAge = "067Y"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    rgb = pixels.ndim == 3
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else photometric
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsStored = 8 if pixels.dtype == np.uint8 else 12
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    if syntax == ExplicitVRLittleEndian:
+        ds.PixelData = pixels.tobytes()
+    else:
+        ds.compress(syntax, pixels)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_uncompressed_monochrome2_with_imager_spacing(tmp_path: Path) -> None:
+    px = ramp()
+    rad = read_radiograph(write_dx(tmp_path / "a.dcm", px, ImagerPixelSpacing=[0.15, 0.16]))
+    np.testing.assert_array_equal(rad.pixels, px.astype(np.float32))
+    assert rad.pixel_spacing == (0.15, 0.16)
+    assert rad.spacing_source == "dicom:ImagerPixelSpacing"
+    assert rad.spacing_plane == "detector"
+    assert rad.metadata["patient_sex"] == "F" and rad.metadata["patient_age"] == "067Y"
+
+
+def test_monochrome1_inverted(tmp_path: Path) -> None:
+    px = ramp()
+    rad = read_radiograph(write_dx(tmp_path / "m1.dcm", px, photometric="MONOCHROME1"))
+    np.testing.assert_array_equal(rad.pixels, (px.max() + px.min() - px).astype(np.float32))
+
+
+def test_magnification_factor_corrects_spacing(tmp_path: Path) -> None:
+    path = write_dx(
+        tmp_path / "emf.dcm",
+        ramp(),
+        ImagerPixelSpacing=[0.2, 0.2],
+        EstimatedRadiographicMagnificationFactor=1.25,
+    )
+    rad = read_radiograph(path)
+    assert rad.pixel_spacing == pytest.approx((0.16, 0.16))
+    assert rad.spacing_source == "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    assert rad.spacing_plane == "patient"
+
+
+def test_source_distances_correct_spacing(tmp_path: Path) -> None:
+    path = write_dx(
+        tmp_path / "sid.dcm",
+        ramp(),
+        ImagerPixelSpacing=[0.2, 0.2],
+        DistanceSourceToDetector=1100,
+        DistanceSourceToPatient=880,
+    )
+    rad = read_radiograph(path)
+    assert rad.pixel_spacing == pytest.approx((0.16, 0.16))
+    assert rad.spacing_source == "dicom:ImagerPixelSpacing/SourceDistances"
+
+
+def test_calibrated_pixel_spacing_wins(tmp_path: Path) -> None:
+    path = write_dx(tmp_path / "cal.dcm", ramp(), ImagerPixelSpacing=[0.2, 0.2], PixelSpacing=[0.17, 0.17])
+    rad = read_radiograph(path)
+    assert rad.pixel_spacing == (0.17, 0.17)
+    assert rad.spacing_source == "dicom:PixelSpacing"
+
+
+def test_placeholder_pixel_spacing_is_unknown(tmp_path: Path) -> None:
+    rad = read_radiograph(write_dx(tmp_path / "ph.dcm", ramp(), PixelSpacing=[1.0, 1.0]))
+    assert rad.pixel_spacing is None and rad.spacing_source == "unknown"
+    assert any("placeholder" in n for n in rad.notes)
+    user = read_radiograph(tmp_path / "ph.dcm", pixel_spacing=0.14)
+    assert user.pixel_spacing == (0.14, 0.14) and user.spacing_source == "user"
+    with pytest.raises(InputError, match="pixel spacing must be positive"):
+        read_radiograph(tmp_path / "ph.dcm", pixel_spacing=-1)
+
+
+def test_rescale_and_window_applied(tmp_path: Path) -> None:
+    px = ramp(bits=10)
+    path = write_dx(
+        tmp_path / "lut.dcm",
+        px,
+        RescaleSlope=2,
+        RescaleIntercept=-100,
+        WindowCenter=900,
+        WindowWidth=1000,
+    )
+    rad = read_radiograph(path)
+    values = px.astype(np.float64) * 2 - 100
+    # linear VOI: values below centre - width/2 clip to the minimum output, above to the maximum
+    assert rad.pixels[values < 400].max() == rad.pixels.min()
+    assert rad.pixels[values > 1400].min() == rad.pixels.max()
+    inside = (values > 450) & (values < 1350)
+    assert np.corrcoef(rad.pixels[inside], values[inside])[0, 1] > 0.999
+
+
+def test_grey_stored_as_rgb(tmp_path: Path) -> None:
+    grey = ramp(bits=8).astype(np.uint8)
+    rad = read_radiograph(write_dx(tmp_path / "rgb.dcm", np.repeat(grey[..., None], 3, axis=-1)))
+    np.testing.assert_allclose(rad.pixels, grey.astype(np.float32))
+    assert not rad.is_colour
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
+def test_compressed_dicom(tmp_path: Path, syntax: str) -> None:
+    px = ramp()
+    rad = read_radiograph(write_dx(tmp_path / "c.dcm", px, syntax=syntax, ImagerPixelSpacing=[0.1, 0.1]))
+    np.testing.assert_array_equal(rad.pixels, px.astype(np.float32))
+
+
+def test_jpeg_lossless_dicom(tmp_path: Path) -> None:
+    px = ramp()
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")
+    writer.SetFileName(str(tmp_path / "jl.dcm"))
+    writer.Execute(sitk.GetImageFromArray(px))
+    assert pydicom.dcmread(tmp_path / "jl.dcm").file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "jl.dcm").pixels, px.astype(np.float32))
+
+
+def test_truncated_compressed_dicom(tmp_path: Path) -> None:
+    path = write_dx(tmp_path / "t.dcm", ramp(64, 64), syntax=JPEG2000Lossless)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 600])
+    with pytest.raises(InputError, match=r"t\.dcm: (file is truncated|cannot decode pixel data)"):
+        read_radiograph(path)
+
+
+def test_dicom_without_pixel_data(tmp_path: Path) -> None:
+    path = write_dx(tmp_path / "np.dcm", ramp())
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    with pytest.raises(InputError, match="np.dcm: DICOM file has no pixel data"):
+        read_radiograph(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("notes.dcm", b"this is text, not DICOM" * 20, "not a readable DICOM"),
+        ("empty.png", b"", "empty file"),
+        ("junk.png", b"\x89PNG but not really" * 10, "not a readable PNG"),
+    ],
+)
+def test_not_an_image(tmp_path: Path, name: str, content: bytes, problem: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=f"{name}: {problem}"):
+        read_radiograph(tmp_path / name)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="missing.dcm: no such file"):
+        read_radiograph(tmp_path / "missing.dcm")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dtype"),
+    [(".png", np.uint8), (".png", np.uint16), (".tif", np.uint16), (".tif", np.uint8)],
+)
+def test_raster_bit_depths(tmp_path: Path, suffix: str, dtype: type) -> None:
+    px = (ramp(bits=8 if dtype == np.uint8 else 16)).astype(dtype)
+    cv2.imwrite(str(tmp_path / f"x{suffix}"), px)
+    rad = read_radiograph(tmp_path / f"x{suffix}")
+    np.testing.assert_array_equal(rad.pixels, px.astype(np.float32))
+    assert rad.bits_stored == (8 if dtype == np.uint8 else 16)
+    assert rad.spacing_source == "unknown" and rad.pixel_spacing is None
+
+
+def test_colour_photograph_flagged(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 255, size=(40, 40, 3)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.png"), img)
+    assert read_radiograph(tmp_path / "photo.png").is_colour
+
+
+@pytest.mark.realdata
+def test_real_radiographs_dicom_and_jpeg(real_xray_dir: Path) -> None:
+    dicoms = sorted((real_xray_dir / "dicom").glob("*.dcm"))
+    assert len(dicoms) == 10
+    for path in dicoms:
+        rad = read_radiograph(path)
+        assert rad.shape == (331, 331)
+        assert not rad.is_colour  # greyscale stored as RGB
+        assert rad.pixels.std() > 10  # real content decoded from JPEG 2000
+        assert rad.pixel_spacing is None  # the 1.0 placeholder is not trusted
+        jpg = read_radiograph(real_xray_dir / "jpg" / path.with_suffix(".jpg").name)
+        assert jpg.shape == (331, 331) and not jpg.is_colour

@@ -1,0 +1,140 @@
+"""CT and label-map readers: every format keeps origin, spacing and direction; bad input is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from xraymuscle.catalog import MuscleCatalog
+from xraymuscle.errors import InputError
+from xraymuscle.measure import muscle_volumes
+from xraymuscle.volume import Volume, read_ct, read_ct_and_labels, read_labels, read_volume
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
+def test_formats_keep_geometry(tmp_path: Path, tiny_ct: Volume, suffix: str) -> None:
+    path = tmp_path / f"ct{suffix}"
+    tiny_ct.save(path)
+    vol = read_ct(path)
+    np.testing.assert_array_equal(vol.array, tiny_ct.array.astype(np.float32))
+    np.testing.assert_allclose(vol.spacing, tiny_ct.spacing, rtol=1e-6)
+    np.testing.assert_allclose(vol.origin, tiny_ct.origin, atol=1e-4)
+    np.testing.assert_allclose(vol.direction, tiny_ct.direction, atol=1e-5)
+    assert vol.array.dtype == np.float32
+
+
+def test_dicom_series_folder(tmp_path: Path, tiny_ct: Volume) -> None:
+    image = Volume(tiny_ct.array, tiny_ct.spacing, tiny_ct.origin).to_sitk()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.3.4",
+            "0020|000e": "1.2.3.4.5",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k),
+            "0008|0018": f"1.2.3.4.5.{k}",
+        }.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+    vol = read_ct(tmp_path)
+    np.testing.assert_array_equal(vol.array, tiny_ct.array)
+    np.testing.assert_allclose(vol.spacing, tiny_ct.spacing, rtol=1e-5)
+    np.testing.assert_allclose(vol.origin, tiny_ct.origin, atol=1e-4)
+
+
+def test_missing_path() -> None:
+    with pytest.raises(InputError, match="nope.nii.gz: no such file"):
+        read_ct("nope.nii.gz")
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "text.nii.gz"
+    path.write_text("hello")
+    with pytest.raises(InputError, match="text.nii.gz: not a readable image"):
+        read_ct(path)
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_ct(tmp_path)
+
+
+def test_2d_and_4d_refused(tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.Image(5, 6, sitk.sitkInt16), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="flat.nii.gz: expected a 3D image, got 2D"):
+        read_ct(tmp_path / "flat.nii.gz")
+    sitk.WriteImage(sitk.Image([4, 4, 4, 3], sitk.sitkInt16), str(tmp_path / "time.nii.gz"))
+    with pytest.raises(InputError, match="time.nii.gz: expected a 3D image, got 4D"):
+        read_ct(tmp_path / "time.nii.gz")
+    sitk.WriteImage(sitk.Image([4, 4, 1], sitk.sitkInt16), str(tmp_path / "slice.nii.gz"))
+    with pytest.raises(InputError, match="single slice"):
+        read_volume(tmp_path / "slice.nii.gz")
+
+
+def test_labels_values_checked(tmp_path: Path, tiny_ct: Volume) -> None:
+    frac = Volume(np.full((3, 3, 3), 1.5, np.float32), (1, 1, 1))
+    frac.save(tmp_path / "frac.nii.gz")
+    with pytest.raises(InputError, match="frac.nii.gz: label map holds non-integer values"):
+        read_labels(tmp_path / "frac.nii.gz")
+    neg = Volume(np.full((3, 3, 3), -2, np.int16), (1, 1, 1))
+    neg.save(tmp_path / "neg.nii.gz")
+    with pytest.raises(InputError, match="neg.nii.gz: label map holds negative values"):
+        read_labels(tmp_path / "neg.nii.gz")
+    whole = Volume(np.full((3, 3, 3), 7.0, np.float32), (1, 1, 1))
+    whole.save(tmp_path / "whole.nii.gz")
+    assert read_labels(tmp_path / "whole.nii.gz").array.dtype == np.uint16
+
+
+def test_labels_resampled_onto_ct_grid(tmp_path: Path) -> None:
+    ct = Volume(np.zeros((10, 10, 10), np.float32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    fine = np.zeros((20, 20, 20), np.uint16)
+    fine[4:12, 4:12, 4:12] = 3  # a 8 mm cube at 1 mm spacing: 64 voxels of 8 mm³ at 2 mm
+    Volume(fine, (1.0, 1.0, 1.0), (-0.5, -0.5, -0.5)).save(tmp_path / "fine.nii.gz")
+    with pytest.warns(UserWarning, match="resampling"):
+        lab = read_labels(tmp_path / "fine.nii.gz", reference=ct)
+    assert lab.same_grid(ct)
+    assert int((lab.array == 3).sum()) * 8 == pytest.approx(512, rel=0.5)
+
+
+def test_labels_not_overlapping(tmp_path: Path) -> None:
+    ct = Volume(np.zeros((4, 4, 4), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    far = Volume(np.ones((4, 4, 4), np.uint8), (1.0, 1.0, 1.0), (500.0, 0.0, 0.0))
+    far.save(tmp_path / "far.nii.gz")
+    with pytest.raises(InputError, match="far.nii.gz: label map does not overlap its CT"):
+        read_labels(tmp_path / "far.nii.gz", reference=ct)
+
+
+def test_volume_validation() -> None:
+    with pytest.raises(ValueError, match="spacing must be three positive numbers"):
+        Volume(np.zeros((2, 2, 2)), (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="must be 3D"):
+        Volume(np.zeros((2, 2)), (1.0, 1.0, 1.0))
+    with pytest.raises(TypeError, match="numpy array"):
+        Volume([[[0]]], (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+
+
+@pytest.mark.realdata
+def test_real_ct_and_totalsegmentator_labels(real_ct_dir: Path) -> None:
+    ct, labels = read_ct_and_labels(real_ct_dir / "ct.nii.gz", real_ct_dir / "labels_total_v2.nii.gz")
+    assert ct.size_ijk == (122, 101, 112)
+    assert ct.spacing == (3.0, 3.0, 3.0)
+    np.testing.assert_allclose(np.diag(ct.direction), [-1, -1, 1])  # LPS, as read
+    assert ct.array.max() > 1800  # the metal implant is kept
+    volumes = muscle_volumes(ct, labels, MuscleCatalog.load(), "totalsegmentator_v2")
+    # voxel counts of the data README: gluteus medius 239/241 ml, minimus 69/72 ml
+    assert volumes["gluteus_medius_left"]["volume_ml"] == pytest.approx(239, abs=1)
+    assert volumes["gluteus_medius_right"]["volume_ml"] == pytest.approx(241, abs=1)
+    assert volumes["gluteus_minimus_left"]["volume_ml"] == pytest.approx(69, abs=1)
+    assert volumes["iliopsoas_right"]["volume_ml"] == pytest.approx(267, abs=1)
+    for v in volumes.values():
+        assert 1.0 < v["mass_g"] / v["volume_ml"] < 1.1  # muscle density, g/ml
+    assert "quadriceps_left" not in volumes
