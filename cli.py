@@ -117,6 +117,8 @@ def inspect(
     ] = None,
 ) -> None:
     """Print the geometry of a CT, label map or radiograph as JSON (and muscle volumes)."""
+    import numpy as np
+
     from xraymuscle.catalog import MuscleCatalog
     from xraymuscle.measure import muscle_volumes
     from xraymuscle.radiograph import read_radiograph
@@ -137,7 +139,7 @@ def inspect(
         }
         if labels is not None:
             lab = read_labels(labels, reference=ct)
-            info["labels"] = sorted(int(v) for v in set(lab.array.ravel().tolist()) - {0})
+            info["labels"] = [int(v) for v in np.unique(lab.array) if v != 0]
             if label_source is not None:
                 info["muscles"] = muscle_volumes(ct, lab, MuscleCatalog.load(catalog), label_source)
     else:

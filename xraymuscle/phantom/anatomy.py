@@ -466,7 +466,7 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
 
     ct = Volume(canvas.hu, (px, px, px), (float(grid.x[0]), float(grid.y[0]), float(grid.z[0])))
     labels = Volume(canvas.labels, ct.spacing, ct.origin)
-    ct, labels = _pose(ct, labels, p)
+    ct, labels = _crop_to_body(*_pose(ct, labels, p), margin_mm=8.0)
     ct.array = _ct_texture(ct.array, p.noise_sd_hu, wobble_rng)
     return ct, labels
 
@@ -481,6 +481,20 @@ def _pose(ct: Volume, labels: Volume, p: PhantomParams) -> tuple[Volume, Volume]
     hu = sitk.Resample(ref, ref, transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
     lab = sitk.Resample(labels.to_sitk(), ref, transform, sitk.sitkNearestNeighbor, 0)
     return Volume.from_sitk(hu), Volume.from_sitk(lab)
+
+
+def _crop_to_body(ct: Volume, labels: Volume, *, margin_mm: float) -> tuple[Volume, Volume]:
+    """Drop the air around the body (keeping a margin): smaller files, same anatomy."""
+    inside = np.argwhere(labels.array > 0)
+    pad = int(np.ceil(margin_mm / min(ct.spacing)))
+    lo = np.maximum(inside.min(0) - pad, 0)
+    hi = np.minimum(inside.max(0) + pad + 1, labels.array.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    origin = tuple((ct.index_to_world @ np.r_[lo[::-1], 1.0])[:3])
+    return (
+        Volume(np.ascontiguousarray(ct.array[box]), ct.spacing, origin, ct.direction),
+        Volume(np.ascontiguousarray(labels.array[box]), ct.spacing, origin, ct.direction),
+    )
 
 
 def _ct_texture(hu: np.ndarray, noise_sd: float, rng: np.random.Generator) -> np.ndarray:
