@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from xraymuscle.errors import InputError  # noqa: E402
+from xraymuscle.errors import InputError
 
 __all__ = ["InputError", "__version__"]

@@ -49,12 +49,6 @@ def window(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((np.asarray(image, np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def auto_window(image: np.ndarray, low_pct: float = 1, high_pct: float = 99) -> np.ndarray:
-    """Window between two percentiles of the image."""
-    lo, hi = np.percentile(image, [low_pct, high_pct])
-    return window(image, float(lo), float(hi))
-
-
 def overlay_masks(grey: np.ndarray, masks: Sequence[np.ndarray], *, alpha: float = 0.45) -> np.ndarray:
     """Colour masks (or soft maps in 0..1) over a grey image; returns RGB float (H, W, 3)."""
     rgb = np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=-1).astype(np.float32)

@@ -38,7 +38,6 @@ from xraymuscle.typing import PathLikeStr
 
 SpacingPlane = Literal["patient", "detector", "unknown"]
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".dicom", "")
 MAX_PIXELS = 12000 * 12000  # refuse decoding beyond this: memory stays bounded
 
 

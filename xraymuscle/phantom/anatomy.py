@@ -247,10 +247,6 @@ class _Canvas:
         region[inside] = hu if np.isscalar(hu) else np.asarray(hu)[inside]
 
 
-def _mirror(point: tuple[float, float, float], side: int) -> tuple[float, float, float]:
-    return (point[0] * side, point[1], point[2])
-
-
 def _bone_depth(grid: Grid, p: PhantomParams, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Depth fields of one side's femur and hip bone (full grid arrays, -inf outside)."""
     b, h = p.body_scale, p.height_scale
