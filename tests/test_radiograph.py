@@ -83,30 +83,25 @@ def test_monochrome1_inverted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rad.pixels, (px.max() + px.min() - px).astype(np.float32))
 
 
-def test_magnification_factor_corrects_spacing(tmp_path: Path) -> None:
-    path = write_dx(
-        tmp_path / "emf.dcm",
-        ramp(),
-        ImagerPixelSpacing=[0.2, 0.2],
-        EstimatedRadiographicMagnificationFactor=1.25,
-    )
-    rad = read_radiograph(path)
+@pytest.mark.parametrize(
+    ("tags", "source"),
+    [
+        (
+            {"EstimatedRadiographicMagnificationFactor": 1.25},
+            "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor",
+        ),
+        (
+            {"DistanceSourceToDetector": 1100, "DistanceSourceToPatient": 880},
+            "dicom:ImagerPixelSpacing/SourceDistances",
+        ),
+    ],
+)
+def test_magnification_corrects_spacing(tmp_path: Path, tags: dict[str, float], source: str) -> None:
+    """0.2 mm at the detector with a magnification of 1.25 is 0.16 mm at the patient."""
+    rad = read_radiograph(write_dx(tmp_path / "mag.dcm", ramp(), ImagerPixelSpacing=[0.2, 0.2], **tags))
     assert rad.pixel_spacing == pytest.approx((0.16, 0.16))
-    assert rad.spacing_source == "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    assert rad.spacing_source == source
     assert rad.spacing_plane == "patient"
-
-
-def test_source_distances_correct_spacing(tmp_path: Path) -> None:
-    path = write_dx(
-        tmp_path / "sid.dcm",
-        ramp(),
-        ImagerPixelSpacing=[0.2, 0.2],
-        DistanceSourceToDetector=1100,
-        DistanceSourceToPatient=880,
-    )
-    rad = read_radiograph(path)
-    assert rad.pixel_spacing == pytest.approx((0.16, 0.16))
-    assert rad.spacing_source == "dicom:ImagerPixelSpacing/SourceDistances"
 
 
 def test_calibrated_pixel_spacing_wins(tmp_path: Path) -> None:

@@ -105,8 +105,12 @@ def make_cohort(
     for index in tqdm(range(n), desc="phantom cases", unit="case", disable=not progress):
         folder = out / case_id(index)
         row = _case_done(folder)
-        stale = row is None or row.get("seed") != seed or float(row.get("spacing_mm", -1)) != spacing
-        if row is None or stale or (preview and not (folder / "preview.png").is_file()):
+        if (
+            row is None
+            or row.get("seed") != seed
+            or float(row.get("spacing_mm", -1)) != spacing
+            or (preview and not (folder / "preview.png").is_file())
+        ):
             row = make_case(seed, index, out, spacing=spacing, catalog=catalog, preview=preview)
         rows.append(row)
     write_text_atomic(
