@@ -38,3 +38,25 @@ def density_from_hu(hu: np.ndarray) -> np.ndarray:
         np.float32(0.001029) * hu + np.float32(1.03), np.float32(0.0005886) * hu + np.float32(1.03)
     )
     return np.maximum(rho, np.float32(0.0))
+
+
+MATERIALS = ("air", "soft_tissue", "bone")
+"""Material names in channel order: air ≤ −800 HU < soft tissue ≤ 350 HU < bone."""
+
+METAL_HU = 3000
+LOWEST_HU = -1024
+
+
+def material_lut() -> tuple[np.ndarray, int]:
+    """Per-material density (g/cm³) for every integer HU in ``[LOWEST_HU, METAL_HU]``.
+
+    Returns a ``(n_hu, 4)`` float32 table whose columns are air, soft tissue, bone (density where
+    the HU belongs to that material, else 0) and a zero column, and the HU of row 0.
+    """
+    hu = np.arange(LOWEST_HU, METAL_HU + 1, dtype=np.float32)
+    rho = density_from_hu(hu)
+    table = np.zeros((hu.size, 4), np.float32)
+    table[:, 0] = np.where(hu <= AIR_MAX_HU, rho, 0.0)
+    table[:, 1] = np.where((hu > AIR_MAX_HU) & (hu <= SOFT_TISSUE_MAX_HU), rho, 0.0)
+    table[:, 2] = np.where(hu > SOFT_TISSUE_MAX_HU, rho, 0.0)
+    return table, LOWEST_HU

@@ -1,0 +1,520 @@
+"""The projector: material line integrals and per-label volume and mass maps, in one pass.
+
+:class:`Scene` holds a CT (HU), an optional label map and the label groups to map (one per muscle);
+:func:`render` projects it for a batch of views given by their 3 × 4 projection matrices. The work
+is a weighted sum of plane-to-detector warps (see :mod:`drr.planes`), done by one of two kernels:
+
+* ``opencv``: 4-channel bilinear warps on the CPU (fast, the default on CPU);
+* ``torch``: batched ``grid_sample`` over views and planes, on CPU or CUDA.
+
+Channels are packed four at a time (air, soft tissue, bone; or mask and mass of two labels) and
+each pack is only warped over its labels' bounding box and that box's shadow on the detector.
+Planes are streamed in chunks, so memory stays bounded for large CTs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from drr.geometry import Geometry, project_points
+from drr.materials import LOWEST_HU, MATERIALS, METAL_HU, material_lut
+from drr.planes import (
+    PlaneLayout,
+    check_source_outside,
+    depth_axis_for,
+    pixel_factors,
+    plan_layout,
+    plane_distances,
+    plane_homographies,
+)
+
+KERNELS = ("auto", "opencv", "torch")
+
+
+@dataclass(frozen=True)
+class LabelGroup:
+    """A named set of label values projected as one channel (a muscle)."""
+
+    name: str
+    labels: tuple[int, ...]
+
+
+@dataclass
+class Projections:
+    """What :func:`render` returns for ``B`` views of ``H × W`` pixels.
+
+    Attributes
+    ----------
+    materials
+        ``(B, 3, H, W)`` line integrals of density per material (air, soft tissue, bone), g/cm².
+    maps
+        ``(B, K, H, W)`` per-group volume-preserving thickness at the isocentre, mm:
+        ``maps[b, k].sum() * pixel_area_mm2`` is the group's volume in mm³.
+    mass_maps
+        ``(B, K, H, W)`` the same weighted by density, mm·g/cm³: the sum times ``pixel_area_mm2``
+        divided by 1000 is the mass in g.
+    pixel_area_mm2
+        Area of a pixel at the isocentre plane, mm².
+    """
+
+    materials: np.ndarray
+    maps: np.ndarray
+    mass_maps: np.ndarray
+    pixel_area_mm2: float
+    names: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class _Pack:
+    """Up to four channels warped together over one box of the volume."""
+
+    groups: tuple[int, ...]  # group indices (empty for the materials pack)
+    box: tuple[slice, slice, slice]
+
+
+class Scene:
+    """A CT prepared for rendering, with its labels grouped into channels.
+
+    Parameters
+    ----------
+    hu
+        CT in Hounsfield units, indexed ``[k, j, i]``. Rounded to integers; values above
+        3000 HU (metal) are clipped with a warning, values below −1024 HU count as −1024.
+    index_to_world
+        4 × 4 affine taking ``(i, j, k, 1)`` to LPS mm.
+    labels
+        Integer label map on the same grid, or ``None`` for an image only.
+    groups
+        The label groups to map, in output channel order.
+    cache_mb
+        Memory for keeping prepared planes between renders (many views of one CT then cost only
+        their warps); beyond it planes are recomputed in chunks for every render.
+    """
+
+    def __init__(
+        self,
+        hu: np.ndarray,
+        index_to_world: np.ndarray,
+        labels: np.ndarray | None = None,
+        groups: Sequence[LabelGroup] = (),
+        *,
+        cache_mb: float = 1024.0,
+    ) -> None:
+        hu = np.asarray(hu)
+        if hu.ndim != 3 or min(hu.shape) < 1:
+            raise ValueError(f"hu must be a non-empty 3D array, not shape {hu.shape}")
+        affine = np.asarray(index_to_world, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError("index_to_world must be a finite, invertible 4 × 4 affine")
+        n_metal = int(np.count_nonzero(hu > METAL_HU))
+        if n_metal:
+            warnings.warn(
+                f"{n_metal} voxels above {METAL_HU} HU (metal or artefact) are clipped to {METAL_HU} HU",
+                stacklevel=2,
+            )
+        # Row index into the material table: one gather gives all material densities.
+        index = np.clip(hu, LOWEST_HU, METAL_HU)
+        if not np.issubdtype(index.dtype, np.integer):
+            index = np.rint(index)
+        self.hu_index = (index - LOWEST_HU).astype(np.uint16)
+        self.index_to_world = affine
+        self.groups = tuple(groups)
+        self.shape: tuple[int, int, int] = hu.shape  # type: ignore[assignment]
+        if labels is not None and np.asarray(labels).shape != hu.shape:
+            raise ValueError(f"labels shape {np.asarray(labels).shape} differs from the CT's {hu.shape}")
+        if len(self.groups) > 254:
+            raise ValueError(f"at most 254 label groups, not {len(self.groups)}")
+        self.channel = np.zeros(self.shape, np.uint8)
+        if labels is not None and self.groups:
+            labels = np.asarray(labels)
+            top = max(int(labels.max()), max(max(g.labels) for g in self.groups))
+            lut = np.zeros(top + 1, np.uint8)
+            for number, group in enumerate(self.groups):
+                for value in group.labels:
+                    if value > 0:
+                        lut[value] = number + 1
+            self.channel = lut[np.clip(labels, 0, None)]
+        objects = ndimage.find_objects(self.channel, max_label=len(self.groups))
+        self.boxes: list[tuple[slice, slice, slice] | None] = list(objects)  # type: ignore[arg-type]
+        counts = np.bincount(self.channel.ravel(), minlength=len(self.groups) + 1)
+        self.voxel_counts = counts[1:]
+        self.cache_bytes = cache_mb * 2**20
+        self._cache: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel, mm³."""
+        return float(abs(np.linalg.det(self.index_to_world[:3, :3])))
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along the array axes ``(k, j, i)``, mm."""
+        return np.linalg.norm(self.index_to_world[:3, :3], axis=0)[::-1]
+
+    def group_volumes_mm3(self) -> np.ndarray:
+        """Voxel count × voxel volume of every group, mm³."""
+        return self.voxel_counts * self.voxel_volume_mm3
+
+    def group_masses_g(self) -> np.ndarray:
+        """Sum of voxel densities (from HU) × voxel volume of every group, g."""
+        density = _DENSITY[self.hu_index]
+        sums = np.bincount(self.channel.ravel(), weights=density.ravel(), minlength=len(self.groups) + 1)
+        return sums[1:] * self.voxel_volume_mm3 / 1000.0
+
+    def group_points(self, number: int) -> np.ndarray:
+        """LPS centres ``(n, 3)`` of the voxels of group ``number``."""
+        box = self.boxes[number]
+        if box is None:
+            return np.zeros((0, 3))
+        k, j, i = np.nonzero(self.channel[box] == number + 1)
+        ijk = np.c_[i + box[2].start, j + box[1].start, k + box[0].start, np.ones(len(i))]
+        return (ijk @ self.index_to_world.T)[:, :3]
+
+    def centroid(self) -> np.ndarray:
+        """LPS centroid of all labelled voxels (the nominal isocentre), or of the grid if none."""
+        if self.voxel_counts.sum() == 0:
+            centre = (np.array(self.shape[::-1]) - 1) / 2.0
+            return (self.index_to_world @ np.r_[centre, 1.0])[:3]
+        k, j, i = np.nonzero(self.channel)
+        mean = np.array([i.mean(), j.mean(), k.mean(), 1.0])
+        return (self.index_to_world @ mean)[:3]
+
+    def packs(self) -> list[_Pack]:
+        """The materials pack over the whole grid, then labelled groups paired by overlapping boxes."""
+        full = (slice(0, self.shape[0]), slice(0, self.shape[1]), slice(0, self.shape[2]))
+        packs = [_Pack((), full)]
+        present = [g for g, box in enumerate(self.boxes) if box is not None]
+        present.sort(key=lambda g: -_box_size(self.boxes[g]))  # type: ignore[arg-type]
+        while present:
+            first = present.pop(0)
+            box = self.boxes[first]
+            if not present:
+                packs.append(_Pack((first,), box))  # type: ignore[arg-type]
+                break
+            best = min(present, key=lambda g: _box_size(_union(box, self.boxes[g])))  # type: ignore[arg-type]
+            present.remove(best)
+            packs.append(_Pack((first, best), _union(box, self.boxes[best])))  # type: ignore[arg-type]
+        return packs
+
+    def block(self, pack: _Pack, box: tuple[slice, slice, slice], depth_axis: int) -> np.ndarray:
+        """The pack's four channels over ``box``, float32 ``(P, A, B, 4)`` with planes along ``depth_axis``.
+
+        Materials: air, soft tissue and bone densities (g/cm³), and a zero channel. Label groups:
+        mask and mask × density of each of the pack's (one or two) groups.
+        """
+        index = np.moveaxis(self.hu_index[box], depth_axis, 0)
+        if not pack.groups:
+            return _LUT[index]
+        density = _DENSITY[index]
+        channel = np.moveaxis(self.channel[box], depth_axis, 0)
+        out = np.zeros((*index.shape, 4), np.float32)
+        for slot, group in enumerate(pack.groups):
+            mask = channel == group + 1
+            out[..., 2 * slot] = mask
+            np.multiply(density, mask, out=out[..., 2 * slot + 1])
+        return out
+
+    def planes(
+        self, pack: _Pack, layout: PlaneLayout, chunk_mb: float
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[slice, slice, slice]]]:
+        """Prepared planes of a pack, chunk by chunk: ``(planes, depths, box)``.
+
+        Planes are box-averaged by the layout's factors and, for the materials pack, summed in
+        groups of ``layout.group`` (``depths`` are then the groups' centres). Label packs are
+        never grouped: their per-plane weights differ from view to view.
+        """
+        depth = layout.depth_axis
+        group = 1 if pack.groups else layout.group
+        key = (pack.groups, tuple((s.start, s.stop) for s in pack.box), depth, layout.factors, group)
+        if key in self._cache:
+            planes, depths = self._cache[key]
+            yield planes, depths, pack.box
+            return
+        a, b = layout.plane_axes
+        box = pack.box
+        area = (box[a].stop - box[a].start) * (box[b].stop - box[b].start)
+        chunk = max(group, int(chunk_mb * 2**20 // max(48 * area, 1)) // group * group)
+        start, stop = box[depth].start, box[depth].stop
+        total = (stop - start) * area * 16 / (layout.factors[0] * layout.factors[1] * group)
+        keep = total <= self.cache_bytes - sum(p.nbytes for p, _ in self._cache.values())
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+        for c0 in range(start, stop, chunk):
+            c1 = min(stop, c0 + chunk)
+            sub = list(box)
+            sub[depth] = slice(c0, c1)
+            planes = _prefilter(self.block(pack, tuple(sub), depth), layout.factors)  # type: ignore[arg-type]
+            depths = np.arange(c0, c1, dtype=np.float64)
+            if group > 1:
+                extra = -len(depths) % group
+                if extra:
+                    planes = np.concatenate([planes, np.zeros((extra, *planes.shape[1:]), np.float32)])
+                    depths = np.r_[depths, depths[-1] + 1 + np.arange(extra)]
+                planes = planes.reshape(-1, group, *planes.shape[1:]).sum(axis=1)
+                depths = depths.reshape(-1, group).mean(axis=1)
+            if keep:
+                kept.append((planes, depths))
+            yield planes, depths, tuple(sub)  # type: ignore[misc]
+        if keep and kept:
+            self._cache[key] = (np.concatenate([p for p, _ in kept]), np.concatenate([d for _, d in kept]))
+
+
+_LUT, _ = material_lut()
+_DENSITY = _LUT.sum(axis=1)
+
+
+def _box_size(box: tuple[slice, ...]) -> int:
+    return int(np.prod([s.stop - s.start for s in box]))
+
+
+def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, slice, slice]:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _box_window(
+    projection: np.ndarray, index_to_world: np.ndarray, box: tuple[slice, ...], rows: int, cols: int
+) -> tuple[int, int, int, int] | None:
+    """Detector window ``(u0, v0, u1, v1)`` (exclusive ends) covering the box's shadow, or None."""
+    lo = [s.start - 0.5 for s in box][::-1]  # (i, j, k)
+    hi = [s.stop - 0.5 for s in box][::-1]
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    uv, _ = project_points(projection, (corners @ index_to_world.T)[:, :3])
+    u0 = max(0, int(math.floor(uv[:, 0].min())) - 1)
+    v0 = max(0, int(math.floor(uv[:, 1].min())) - 1)
+    u1 = min(cols, int(math.ceil(uv[:, 0].max())) + 2)
+    v1 = min(rows, int(math.ceil(uv[:, 1].max())) + 2)
+    if u1 <= u0 or v1 <= v0:
+        return None
+    return u0, v0, u1, v1
+
+
+def _prefilter(planes: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+    """Box-average ``(P, A, B, C)`` planes by ``factors`` along A and B (zero-padded to fit)."""
+    fa, fb = factors
+    if fa == 1 and fb == 1:
+        return np.ascontiguousarray(planes)
+    p, a, b, c = planes.shape
+    pa, pb = -a % fa, -b % fb
+    if pa or pb:
+        planes = np.pad(planes, ((0, 0), (0, pa), (0, pb), (0, 0)))
+    shaped = planes.reshape(p, (a + pa) // fa, fa, (b + pb) // fb, fb, c)
+    return np.ascontiguousarray(shaped.mean(axis=(2, 4), dtype=np.float32))
+
+
+def render(
+    scene: Scene,
+    geometry: Geometry,
+    projections: np.ndarray,
+    *,
+    kernel: str = "auto",
+    device: str = "cpu",
+    max_shift_px: float = 0.25,
+    prefilter: bool = True,
+    chunk_mb: float = 128.0,
+) -> Projections:
+    """Project ``scene`` for every view in ``projections`` (``(B, 3, 4)`` or ``(3, 4)``).
+
+    Parameters
+    ----------
+    scene
+        The CT and label groups.
+    geometry
+        Detector size, pixel spacing and distances (the matrices must come from it).
+    projections
+        Projection matrices, patient LPS mm → pixel (col, row); see :mod:`drr.geometry`.
+    kernel
+        ``opencv``, ``torch`` or ``auto`` (OpenCV on CPU, torch on CUDA).
+    device
+        ``cpu`` or a CUDA device (torch kernel only).
+    max_shift_px
+        Largest sample displacement, in pixels, allowed when adjacent planes are summed.
+    prefilter
+        Box-average planes to the detector footprint first (prevents aliasing).
+    chunk_mb
+        Memory for one chunk of planes; bounds peak memory for large CTs.
+
+    Raises
+    ------
+    ValueError
+        For a source inside the volume, an unknown kernel or malformed matrices.
+    """
+    matrices = np.asarray(projections, dtype=np.float64)
+    if matrices.ndim == 2:
+        matrices = matrices[None]
+    if matrices.ndim != 3 or matrices.shape[1:] != (3, 4) or not np.all(np.isfinite(matrices)):
+        raise ValueError(f"projections must be finite (B, 3, 4) matrices, not shape {matrices.shape}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
+    if kernel == "auto":
+        kernel = "opencv" if str(device) == "cpu" else "torch"
+    if kernel == "opencv" and str(device) != "cpu":
+        raise ValueError("the opencv kernel runs on the CPU only; use kernel='torch' for CUDA")
+    for matrix in matrices:
+        check_source_outside(matrix, scene.index_to_world, scene.shape)
+
+    n_views, rows, cols = len(matrices), geometry.rows, geometry.cols
+    k = len(scene.groups)
+    packs = scene.packs()
+    acc = np.zeros((n_views, len(packs), rows, cols, 4), np.float32)
+    axes = np.array([depth_axis_for(m, geometry, scene.index_to_world) for m in matrices])
+    factors_img = np.zeros((n_views, rows, cols), np.float32)
+    factors_map = np.zeros((n_views, rows, cols), np.float32)
+    for axis in np.unique(axes):
+        views = np.nonzero(axes == axis)[0]
+        layout = plan_layout(
+            matrices[views],
+            geometry,
+            scene.index_to_world,
+            scene.shape,
+            int(axis),
+            max_shift_px=max_shift_px,
+            prefilter=prefilter,
+        )
+        for v in views:
+            factors_img[v], factors_map[v] = pixel_factors(matrices[v], geometry, scene.index_to_world, int(axis))
+        warper: _Warper = _OpenCVWarper() if kernel == "opencv" else _TorchWarper(device)
+        for p, pack in enumerate(packs):
+            sub_acc = acc[views, p]
+            _render_pack(scene, pack, layout, matrices[views], sub_acc, warper, chunk_mb)
+            acc[views, p] = sub_acc
+
+    materials = np.zeros((n_views, len(MATERIALS), rows, cols), np.float32)
+    maps = np.zeros((n_views, k, rows, cols), np.float32)
+    mass = np.zeros((n_views, k, rows, cols), np.float32)
+    for p, pack in enumerate(packs):
+        if not pack.groups:
+            materials[:] = np.moveaxis(acc[:, p, :, :, :3], -1, 1) * factors_img[:, None] / 10.0
+            continue
+        for slot, group in enumerate(pack.groups):
+            maps[:, group] = acc[:, p, :, :, 2 * slot] * factors_map
+            mass[:, group] = acc[:, p, :, :, 2 * slot + 1] * factors_map
+    return Projections(materials, maps, mass, geometry.iso_pixel_area_mm2, tuple(g.name for g in scene.groups))
+
+
+def _render_pack(
+    scene: Scene,
+    pack: _Pack,
+    layout: PlaneLayout,
+    matrices: np.ndarray,
+    acc: np.ndarray,
+    warper: _Warper,
+    chunk_mb: float,
+) -> None:
+    """Warp one pack's planes for every view into ``acc`` ``(V, H, W, 4)``, chunk by chunk."""
+    depth, (a, b) = layout.depth_axis, layout.plane_axes
+    spacing = float(scene.spacing[depth])
+    rows, cols = acc.shape[1:3]
+    for planes, depths, box in scene.planes(pack, layout, chunk_mb):
+        jobs = []
+        for v, matrix in enumerate(matrices):
+            window = _box_window(matrix, scene.index_to_world, box, rows, cols)
+            if window is None:
+                continue
+            if pack.groups:
+                weights = plane_distances(matrix, scene.index_to_world, depth, depths) ** 2 * spacing
+            else:
+                weights = np.full(len(depths), spacing)
+            homographies = plane_homographies(
+                matrix, scene.index_to_world, layout, depths, (box[a].start, box[b].start), window[:2]
+            )
+            jobs.append(_Job(v, window, weights.astype(np.float32), homographies))
+        if jobs:
+            warper.accumulate(planes, jobs, acc)
+
+
+@dataclass(frozen=True)
+class _Job:
+    view: int
+    window: tuple[int, int, int, int]  # u0, v0, u1, v1
+    weights: np.ndarray  # per plane
+    homographies: np.ndarray  # per plane: plane samples -> window pixels
+
+
+class _Warper:
+    def accumulate(self, planes: np.ndarray, jobs: list[_Job], acc: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class _OpenCVWarper(_Warper):
+    """Bilinear 4-channel perspective warps, one plane at a time, weighted as they are added."""
+
+    def __init__(self) -> None:
+        import cv2
+
+        self._cv2 = cv2
+
+    def accumulate(self, planes: np.ndarray, jobs: list[_Job], acc: np.ndarray) -> None:
+        cv2 = self._cv2
+        for job in jobs:
+            u0, v0, u1, v1 = job.window
+            local = np.zeros((v1 - v0, u1 - u0, 4), np.float32)
+            for plane, homography, weight in zip(planes, job.homographies, job.weights):
+                warped = cv2.warpPerspective(
+                    plane,
+                    homography,
+                    (u1 - u0, v1 - v0),
+                    flags=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=0,
+                )
+                cv2.scaleAdd(warped, float(weight), local, dst=local)
+            acc[job.view, v0:v1, u0:u1] += local
+
+
+class _TorchWarper(_Warper):
+    """``grid_sample`` over all (view, plane) pairs of a chunk at once, on CPU or CUDA."""
+
+    def __init__(self, device: str, batch_mb: float = 512.0) -> None:
+        import torch
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self.batch_bytes = batch_mb * 2**20
+
+    def accumulate(self, planes: np.ndarray, jobs: list[_Job], acc: np.ndarray) -> None:
+        torch = self._torch
+        n_planes, height, width, _ = planes.shape
+        source = torch.from_numpy(planes).to(self.device).permute(0, 3, 1, 2)  # (P, 4, A, B)
+        u0 = min(j.window[0] for j in jobs)
+        v0 = min(j.window[1] for j in jobs)
+        u1 = max(j.window[2] for j in jobs)
+        v1 = max(j.window[3] for j in jobs)
+        ww, wh = u1 - u0, v1 - v0
+        vv, uu = torch.meshgrid(
+            torch.arange(v0, v1, device=self.device, dtype=torch.float64),
+            torch.arange(u0, u1, device=self.device, dtype=torch.float64),
+            indexing="ij",
+        )
+        pixels = torch.stack([uu, vv, torch.ones_like(uu)], dim=-1).reshape(-1, 3)
+        n_views = len(jobs)
+        # Views are stacked along the grid's rows, so one grid_sample call warps every plane of
+        # the chunk for every view without copying the planes.
+        per_plane = 4 * 4 * ww * wh * n_views * 3
+        step = max(1, int(self.batch_bytes // per_plane))
+        scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=self.device)
+        rebase = np.stack(
+            [np.array([[1.0, 0, j.window[0] - u0], [0, 1.0, j.window[1] - v0], [0, 0, 1.0]]) for j in jobs]
+        )
+        homographies = np.stack([j.homographies for j in jobs])  # (V, P, 3, 3)
+        inverse = torch.from_numpy(np.linalg.inv(rebase[:, None] @ homographies)).to(self.device)
+        weights = torch.from_numpy(np.stack([j.weights for j in jobs])).to(self.device)  # (V, P)
+        local = pixels - torch.tensor([u0, v0, 0.0], device=self.device, dtype=torch.float64)
+        total = torch.zeros((n_views, 4, wh, ww), device=self.device, dtype=torch.float32)
+        for s in range(0, n_planes, step):
+            e = min(n_planes, s + step)
+            mapped = torch.einsum("vpij,nj->pvni", inverse[:, s:e], local)
+            xy = (mapped[..., :2] / mapped[..., 2:3]).float()
+            grid = (xy * scale - 1.0).reshape(e - s, n_views * wh, ww, 2)
+            sampled = torch.nn.functional.grid_sample(
+                source[s:e], grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            ).reshape(e - s, 4, n_views, wh, ww)
+            total += torch.einsum("vp,pcvhw->vchw", weights[:, s:e], sampled)
+        result = total.permute(0, 2, 3, 1).cpu().numpy()
+        for index, job in enumerate(jobs):
+            ju0, jv0, ju1, jv1 = job.window
+            acc[job.view, jv0:jv1, ju0:ju1] += result[index, jv0 - v0 : jv1 - v0, ju0 - u0 : ju1 - u0]
