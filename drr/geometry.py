@@ -107,7 +107,9 @@ class Geometry:
         source = np.asarray(isocentre, dtype=np.float64) - self.sod * AP_BEAM_AXIS
         return rotation, source
 
-    def projection_matrix(self, isocentre: np.ndarray, patient_to_view: np.ndarray | None = None) -> np.ndarray:
+    def projection_matrix(
+        self, isocentre: np.ndarray, patient_to_view: np.ndarray | None = None
+    ) -> np.ndarray:
         """The 3 × 4 matrix taking patient points (LPS mm, as the CT gives them) to pixels.
 
         Parameters

@@ -153,7 +153,9 @@ def plane_homographies(
     return shift @ m @ lift
 
 
-def plane_distances(projection: np.ndarray, index_to_world: np.ndarray, depth_axis: int, depths: np.ndarray) -> np.ndarray:
+def plane_distances(
+    projection: np.ndarray, index_to_world: np.ndarray, depth_axis: int, depths: np.ndarray
+) -> np.ndarray:
     """Perpendicular distance (mm) from the source to the planes at ``depths`` (array indices)."""
     directions, spacing = axis_directions(index_to_world)
     source = source_position(projection)

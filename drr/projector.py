@@ -110,7 +110,11 @@ class Scene:
         if hu.ndim != 3 or min(hu.shape) < 1:
             raise ValueError(f"hu must be a non-empty 3D array, not shape {hu.shape}")
         affine = np.asarray(index_to_world, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        if (
+            affine.shape != (4, 4)
+            or not np.all(np.isfinite(affine))
+            or abs(np.linalg.det(affine[:3, :3])) < 1e-12
+        ):
             raise ValueError("index_to_world must be a finite, invertible 4 × 4 affine")
         n_metal = int(np.count_nonzero(hu > METAL_HU))
         if n_metal:
@@ -265,7 +269,7 @@ class Scene:
 
 
 _LUT, _ = material_lut()
-_DENSITY = _LUT.sum(axis=1)
+_DENSITY = np.ascontiguousarray(_LUT.sum(axis=1))
 
 
 def _box_size(box: tuple[slice, ...]) -> int:
@@ -273,7 +277,7 @@ def _box_size(box: tuple[slice, ...]) -> int:
 
 
 def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, slice, slice]:
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
 
 
 def _box_window(
@@ -282,7 +286,9 @@ def _box_window(
     """Detector window ``(u0, v0, u1, v1)`` (exclusive ends) covering the box's shadow, or None."""
     lo = [s.start - 0.5 for s in box][::-1]  # (i, j, k)
     hi = [s.stop - 0.5 for s in box][::-1]
-    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    corners = np.array(
+        [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
     uv, _ = project_points(projection, (corners @ index_to_world.T)[:, :3])
     u0 = max(0, int(math.floor(uv[:, 0].min())) - 1)
     v0 = max(0, int(math.floor(uv[:, 1].min())) - 1)
@@ -376,7 +382,9 @@ def render(
             prefilter=prefilter,
         )
         for v in views:
-            factors_img[v], factors_map[v] = pixel_factors(matrices[v], geometry, scene.index_to_world, int(axis))
+            factors_img[v], factors_map[v] = pixel_factors(
+                matrices[v], geometry, scene.index_to_world, int(axis)
+            )
         warper: _Warper = _OpenCVWarper() if kernel == "opencv" else _TorchWarper(device)
         for p, pack in enumerate(packs):
             sub_acc = acc[views, p]
@@ -393,7 +401,9 @@ def render(
         for slot, group in enumerate(pack.groups):
             maps[:, group] = acc[:, p, :, :, 2 * slot] * factors_map
             mass[:, group] = acc[:, p, :, :, 2 * slot + 1] * factors_map
-    return Projections(materials, maps, mass, geometry.iso_pixel_area_mm2, tuple(g.name for g in scene.groups))
+    return Projections(
+        materials, maps, mass, geometry.iso_pixel_area_mm2, tuple(g.name for g in scene.groups)
+    )
 
 
 def _render_pack(
@@ -453,7 +463,7 @@ class _OpenCVWarper(_Warper):
         for job in jobs:
             u0, v0, u1, v1 = job.window
             local = np.zeros((v1 - v0, u1 - u0, 4), np.float32)
-            for plane, homography, weight in zip(planes, job.homographies, job.weights):
+            for plane, homography, weight in zip(planes, job.homographies, job.weights, strict=True):
                 warped = cv2.warpPerspective(
                     plane,
                     homography,

@@ -74,7 +74,9 @@ def siddon(
     return out
 
 
-def _trace(data: np.ndarray, shape_ijk: np.ndarray, start: np.ndarray, step: np.ndarray, weighting: str) -> np.ndarray:
+def _trace(
+    data: np.ndarray, shape_ijk: np.ndarray, start: np.ndarray, step: np.ndarray, weighting: str
+) -> np.ndarray:
     crossings = []
     with np.errstate(divide="ignore", invalid="ignore"):
         for axis in range(3):
