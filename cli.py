@@ -144,9 +144,8 @@ def generate_drr(
     if ct is not None and labels is None:
         raise InputError("--ct needs --labels")
     if backend not in BACKENDS:
-        raise InputError(
-            f"--backend must be one of {list(BACKENDS)}, not {backend!r}{did_you_mean(backend, list(BACKENDS))}"
-        )
+        hint = did_you_mean(backend, list(BACKENDS))
+        raise InputError(f"--backend must be one of {list(BACKENDS)}, not {backend!r}{hint}")
     device = _pick_device(device)
     cat = MuscleCatalog.load(catalog)
     if label_source is not None:

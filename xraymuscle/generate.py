@@ -218,17 +218,16 @@ def render_case(
             )
             for name, pts in points.items():
                 row[f"offdetector__{name}"] = _offdetector(views.matrices[b], pts, options)
-                if row[f"offdetector__{name}"] > OFFDETECTOR_NOTE:
-                    frac = row[f"offdetector__{name}"]
-                    notes.append(
-                        f"{row['sample_id']}: {100 * frac:.1f} % of {name}'s shadow is off the detector"
-                    )
             arrays = _arrays(views, b, muscles, present)
             write_sample(out, row["sample_id"], arrays, row)
             if options.preview:
                 write_png(out / "previews" / f"{row['sample_id']}.png", sample_preview(arrays, muscles, row))
             rows.append(row)
             on_view(1)
+    worst = {m: max(r[f"offdetector__{m}"] for r in rows) for m in present} if rows else {}
+    off = [f"{m} {100 * f:.1f} %" for m, f in worst.items() if f > OFFDETECTOR_NOTE]
+    if off:
+        notes.append(f"case {case.case_id}: shadow partly off the detector (worst view): {', '.join(off)}")
     record: dict[str, Any] = {
         "case_id": case.case_id,
         "ct": str(case.ct),
