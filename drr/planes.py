@@ -5,8 +5,8 @@ onto the detector by a 2D homography. Sampling each plane where the pixel rays c
 in the plane, exact along the axis) is Joseph's method; a view is then a weighted sum of 2D warps.
 
 The depth axis is the volume axis most nearly parallel to the central ray. Planes may be
-box-averaged in-plane first (``factors``), so that a detector pixel's footprint is never smaller
-than a sample and nothing aliases; box-averaging keeps every plane's integral. Adjacent planes may
+decimated in-plane first (``factors``, a tent filter), so that a sample is never finer than a
+detector pixel's footprint and nothing aliases; the filter keeps every plane's integral. Adjacent planes may
 be summed in groups (``group``) when the rays' spread across a group is a small part of a pixel.
 
 Weights (derivation in the DRR dataset contract): a ray through a pixel with solid angle
@@ -40,7 +40,7 @@ class PlaneLayout:
     plane_axes
         The other two array axes ``(a, b)``; a plane is an image with rows along ``a``.
     factors
-        Box-averaging factors along ``(a, b)``.
+        Decimation factors along ``(a, b)``.
     group
         Number of adjacent planes summed before warping.
     """
@@ -87,7 +87,7 @@ def plan_layout(
     max_shift_px: float,
     prefilter: bool = True,
 ) -> PlaneLayout:
-    """Choose box-averaging factors and plane grouping for views sharing ``depth_axis``.
+    """Choose decimation factors and plane grouping for views sharing ``depth_axis``.
 
     ``max_shift_px`` bounds, in detector pixels, how far a grouped plane's samples may lie from
     where its own rays cross it; 0 disables grouping.
@@ -108,7 +108,8 @@ def plan_layout(
     footprint = geometry.pixel_spacing * nearest / geometry.sid
     factors = (1, 1)
     if prefilter:
-        factors = tuple(max(1, int(math.floor(footprint / spacing[ax] + 1e-9))) for ax in plane_axes)  # type: ignore[assignment]
+        # Samples no finer than the smallest footprint (a little slack so 1.02 stays 1).
+        factors = tuple(max(1, math.ceil(footprint / spacing[ax] - 0.05)) for ax in plane_axes)  # type: ignore[assignment]
     group = 1
     if max_shift_px > 0 and steepest > 0:
         limit = 2.0 * max_shift_px * footprint / (steepest * spacing[depth_axis])
@@ -133,7 +134,7 @@ def plane_homographies(
     """Homographies ``(n, 3, 3)`` from plane sample coordinates to detector pixels.
 
     A plane's sample ``(x, y)`` (column ``x`` along axis ``b``, row ``y`` along axis ``a``, after
-    box-averaging) is the array index ``a = origin_a + fa·y + (fa−1)/2`` and
+    decimation) is the array index ``a = origin_a + fa·y + (fa−1)/2`` and
     ``b = origin_b + fb·x + (fb−1)/2`` at depth index ``depths[n]`` (fractional for a group's
     centre). ``pixel_offset`` (col, row) is subtracted from the detector coordinates, for warps
     into a sub-window of the detector.

@@ -149,7 +149,7 @@ class Scene:
         counts = np.bincount(self.channel.ravel(), minlength=len(self.groups) + 1)
         self.voxel_counts = counts[1:]
         self.cache_bytes = cache_mb * 2**20
-        self._cache: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -226,10 +226,12 @@ class Scene:
 
     def planes(
         self, pack: _Pack, layout: PlaneLayout, chunk_mb: float
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[slice, slice, slice]]]:
-        """Prepared planes of a pack, chunk by chunk: ``(planes, depths, box)``.
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[slice, slice, slice], tuple[float, float]]]:
+        """Prepared planes of a pack, chunk by chunk: ``(planes, depths, box, origin)``.
 
-        Planes are box-averaged by the layout's factors and, for the materials pack, summed in
+        ``origin`` is the array index, along the plane axes, where the first sample's block starts.
+
+        Planes are decimated by the layout's factors and, for the materials pack, summed in
         groups of ``layout.group`` (``depths`` are then the groups' centres). Label packs are
         never grouped: their per-plane weights differ from view to view.
         """
@@ -237,8 +239,8 @@ class Scene:
         group = 1 if pack.groups else layout.group
         key = (pack.groups, tuple((s.start, s.stop) for s in pack.box), depth, layout.factors, group)
         if key in self._cache:
-            planes, depths = self._cache[key]
-            yield planes, depths, pack.box
+            planes, depths, origin = self._cache[key]
+            yield planes, depths, pack.box, origin
             return
         a, b = layout.plane_axes
         box = pack.box
@@ -246,13 +248,13 @@ class Scene:
         chunk = max(group, int(chunk_mb * 2**20 // max(48 * area, 1)) // group * group)
         start, stop = box[depth].start, box[depth].stop
         total = (stop - start) * area * 16 / (layout.factors[0] * layout.factors[1] * group)
-        keep = total <= self.cache_bytes - sum(p.nbytes for p, _ in self._cache.values())
+        keep = total <= self.cache_bytes - sum(c[0].nbytes for c in self._cache.values())
         kept: list[tuple[np.ndarray, np.ndarray]] = []
         for c0 in range(start, stop, chunk):
             c1 = min(stop, c0 + chunk)
             sub = list(box)
             sub[depth] = slice(c0, c1)
-            planes = _prefilter(self.block(pack, tuple(sub), depth), layout.factors)  # type: ignore[arg-type]
+            planes, shifts = _prefilter(self.block(pack, tuple(sub), depth), layout.factors)  # type: ignore[arg-type]
             depths = np.arange(c0, c1, dtype=np.float64)
             if group > 1:
                 extra = -len(depths) % group
@@ -263,9 +265,14 @@ class Scene:
                 depths = depths.reshape(-1, group).mean(axis=1)
             if keep:
                 kept.append((planes, depths))
-            yield planes, depths, tuple(sub)  # type: ignore[misc]
+            origin = (float(box[a].start - shifts[0]), float(box[b].start - shifts[1]))
+            yield planes, depths, tuple(sub), origin  # type: ignore[misc]
         if keep and kept:
-            self._cache[key] = (np.concatenate([p for p, _ in kept]), np.concatenate([d for _, d in kept]))
+            self._cache[key] = (
+                np.concatenate([p for p, _ in kept]),
+                np.concatenate([d for _, d in kept]),
+                origin,
+            )
 
 
 _LUT, _ = material_lut()
@@ -281,7 +288,12 @@ def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, slice, sl
 
 
 def _box_window(
-    projection: np.ndarray, index_to_world: np.ndarray, box: tuple[slice, ...], rows: int, cols: int
+    projection: np.ndarray,
+    index_to_world: np.ndarray,
+    box: tuple[slice, ...],
+    rows: int,
+    cols: int,
+    margin: int = 3,
 ) -> tuple[int, int, int, int] | None:
     """Detector window ``(u0, v0, u1, v1)`` (exclusive ends) covering the box's shadow, or None."""
     lo = [s.start - 0.5 for s in box][::-1]  # (i, j, k)
@@ -290,26 +302,55 @@ def _box_window(
         [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
     )
     uv, _ = project_points(projection, (corners @ index_to_world.T)[:, :3])
-    u0 = max(0, int(math.floor(uv[:, 0].min())) - 1)
-    v0 = max(0, int(math.floor(uv[:, 1].min())) - 1)
-    u1 = min(cols, int(math.ceil(uv[:, 0].max())) + 2)
-    v1 = min(rows, int(math.ceil(uv[:, 1].max())) + 2)
+    # The margin covers the bilinear ramp and the prefilter's spread, each about a pixel.
+    u0 = max(0, int(math.floor(uv[:, 0].min())) - margin)
+    v0 = max(0, int(math.floor(uv[:, 1].min())) - margin)
+    u1 = min(cols, int(math.ceil(uv[:, 0].max())) + margin + 1)
+    v1 = min(rows, int(math.ceil(uv[:, 1].max())) + margin + 1)
     if u1 <= u0 or v1 <= v0:
         return None
     return u0, v0, u1, v1
 
 
-def _prefilter(planes: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
-    """Box-average ``(P, A, B, C)`` planes by ``factors`` along A and B (zero-padded to fit)."""
-    fa, fb = factors
-    if fa == 1 and fb == 1:
-        return np.ascontiguousarray(planes)
-    p, a, b, c = planes.shape
-    pa, pb = -a % fa, -b % fb
-    if pa or pb:
-        planes = np.pad(planes, ((0, 0), (0, pa), (0, pb), (0, 0)))
-    shaped = planes.reshape(p, (a + pa) // fa, fa, (b + pb) // fb, fb, c)
-    return np.ascontiguousarray(shaped.mean(axis=(2, 4), dtype=np.float32))
+def _prefilter(planes: np.ndarray, factors: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decimate ``(P, A, B, C)`` planes by ``factors`` along A and B with a tent filter.
+
+    Returns the planes and, per axis, how many voxels before the box's start the first sample's
+    block begins (the tent reaches one block beyond each end).
+    """
+    out = planes
+    shifts = []
+    for axis, f in ((1, factors[0]), (2, factors[1])):
+        if f == 1:
+            shifts.append(0)
+            continue
+        out = _tent_decimate(out, axis, f)
+        shifts.append(f)
+    return np.ascontiguousarray(out, dtype=np.float32), (shifts[0], shifts[1])
+
+
+def _tent_decimate(x: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """Average blocks of ``f`` voxels with a tent of half-width ``f`` (a partition of unity).
+
+    Block ``m`` (``m = -1 .. ceil(L/f)``) is centred on voxel ``m·f + (f−1)/2``; every voxel's
+    weights over the blocks sum to ``1/f``, so sums (integrals) are kept exactly, and the tent's
+    squared-sinc response suppresses what a plain block average would alias.
+    """
+    length = x.shape[axis]
+    blocks = -(-length // f) + 2
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (2 * f, (blocks + 2) * f - length - 2 * f)
+    xp = np.pad(x, pad)
+    out = np.zeros(x.shape[:axis] + (blocks,) + x.shape[axis + 1 :], np.float32)
+    centre = (f - 1) / 2.0
+    for u in range(3 * f):
+        weight = max(0.0, 1.0 - abs(u - f - centre) / f) / f
+        if weight == 0.0:
+            continue
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(u, u + blocks * f, f)
+        out += np.float32(weight) * xp[tuple(index)]
+    return out
 
 
 def render(
@@ -340,7 +381,7 @@ def render(
     max_shift_px
         Largest sample displacement, in pixels, allowed when adjacent planes are summed.
     prefilter
-        Box-average planes to the detector footprint first (prevents aliasing).
+        Decimate planes to the detector footprint first with a tent filter (prevents aliasing).
     chunk_mb
         Memory for one chunk of planes; bounds peak memory for large CTs.
 
@@ -416,10 +457,10 @@ def _render_pack(
     chunk_mb: float,
 ) -> None:
     """Warp one pack's planes for every view into ``acc`` ``(V, H, W, 4)``, chunk by chunk."""
-    depth, (a, b) = layout.depth_axis, layout.plane_axes
+    depth = layout.depth_axis
     spacing = float(scene.spacing[depth])
     rows, cols = acc.shape[1:3]
-    for planes, depths, box in scene.planes(pack, layout, chunk_mb):
+    for planes, depths, box, origin in scene.planes(pack, layout, chunk_mb):
         jobs = []
         for v, matrix in enumerate(matrices):
             window = _box_window(matrix, scene.index_to_world, box, rows, cols)
@@ -430,7 +471,7 @@ def _render_pack(
             else:
                 weights = np.full(len(depths), spacing)
             homographies = plane_homographies(
-                matrix, scene.index_to_world, layout, depths, (box[a].start, box[b].start), window[:2]
+                matrix, scene.index_to_world, layout, depths, origin, window[:2]
             )
             jobs.append(_Job(v, window, weights.astype(np.float32), homographies))
         if jobs:
