@@ -209,7 +209,10 @@ def render_case(
         batch = todo[start : start + VIEWS_PER_BATCH]
         rngs = [_stream(options.seed, case.case_id, v) for v in batch]
         poses = [sample_pose(rng, options.preset.pose_ranges) for rng in rngs]
-        views = renderer.render(scene, poses, isocentre=isocentre, rngs=rngs)
+        try:
+            views = renderer.render(scene, poses, isocentre=isocentre, rngs=rngs)
+        except ValueError as exc:  # e.g. the source inside the volume: this case cannot be drawn
+            raise InputError(str(exc), case.ct) from None
         for b, view in enumerate(batch):
             row = _row(case.case_id, view, views.images.shape[1:], options, muscles, present, volumes, masses)
             row.update({f"pose_{k}": v for k, v in poses[b].to_dict().items()})
@@ -332,28 +335,38 @@ def _worker_case(case: CaseInput, out: Path, options: GenerateOptions) -> dict[s
 
 
 def _prepare_out(out: Path, options: GenerateOptions) -> dict[str, Any]:
+    """Create the dataset folder, or check that an existing one was made with the same settings."""
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "dataset.json"
     settings = options.settings()
-    if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise InputError("dataset.json is not valid JSON; use a new --out", info_path) from None
-        old = {k: info.get(k) for k in settings}
-        if json.loads(json.dumps(old)) != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if json.dumps(old.get(k)) != json.dumps(settings[k]))
-            raise InputError(
-                f"holds a dataset made with other settings ({', '.join(changed)}); use a new --out", out
-            )
-        return dict(info)
-    elif any(out.iterdir()):
-        raise InputError("folder is not empty and holds no DRR dataset; use a new --out", out)
-    info = {"format": FORMAT, "version": VERSION, "code_version": __version__, **settings, "source_cases": []}
-    write_text_atomic(info_path, json.dumps(info, indent=1))
-    return info
+    if not info_path.is_file():
+        if any(out.iterdir()):
+            raise InputError("folder is not empty and holds no DRR dataset; use a new --out", out)
+        info = {
+            "format": FORMAT,
+            "version": VERSION,
+            "code_version": __version__,
+            **settings,
+            "source_cases": [],
+        }
+        write_text_atomic(info_path, json.dumps(info, indent=1))
+        return info
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError("dataset.json is not valid JSON; use a new --out", info_path) from None
+    changed = sorted(k for k in settings if json.dumps(info.get(k)) != json.dumps(settings[k]))
+    if changed:
+        raise InputError(
+            f"holds a dataset made with other settings ({', '.join(changed)}); use a new --out", out
+        )
+    for folder in (out / "samples", out / "cases", out / "previews"):
+        # Temporary files of a run killed mid-write are never part of the dataset.
+        for stale in folder.glob(".*.tmp*") if folder.is_dir() else []:
+            stale.unlink(missing_ok=True)
+    return dict(info)
 
 
 def generate_drr(

@@ -1,0 +1,256 @@
+"""``xraymuscle generate-drr``: the dataset contract, resuming (also after kill -9), and bad input."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from drr.poses import Pose
+from drr.presets import load_preset
+from xraymuscle.catalog import MuscleCatalog
+from xraymuscle.drr_dataset import DiskFullError, DrrDataset, read_sample
+from xraymuscle.errors import InputError
+from xraymuscle.generate import GenerateOptions, generate_drr, read_cohort
+from xraymuscle.paths import config_file
+from xraymuscle.phantom.cohort import make_cohort
+from xraymuscle.volume import read_ct
+
+runner = CliRunner()
+FAST = ["--geometry", "hip_ap_fast"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cohort(2, tmp_path_factory.mktemp("cohort"), seed=1, spacing=5.0, progress=False)
+
+
+def generate(*args: str) -> object:
+    return runner.invoke(app, ["generate-drr", *args])
+
+
+def test_dataset_follows_the_contract(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "drr"
+    result = generate("--cohort", str(cohort), "--out", str(out), "--views", "2", "--preview", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "4 views rendered" in result.output
+    data = DrrDataset.load(out)
+    muscles = list(MuscleCatalog.load().muscles)
+    assert data.muscles == muscles and len(data) == 4
+    assert data.info["geometry"]["rows"] == 128 and data.info["format"] == "xraymuscle-drr"
+    assert [c["case_id"] for c in data.info["source_cases"]] == ["phantom_0000", "phantom_0001"]
+    preset = load_preset(config_file("geometry", "hip_ap_fast"))
+    checked = 0
+    for i, row in enumerate(data.rows):
+        sample = data.sample(i, keys=("image", "maps", "mass_maps", "materials", "projection"))
+        assert sample["image"].shape == (128, 128) and sample["image"].dtype == np.float32
+        assert sample["maps"].shape == (len(muscles), 128, 128) and sample["maps"].dtype == np.float32
+        assert sample["materials"].shape == (3, 128, 128)
+        assert row["pixel_area_mm2"] == pytest.approx(preset.geometry.iso_pixel_area_mm2)
+        for k, m in enumerate(muscles):
+            if row[f"offdetector__{m}"] == 0.0:
+                volume = sample["maps"][k].sum() * row["pixel_area_mm2"] / 1000
+                mass = sample["mass_maps"][k].sum() * row["pixel_area_mm2"] / 1000
+                assert volume == pytest.approx(row[f"volume_ml__{m}"], rel=5e-3), m
+                assert mass == pytest.approx(row[f"mass_g__{m}"], rel=5e-3), m
+                checked += 1
+        # The stored matrix is reproduced from the geometry, the pose and the isocentre.
+        pose = Pose(**{k: row[f"pose_{k}"] for k in ("rx", "ry", "rz", "tx", "ty", "tz")})
+        centre = np.array([row["isocentre_x"], row["isocentre_y"], row["isocentre_z"]])
+        np.testing.assert_allclose(
+            sample["projection"], preset.geometry.projection_matrix(centre, pose.matrix(centre)), rtol=1e-5
+        )
+        assert (out / "previews" / f"{row['sample_id']}.png").is_file()
+    assert checked >= 8
+    # Truth volumes equal the cohort's own voxel counts.
+    with cohort.open() as fh:
+        truth = {r["case_id"]: r for r in csv.DictReader(fh)}
+    first = data.rows[0]
+    assert first["volume_ml__gluteus_medius_left"] == pytest.approx(
+        float(truth[first["case_id"]]["volume_ml__gluteus_medius_left"]), rel=1e-3
+    )
+    # Different views of one case have different poses.
+    assert data.rows[0]["pose_rx"] != data.rows[1]["pose_rx"]
+
+
+def test_rerun_skips_finished_samples_and_redoes_missing_ones(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "drr"
+    assert generate("--cohort", str(cohort), "--out", str(out), "--views", "2", *FAST).exit_code == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    again = generate("--cohort", str(cohort), "--out", str(out), "--views", "2", *FAST)
+    assert again.exit_code == 0 and "0 views rendered, 4 already there" in again.output
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    # Lose one sample and a case record, as a killed run would; leave a temporary file behind.
+    (out / "samples" / "phantom_0001_v001.npz").unlink()
+    (out / "cases" / "phantom_0001.json").unlink()
+    (out / "samples" / ".phantom_0001_v001.npz.abc.tmp.npz").write_bytes(b"half")
+    before = read_sample(out / "samples" / "phantom_0001_v000.npz")
+    third = generate("--cohort", str(cohort), "--out", str(out), "--views", "2", *FAST)
+    assert third.exit_code == 0 and "1 views rendered, 3 already there" in third.output
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(stamps)
+    # The re-rendered case gives the same sample as before (poses come from fixed streams).
+    np.testing.assert_array_equal(
+        read_sample(out / "samples" / "phantom_0001_v000.npz")["maps"], before["maps"]
+    )
+    assert len(DrrDataset.load(out)) == 4
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "drr"
+    cmd = [sys.executable, "-c", "from cli import app; app()", "generate-drr", "--cohort", str(cohort)]
+    cmd += ["--out", str(out), "--views", "5", *FAST]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((out / "samples").glob("*.npz"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "samples").glob("*.npz")))
+    assert 2 <= done_before < 10
+    result = generate("--cohort", str(cohort), "--out", str(out), "--views", "5", *FAST)
+    assert result.exit_code == 0, result.output
+    data = DrrDataset.load(out)
+    ids = [r["sample_id"] for r in data.rows]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(f"{i}.npz" for i in ids)
+    for i in range(len(data)):
+        assert np.isfinite(data.sample(i)["maps"]).all()
+
+
+def test_single_ct_without_muscles_renders_with_a_note(tmp_path: Path, cohort: Path) -> None:
+    ct = read_ct(cohort.parent / "phantom_0000" / "ct.nii.gz")
+    empty = ct.__class__(np.zeros(ct.shape, np.uint8), ct.spacing, ct.origin, ct.direction)
+    empty.save(tmp_path / "empty_labels.nii.gz")
+    out = tmp_path / "drr"
+    ct_path, labels_path = cohort.parent / "phantom_0000" / "ct.nii.gz", tmp_path / "empty_labels.nii.gz"
+    result = generate(
+        "--ct",
+        str(ct_path),
+        "--labels",
+        str(labels_path),
+        "--label-source",
+        "phantom",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    assert "no voxels for" in result.output and "gluteus_maximus_left" in result.output
+    data = DrrDataset.load(out)
+    assert data.rows[0]["case_id"] == "ct" and np.isnan(data.volumes_ml()).all()
+    assert not data.sample(0)["maps"].any()
+
+
+def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "cohort.csv"
+    with cohort.open() as fh:
+        rows = list(csv.DictReader(fh))
+    rows[1]["labels"] = "nowhere/labels.nii.gz"
+    with bad.open("w", newline="") as fh:
+        writer = csv.DictWriter(
+            fh, fieldnames=["case_id", "ct", "labels", "label_source"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        for r in rows:
+            r["ct"] = str(cohort.parent / r["ct"])
+            r["labels"] = str(cohort.parent / r["labels"]) if r is rows[0] else r["labels"]
+            writer.writerow(r)
+    out = tmp_path / "drr"
+    result = generate("--cohort", str(bad), "--out", str(out), *FAST)
+    assert result.exit_code == 0, result.output
+    assert "row 3 (case phantom_0001): no such file" in result.output
+    assert "phantom_0001" in (out / "problems.txt").read_text()
+    assert [r["case_id"] for r in DrrDataset.load(out).rows] == ["phantom_0000"]
+
+
+def test_cohort_without_columns_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "cohort.csv"
+    bad.write_text("case,image\nx,y\n")
+    result = generate("--cohort", str(bad), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    needed = "['case_id', 'ct', 'labels']"
+    assert result.output.strip() == f"error: {bad}: cohort CSV lacks column(s) {needed} (needs {needed})"
+    with pytest.raises(InputError, match="no such file"):
+        read_cohort(tmp_path / "absent.csv")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--image-size", "0"], "image size must be a positive number of pixels"),
+        (["--pixel-spacing", "-1"], "pixel_spacing must be a positive number"),
+        (["--sid", "100"], "sod must be a positive number"),
+        (["--sid", "170"], "lies inside the volume"),
+        (["--backend", "deepdrr"], "deepdrr backend needs"),
+        (["--backend", "deepdr"], "did you mean 'deepdrr'"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["--views", "0"], "--views must be at least 1"),
+        (["--label-source", "nope"], "label source 'nope' is not in catalogue"),
+        (["--geometry", "hip_lat"], "unknown geometry preset 'hip_lat'"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(
+    cohort: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    if "--device" in extra and "cuda" in extra:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA GPU is present")
+    ct = cohort.parent / "phantom_0000"
+    args = [
+        "--ct",
+        str(ct / "ct.nii.gz"),
+        "--labels",
+        str(ct / "labels.nii.gz"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    if "--label-source" not in extra:
+        args += ["--label-source", "phantom"]
+    result = generate(*args, *FAST, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.count("error:") == 1
+
+
+def test_existing_dataset_with_other_settings_is_refused(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "drr"
+    assert generate("--cohort", str(cohort), "--out", str(out), *FAST).exit_code == 0
+    result = generate("--cohort", str(cohort), "--out", str(out), "--seed", "9", *FAST)
+    assert result.exit_code == 2 and "other settings (seed)" in result.output
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    result = generate("--cohort", str(cohort), "--out", str(tmp_path / "busy"), *FAST)
+    assert result.exit_code == 2 and "not empty" in result.output
+    with pytest.raises(InputError, match="not a DRR dataset"):
+        DrrDataset.load(tmp_path / "busy")
+
+
+def test_full_disk_stops_cleanly(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cases, _ = read_cohort(cohort)
+    preset = load_preset(config_file("geometry", "hip_ap_fast"))
+    options = GenerateOptions(MuscleCatalog.load(), "phantom", preset, views=2)
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", no_space)
+    out = tmp_path / "drr"
+    with pytest.raises(DiskFullError, match="no space left"):
+        generate_drr(cases, out, options, progress=False)
+    assert list((out / "samples").iterdir()) == []  # nothing half-written
+    assert json.loads((out / "dataset.json").read_text())["source_cases"] == []
