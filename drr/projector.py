@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from drr.geometry import Geometry, project_points
 from drr.materials import LOWEST_HU, MATERIALS, METAL_HU, material_lut
@@ -116,25 +115,18 @@ class Scene:
             or abs(np.linalg.det(affine[:3, :3])) < 1e-12
         ):
             raise ValueError("index_to_world must be a finite, invertible 4 × 4 affine")
-        n_metal = int(np.count_nonzero(hu > METAL_HU))
-        if n_metal:
-            warnings.warn(
-                f"{n_metal} voxels above {METAL_HU} HU (metal or artefact) are clipped to {METAL_HU} HU",
-                stacklevel=2,
-            )
-        # Row index into the material table: one gather gives all material densities.
-        index = np.clip(hu, LOWEST_HU, METAL_HU)
-        if not np.issubdtype(index.dtype, np.integer):
-            index = np.rint(index)
-        self.hu_index = (index - LOWEST_HU).astype(np.uint16)
+        if labels is not None and np.asarray(labels).shape != hu.shape:
+            raise ValueError(f"labels shape {np.asarray(labels).shape} differs from the CT's {hu.shape}")
+        if len(groups) > 254:
+            raise ValueError(f"at most 254 label groups, not {len(groups)}")
         self.index_to_world = affine
         self.groups = tuple(groups)
         self.shape: tuple[int, int, int] = hu.shape  # type: ignore[assignment]
-        if labels is not None and np.asarray(labels).shape != hu.shape:
-            raise ValueError(f"labels shape {np.asarray(labels).shape} differs from the CT's {hu.shape}")
-        if len(self.groups) > 254:
-            raise ValueError(f"at most 254 label groups, not {len(self.groups)}")
+        # Row of every voxel in the material table, and its group number (0: none), made slab by
+        # slab so that a large CT needs no full-size temporaries.
+        self.hu_index = np.empty(self.shape, np.uint16)
         self.channel = np.zeros(self.shape, np.uint8)
+        lut = None
         if labels is not None and self.groups:
             labels = np.asarray(labels)
             top = max(int(labels.max()), max(max(g.labels) for g in self.groups))
@@ -143,11 +135,27 @@ class Scene:
                 for value in group.labels:
                     if value > 0:
                         lut[value] = number + 1
-            self.channel = lut[np.clip(labels, 0, None)]
-        objects = ndimage.find_objects(self.channel, max_label=len(self.groups))
-        self.boxes: list[tuple[slice, slice, slice] | None] = list(objects)  # type: ignore[arg-type]
-        counts = np.bincount(self.channel.ravel(), minlength=len(self.groups) + 1)
-        self.voxel_counts = counts[1:]
+        n_metal = 0
+        step = max(1, int(2**24 // max(1, hu.shape[1] * hu.shape[2])))
+        for k0 in range(0, self.shape[0], step):
+            slab = hu[k0 : k0 + step]
+            if slab.dtype not in (np.int16, np.int32, np.int64, np.float32, np.float64):
+                slab = slab.astype(np.float32)  # e.g. unsigned stored values
+            n_metal += int(np.count_nonzero(slab > METAL_HU))
+            work = np.clip(slab, LOWEST_HU, METAL_HU)
+            if not np.issubdtype(work.dtype, np.integer):
+                np.rint(work, out=work)
+            work -= LOWEST_HU
+            self.hu_index[k0 : k0 + step] = work
+            if lut is not None:
+                assert labels is not None
+                self.channel[k0 : k0 + step] = lut[np.clip(labels[k0 : k0 + step], 0, None)]
+        if n_metal:
+            warnings.warn(
+                f"{n_metal} voxels above {METAL_HU} HU (metal or artefact) are clipped to {METAL_HU} HU",
+                stacklevel=2,
+            )
+        self.boxes, self.voxel_counts = _boxes_and_counts(self.channel, len(self.groups))
         self.cache_bytes = cache_mb * 2**20
         self._cache: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
 
@@ -167,8 +175,9 @@ class Scene:
 
     def group_masses_g(self) -> np.ndarray:
         """Sum of voxel densities (from HU) × voxel volume of every group, g."""
-        density = _DENSITY[self.hu_index]
-        sums = np.bincount(self.channel.ravel(), weights=density.ravel(), minlength=len(self.groups) + 1)
+        labelled = self.channel > 0
+        density = _DENSITY[self.hu_index[labelled]]
+        sums = np.bincount(self.channel[labelled], weights=density, minlength=len(self.groups) + 1)
         return sums[1:] * self.voxel_volume_mm3 / 1000.0
 
     def group_points(self, number: int) -> np.ndarray:
@@ -182,12 +191,18 @@ class Scene:
 
     def centroid(self) -> np.ndarray:
         """LPS centroid of all labelled voxels (the nominal isocentre), or of the grid if none."""
-        if self.voxel_counts.sum() == 0:
+        total = int(self.voxel_counts.sum())
+        if total == 0:
             centre = (np.array(self.shape[::-1]) - 1) / 2.0
             return (self.index_to_world @ np.r_[centre, 1.0])[:3]
-        k, j, i = np.nonzero(self.channel)
-        mean = np.array([i.mean(), j.mean(), k.mean(), 1.0])
-        return (self.index_to_world @ mean)[:3]
+        labelled = self.channel > 0
+        # Mean index along each array axis from per-axis counts (no big coordinate arrays).
+        means = [
+            float(np.arange(n) @ labelled.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64))
+            / total
+            for axis, n in enumerate(self.shape)
+        ]
+        return (self.index_to_world @ np.array([means[2], means[1], means[0], 1.0]))[:3]
 
     def packs(self) -> list[_Pack]:
         """The materials pack over the whole grid, then labelled groups paired by overlapping boxes."""
@@ -214,7 +229,9 @@ class Scene:
         """
         index = np.moveaxis(self.hu_index[box], depth_axis, 0)
         if not pack.groups:
-            return _LUT[index]
+            # One 16-byte gather per voxel (four float32 channels viewed as one complex128).
+            rows = _LUT_ROWS[np.ascontiguousarray(index)]
+            return rows.view(np.float32).reshape(*index.shape, 4)
         density = _DENSITY[index]
         channel = np.moveaxis(self.channel[box], depth_axis, 0)
         out = np.zeros((*index.shape, 4), np.float32)
@@ -254,7 +271,14 @@ class Scene:
             c1 = min(stop, c0 + chunk)
             sub = list(box)
             sub[depth] = slice(c0, c1)
-            planes, shifts = _prefilter(self.block(pack, tuple(sub), depth), layout.factors)  # type: ignore[arg-type]
+            # A few planes at a time, so the full-resolution channels stay in the CPU's cache.
+            parts = []
+            for s0 in range(c0, c1, 8):
+                sub[depth] = slice(s0, min(c1, s0 + 8))
+                part, shifts = _prefilter(self.block(pack, tuple(sub), depth), layout.factors)  # type: ignore[arg-type]
+                parts.append(part)
+            sub[depth] = slice(c0, c1)
+            planes = parts[0] if len(parts) == 1 else np.concatenate(parts)
             depths = np.arange(c0, c1, dtype=np.float64)
             if group > 1:
                 extra = -len(depths) % group
@@ -265,7 +289,7 @@ class Scene:
                 depths = depths.reshape(-1, group).mean(axis=1)
             if keep:
                 kept.append((planes, depths))
-            origin = (float(box[a].start - shifts[0]), float(box[b].start - shifts[1]))
+            origin = (box[a].start + shifts[0], box[b].start + shifts[1])
             yield planes, depths, tuple(sub), origin  # type: ignore[misc]
         if keep and kept:
             self._cache[key] = (
@@ -277,6 +301,45 @@ class Scene:
 
 _LUT, _ = material_lut()
 _DENSITY = np.ascontiguousarray(_LUT.sum(axis=1))
+_LUT_ROWS = np.ascontiguousarray(_LUT).view(np.complex128).ravel()
+
+
+def _boxes_and_counts(
+    channel: np.ndarray, n_groups: int
+) -> tuple[list[tuple[slice, slice, slice] | None], np.ndarray]:
+    """Bounding box (None when empty) and voxel count of every group ``1..n_groups``.
+
+    Computed slab by slab from per-axis occupancy, without full-size index arrays.
+    """
+    n = n_groups + 1
+    nk, nj, ni = channel.shape
+    occupied = [np.zeros((nk, n), bool), np.zeros((nj, n), bool), np.zeros((ni, n), bool)]
+    counts = np.zeros(n, np.int64)
+    step = max(1, int(2**22 // max(1, nj * ni)))
+    for k0 in range(0, nk, step):
+        slab = channel[k0 : k0 + step].astype(np.int32)
+        per_k = np.bincount(
+            (np.arange(len(slab), dtype=np.int32)[:, None, None] * n + slab).ravel(), minlength=len(slab) * n
+        )
+        per_k = per_k.reshape(len(slab), n)
+        counts += per_k.sum(axis=0)
+        occupied[0][k0 : k0 + len(slab)] |= per_k > 0
+        per_j = np.bincount(
+            (np.arange(nj, dtype=np.int32)[None, :, None] * n + slab).ravel(), minlength=nj * n
+        )
+        occupied[1] |= per_j.reshape(nj, n) > 0
+        per_i = np.bincount(
+            (np.arange(ni, dtype=np.int32)[None, None, :] * n + slab).ravel(), minlength=ni * n
+        )
+        occupied[2] |= per_i.reshape(ni, n) > 0
+    boxes: list[tuple[slice, slice, slice] | None] = []
+    for g in range(1, n):
+        spans = [np.nonzero(axis[:, g])[0] for axis in occupied]
+        if len(spans[0]) == 0:
+            boxes.append(None)
+        else:
+            boxes.append(tuple(slice(int(x[0]), int(x[-1]) + 1) for x in spans))  # type: ignore[arg-type]
+    return boxes, counts[1:]
 
 
 def _box_size(box: tuple[slice, ...]) -> int:
@@ -312,45 +375,41 @@ def _box_window(
     return u0, v0, u1, v1
 
 
-def _prefilter(planes: np.ndarray, factors: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+def _prefilter(planes: np.ndarray, factors: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float]]:
     """Decimate ``(P, A, B, C)`` planes by ``factors`` along A and B with a tent filter.
 
-    Returns the planes and, per axis, how many voxels before the box's start the first sample's
-    block begins (the tent reaches one block beyond each end).
+    The tent (a box of ``f`` voxels convolved with the block average of ``f`` voxels) has a
+    squared-sinc response that suppresses what a plain block average would alias, and each voxel's
+    weights over the blocks sum to ``1/f``, so integrals are kept exactly. The planes are padded
+    so that nothing spreads past the edge.
+
+    Returns the planes and, per axis, the array index ``o`` such that sample ``y`` is centred on
+    ``o + f·y + (f−1)/2`` relative to the planes' first voxel.
     """
-    out = planes
-    shifts = []
-    for axis, f in ((1, factors[0]), (2, factors[1])):
-        if f == 1:
-            shifts.append(0)
-            continue
-        out = _tent_decimate(out, axis, f)
-        shifts.append(f)
-    return np.ascontiguousarray(out, dtype=np.float32), (shifts[0], shifts[1])
+    import cv2
 
+    fa, fb = factors
+    if fa == 1 and fb == 1:
+        return np.ascontiguousarray(planes, dtype=np.float32), (0.0, 0.0)
+    n, a, b, c = planes.shape
+    pad_a, pad_b = (fa if fa > 1 else 0), (fb if fb > 1 else 0)
+    rows = -(-(a + 2 * pad_a) // fa) * fa
+    cols = -(-(b + 2 * pad_b) // fb) * fb
+    out = np.empty((n, rows // fa, cols // fb, c), np.float32)
+    for p in range(n):
+        padded = cv2.copyMakeBorder(
+            planes[p], pad_a, rows - a - pad_a, pad_b, cols - b - pad_b, cv2.BORDER_CONSTANT, value=0
+        )
+        blurred = cv2.boxFilter(padded, -1, (fb, fa), normalize=True, borderType=cv2.BORDER_CONSTANT)
+        out[p] = cv2.resize(blurred, (cols // fb, rows // fa), interpolation=cv2.INTER_AREA).reshape(
+            rows // fa, cols // fb, c
+        )
 
-def _tent_decimate(x: np.ndarray, axis: int, f: int) -> np.ndarray:
-    """Average blocks of ``f`` voxels with a tent of half-width ``f`` (a partition of unity).
+    def origin(f: int, pad: int) -> float:
+        # The box is centred on f//2 (its anchor), the block on (f-1)/2; the pad shifts everything.
+        return 0.0 if f == 1 else float(-pad + (f - 1) - f // 2 - (f - 1) / 2.0)
 
-    Block ``m`` (``m = -1 .. ceil(L/f)``) is centred on voxel ``m·f + (f−1)/2``; every voxel's
-    weights over the blocks sum to ``1/f``, so sums (integrals) are kept exactly, and the tent's
-    squared-sinc response suppresses what a plain block average would alias.
-    """
-    length = x.shape[axis]
-    blocks = -(-length // f) + 2
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (2 * f, (blocks + 2) * f - length - 2 * f)
-    xp = np.pad(x, pad)
-    out = np.zeros(x.shape[:axis] + (blocks,) + x.shape[axis + 1 :], np.float32)
-    centre = (f - 1) / 2.0
-    for u in range(3 * f):
-        weight = max(0.0, 1.0 - abs(u - f - centre) / f) / f
-        if weight == 0.0:
-            continue
-        index = [slice(None)] * x.ndim
-        index[axis] = slice(u, u + blocks * f, f)
-        out += np.float32(weight) * xp[tuple(index)]
-    return out
+    return out, (origin(fa, pad_a), origin(fb, pad_b))
 
 
 def render(

@@ -228,3 +228,18 @@ def test_axis_directions_follow_the_affine() -> None:
     directions, spacing = axis_directions(affine)
     np.testing.assert_allclose(spacing, [3.0, 2.0, 1.0])  # array order: k, j, i
     np.testing.assert_allclose(directions[2], oblique_direction()[:, 0])
+
+
+def test_group_boxes_and_counts_match_a_direct_search() -> None:
+    from scipy import ndimage
+
+    from drr.projector import _boxes_and_counts
+
+    rng = np.random.default_rng(5)
+    channel = np.zeros((23, 17, 19), np.uint8)
+    for g in (1, 2, 4):
+        k, j, i = rng.integers(0, 10, 3)
+        channel[k : k + rng.integers(1, 12), j : j + rng.integers(1, 7), i : i + rng.integers(1, 9)] = g
+    boxes, counts = _boxes_and_counts(channel, 4)
+    assert boxes == ndimage.find_objects(channel, max_label=4)
+    np.testing.assert_array_equal(counts, np.bincount(channel.ravel(), minlength=5)[1:])
