@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:  `make demo`  and  `make test`.
-# `make test-slow` runs the heavy tests; `make bench` the benchmarks.
+# `make test-slow` runs the heavy tests; `make bench` the benchmarks (`make bench-peers` first
+# installs DiffDRR, the peer renderer, into .venv for drr_bench.py; it is never a dependency).
 # TORCH selects the PyTorch build; the default is the CPU build. On a GPU machine:
 #   make setup TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
 PYTHON ?= python3
@@ -8,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= xraymuscle-demo
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,13 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/phantom_bench.py
+	$(BIN)/python benchmarks/drr_bench.py --memory
+
+# DiffDRR 0.6.1 without its declared dependencies (torchvision, pyvista, timm are not needed to
+# render), plus the ones its import does need.
+bench-peers: setup
+	$(BIN)/pip install --quiet --no-deps diffdrr==0.6.1
+	$(BIN)/pip install --quiet torchio einops roma kornia fastcore imageio matplotlib seaborn
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -146,14 +146,15 @@ def diffdrr(ct: Volume, labels: Volume, repeat: int) -> dict[str, float]:
     for renderer in ("siddon", "trilinear"):
         drr = DRR(subject, sdd=geo.sid, height=geo.rows, delx=geo.pixel_spacing, renderer=renderer)
         for channels in (False, True):
-            with torch.no_grad():
-                t, img = timed(
-                    lambda: drr(
+
+            def view(drr: DRR = drr, channels: bool = channels) -> torch.Tensor:
+                with torch.no_grad():
+                    return drr(
                         rotations, translations, parameterization="euler_angles", convention="ZXY",
                         mask_to_channels=channels,
-                    ),
-                    repeat=repeat,
-                )  # fmt: skip
+                    )  # fmt: skip
+
+            t, img = timed(view, repeat=repeat)
             out[f"{renderer}{'_channels' if channels else ''}_s"] = t
             out[f"{renderer}{'_channels' if channels else ''}_shape"] = list(img.shape)  # type: ignore[union-attr]
     return out
@@ -207,9 +208,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     ct, labels, what, _ = bench_ct((512, 512, 133))
-    print(
-        f"CT: {what}, {ct.size_ijk} voxels of {np.round(ct.spacing, 3).tolist()} mm; detector hip_ap 256 x 256"
-    )
+    spacing = np.round(ct.spacing, 3).tolist()
+    print(f"CT: {what}, {ct.size_ijk} voxels of {spacing} mm; detector hip_ap 256 x 256")
     results: dict[str, object] = {"ct": what, "device": args.device, "batch": args.batch}
     mine = ours(ct, labels, args.device, args.batch)
     results["ours"] = mine
@@ -220,9 +220,8 @@ def main() -> None:
         except ImportError as exc:
             print(f"DiffDRR not installed ({exc}); run `make bench-peers` first")
         results["diffdrr"] = peer
-    print(
-        f"\n{'renderer (per view, ' + args.device + ')':46s} {'seconds':>9s} {'DiffDRR Siddon+ch / this':>26s}"
-    )
+    head = f"renderer (per view, {args.device})"
+    print(f"\n{head:46s} {'seconds':>9s} {'DiffDRR Siddon+ch / this':>26s}")
     reference = peer["siddon_channels_s"] if peer else None
 
     def line(name: str, seconds: float) -> None:
@@ -243,9 +242,8 @@ def main() -> None:
             ("trilinear_channels_s", "DiffDRR trilinear, mask_to_channels"),
         ):
             line(name, peer[key])
-    print(
-        f"\nmean relative difference from the exact Siddon reference: {100 * mine['mean_rel_diff_vs_siddon']:.2f} %"
-    )
+    diff = 100 * mine["mean_rel_diff_vs_siddon"]
+    print(f"\nmean relative difference from the exact Siddon reference: {diff:.2f} %")
     errors = mine["volume_errors"]
     worst = max(abs(e) for e in errors.values()) if errors else float("nan")
     print(f"volume error, {len(errors)} muscles on the detector: worst {100 * worst:.3f} %")
@@ -254,9 +252,8 @@ def main() -> None:
     if args.memory:
         mem = memory(ct, labels)
         results["memory"] = mem
-        print(
-            f"\n512 x 512 x 600 CT ({mem['dtype']}): peak RSS {mem['peak_rss_mb']:.0f} MB, render {mem['render_s']:.2f} s"
-        )
+        print(f"\n512 x 512 x 600 CT ({mem['dtype']}): peak RSS {mem['peak_rss_mb']:.0f} MB", end="")
+        print(f", render {mem['render_s']:.2f} s")
     print(f"(this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))

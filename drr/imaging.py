@@ -81,10 +81,11 @@ class XrayPhysics:
 
     def spectrum(self) -> tuple[np.ndarray, np.ndarray]:
         """Energies (keV) and normalised fluence used by this setting."""
+        if self.mode == "monochromatic" and self.energy_kev is not None:
+            return np.array([self.energy_kev]), np.array([1.0])
         energies, fluence = tube_spectrum(self.kvp, filtration_mm_al=self.filtration_mm_al)
         if self.mode == "monochromatic":
-            energy = self.energy_kev if self.energy_kev is not None else mean_energy(energies, fluence)
-            return np.array([energy]), np.array([1.0])
+            return np.array([mean_energy(energies, fluence)]), np.array([1.0])
         return energies, fluence
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from xraymuscle.paths import shared_data_dir
-from xraymuscle.volume import Volume
+
+if TYPE_CHECKING:
+    from xraymuscle.volume import Volume
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +40,8 @@ def oblique_direction() -> np.ndarray:
 
 @pytest.fixture()
 def tiny_ct() -> Volume:
+    from xraymuscle.volume import Volume  # imported here: the CUDA tests run without SimpleITK
+
     rng = np.random.default_rng(0)
     arr = rng.integers(-1000, 1500, size=(6, 7, 8)).astype(np.int16)
     return Volume(arr, (0.8, 0.9, 2.5), (-10.0, 20.0, 30.0), oblique_direction())

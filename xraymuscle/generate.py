@@ -183,6 +183,7 @@ def render_case(
         warnings.simplefilter("always")
         scene = Scene(ct.array, ct.index_to_world, labels.array, groups)
     notes += [f"case {case.case_id}: {w.message}" for w in caught]
+    del ct, labels  # the scene holds what rendering needs
     present = {g.name: i for i, g in enumerate(groups) if scene.voxel_counts[i] > 0}
     missing = [m for m in muscles if m not in present]
     if missing:
