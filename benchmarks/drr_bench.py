@@ -9,10 +9,12 @@ when the shared data is absent), with its muscle labels; the detector is the ``h
 * our projector: preparing the scene, the first view, then per view once prepared (one at a time
   and in batches), with per-muscle volume and mass maps; the torch kernel too;
 * DiffDRR 0.6.1 (a benchmark-only peer: ``make bench-peers`` installs it without its own
-  dependencies), Siddon and trilinear, with and without ``mask_to_channels``, same CT and detector;
-* accuracy: mean relative difference of our line integrals from the exact Siddon reference, and
+  dependencies), its ray-voxel (``siddon``) and ``trilinear`` renderers, with and without
+  ``mask_to_channels``, same CT and detector;
+* accuracy: mean relative difference of our line integrals from the exact ray-voxel reference, and
   the volume error of every muscle whose shadow lies on the detector;
-* ``--memory``: peak resident memory of a separate process rendering a 512 × 512 × 600 CT.
+* ``--memory``: peak resident memory (VmHWM) of a separate process that reads a 512 × 512 × 600 CT
+  and its labels, prepares the scene and renders a view with the muscle maps.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from drr.materials import density_from_hu  # noqa: E402
 from drr.poses import Pose  # noqa: E402
 from drr.presets import load_preset  # noqa: E402
 from drr.projector import LabelGroup, Scene, render  # noqa: E402
-from drr.reference import siddon  # noqa: E402
+from drr.reference import exact_projection  # noqa: E402
 from xraymuscle.catalog import MuscleCatalog  # noqa: E402
 from xraymuscle.paths import config_file, shared_data_dir  # noqa: E402
 from xraymuscle.volume import Volume, read_ct_and_labels  # noqa: E402
@@ -115,10 +117,10 @@ def ours(ct: Volume, labels: Volume, device: str, batch: int) -> dict[str, float
     v, u = np.mgrid[0 : geo.rows : 4, 0 : geo.cols : 4]
     pixels = np.c_[u.ravel(), v.ravel()]
     density = density_from_hu(np.clip(np.rint(ct.array), -1024, 3000))
-    reference = siddon(density, ct.index_to_world, geo, matrices[0], pixels=pixels) / 10.0
+    reference = exact_projection(density, ct.index_to_world, geo, matrices[0], pixels=pixels) / 10.0
     mine = out.materials[0].sum(axis=0)[pixels[:, 1], pixels[:, 0]]
     body = reference > 0.05 * reference.max()
-    result["mean_rel_diff_vs_siddon"] = float(np.mean(np.abs(mine[body] / reference[body] - 1)))
+    result["mean_rel_diff_vs_exact"] = float(np.mean(np.abs(mine[body] / reference[body] - 1)))
     errors = {}
     volumes = scene.group_volumes_mm3()
     for g in np.nonzero(volumes > 0)[0]:
@@ -161,7 +163,7 @@ def diffdrr(ct: Volume, labels: Volume, repeat: int) -> dict[str, float]:
 
 
 MEMORY_SCRIPT = """
-import resource, sys, time, warnings, numpy as np
+import sys, time, warnings, numpy as np
 sys.path.insert(0, {repo!r})
 from drr.poses import Pose
 from drr.presets import load_preset
@@ -179,7 +181,9 @@ c = scene.centroid()
 start = time.perf_counter()
 out = render(scene, geo, geo.projection_matrix(c, Pose(rx=3).matrix(c)))
 seconds = time.perf_counter() - start
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, seconds, ct.array.dtype, ct.shape)
+# VmHWM: this process's own high-water mark (ru_maxrss would carry the parent's over exec)
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+print(int(hwm) / 1024, seconds, ct.array.dtype, ct.shape)
 """
 
 
@@ -221,7 +225,7 @@ def main() -> None:
             print(f"DiffDRR not installed ({exc}); run `make bench-peers` first")
         results["diffdrr"] = peer
     head = f"renderer (per view, {args.device})"
-    print(f"\n{head:46s} {'seconds':>9s} {'DiffDRR Siddon+ch / this':>26s}")
+    print(f"\n{head:46s} {'seconds':>9s} {'peer siddon+ch / this':>26s}")
     reference = peer["siddon_channels_s"] if peer else None
 
     def line(name: str, seconds: float) -> None:
@@ -236,14 +240,14 @@ def main() -> None:
         line("ours, torch kernel on CPU: per view", mine["torch_cpu_per_view_s"])
     if peer:
         for key, name in (
-            ("siddon_s", "DiffDRR Siddon"),
-            ("siddon_channels_s", "DiffDRR Siddon, mask_to_channels"),
-            ("trilinear_s", "DiffDRR trilinear"),
-            ("trilinear_channels_s", "DiffDRR trilinear, mask_to_channels"),
+            ("siddon_s", "DiffDRR renderer=siddon"),
+            ("siddon_channels_s", "DiffDRR renderer=siddon, mask_to_channels"),
+            ("trilinear_s", "DiffDRR renderer=trilinear"),
+            ("trilinear_channels_s", "DiffDRR renderer=trilinear, mask_to_channels"),
         ):
             line(name, peer[key])
-    diff = 100 * mine["mean_rel_diff_vs_siddon"]
-    print(f"\nmean relative difference from the exact Siddon reference: {diff:.2f} %")
+    diff = 100 * mine["mean_rel_diff_vs_exact"]
+    print(f"\nmean relative difference from the exact ray-voxel reference: {diff:.2f} %")
     errors = mine["volume_errors"]
     worst = max(abs(e) for e in errors.values()) if errors else float("nan")
     print(f"volume error, {len(errors)} muscles on the detector: worst {100 * worst:.3f} %")

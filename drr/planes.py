@@ -2,7 +2,7 @@
 
 For a flat detector and a point source, every plane of voxels perpendicular to one volume axis maps
 onto the detector by a 2D homography. Sampling each plane where the pixel rays cross it (bilinear
-in the plane, exact along the axis) is Joseph's method; a view is then a weighted sum of 2D warps.
+in the plane, exact along the axis) gives a view as a weighted sum of 2D warps.
 
 The depth axis is the volume axis most nearly parallel to the central ray. Planes may be
 decimated in-plane first (``factors``, a tent filter), so that a sample is never finer than a

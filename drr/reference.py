@@ -1,4 +1,4 @@
-"""A slow, exact reference projector (Siddon's method) to check the fast one against.
+"""A slow, exact reference projector (exact ray-voxel intersections) to check the fast one against.
 
 Voxels are taken as constant boxes; each ray's path is cut at every plane between voxels and the
 exact length inside every voxel it crosses is summed. Line integrals and the volume-preserving
@@ -13,7 +13,7 @@ import numpy as np
 from drr.geometry import Geometry, pixel_rays, source_position
 
 
-def siddon(
+def exact_projection(
     volume: np.ndarray,
     index_to_world: np.ndarray,
     geometry: Geometry,

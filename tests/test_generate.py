@@ -107,6 +107,19 @@ def test_rerun_skips_finished_samples_and_redoes_missing_ones(cohort: Path, tmp_
     assert len(DrrDataset.load(out)) == 4
 
 
+def test_workers_give_the_same_samples(cohort: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert generate("--cohort", str(cohort), "--out", str(one), "--views", "2", *FAST).exit_code == 0
+    result = generate("--cohort", str(cohort), "--out", str(two), "--views", "2", "--workers", "2", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "4 views rendered" in result.output
+    for path in sorted((one / "samples").iterdir()):
+        a, b = read_sample(path), read_sample(two / "samples" / path.name)
+        np.testing.assert_array_equal(a["maps"], b["maps"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert (one / "manifest.csv").read_text() == (two / "manifest.csv").read_text()
+
+
 def test_killed_run_resumes_without_loss_or_duplicates(cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "drr"
     cmd = [sys.executable, "-c", "from cli import app; app()", "generate-drr", "--cohort", str(cohort)]

@@ -1,5 +1,5 @@
-"""The projector against exact references: a slab's and a sphere's line integrals, Siddon's method,
-voxel counts for volumes and masses, 90° poses, and the two kernels against each other."""
+"""The projector against exact references: a slab's and a sphere's line integrals, exact ray-voxel
+intersections, voxel counts for volumes and masses, 90° poses, and the two kernels against each other."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from drr.geometry import Geometry, pixel_rays, source_position
 from drr.planes import axis_directions
 from drr.poses import Pose
 from drr.projector import LabelGroup, Scene, render
-from drr.reference import siddon
+from drr.reference import exact_projection
 from tests.conftest import oblique_direction
 
 GEO = Geometry(sid=1000.0, sod=800.0, rows=96, cols=96, pixel_spacing=2.0)
@@ -103,7 +103,7 @@ def smooth_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kernel", ["opencv", "torch"])
-def test_matches_siddon_reference_for_an_oblique_ct_and_posed_view(kernel: str) -> None:
+def test_matches_exact_reference_for_an_oblique_ct_and_posed_view(kernel: str) -> None:
     shape = (40, 36, 44)
     affine = grid_affine(shape, (2.0, 2.5, 3.0), oblique_direction())
     hu = smooth_volume(shape)
@@ -115,13 +115,13 @@ def test_matches_siddon_reference_for_an_oblique_ct_and_posed_view(kernel: str) 
     out = render(scene, geo, matrix, kernel=kernel)
     from drr.materials import density_from_hu
 
-    reference = siddon(density_from_hu(hu), affine, geo, matrix) / 10.0
+    reference = exact_projection(density_from_hu(hu), affine, geo, matrix) / 10.0
     ours = out.materials[0].sum(axis=0)
     covered = reference > 0.5 * reference.max()
     assert np.mean(np.abs(ours[covered] / reference[covered] - 1)) < 0.01
 
 
-def test_volume_map_matches_siddon_volume_weighting() -> None:
+def test_volume_map_matches_exact_volume_weighting() -> None:
     shape = (40, 40, 40)
     affine = grid_affine(shape, 2.0)
     r = np.linalg.norm(world_coords(shape, affine) - [6.0, -4.0, 3.0], axis=-1)
@@ -129,7 +129,7 @@ def test_volume_map_matches_siddon_volume_weighting() -> None:
     scene = Scene(np.zeros(shape, np.int16), affine, labels, [LabelGroup("ball", (1,))])
     matrix = GEO.projection_matrix(np.zeros(3), Pose(rz=20).matrix(np.zeros(3)))
     out = render(scene, GEO, matrix)
-    reference = siddon(labels, affine, GEO, matrix, weighting="volume")
+    reference = exact_projection(labels, affine, GEO, matrix, weighting="volume")
     assert reference.sum() * GEO.iso_pixel_area_mm2 == pytest.approx(scene.group_volumes_mm3()[0], rel=3e-3)
     inside = reference > 0.5 * reference.max()
     assert np.mean(np.abs(out.maps[0, 0][inside] / reference[inside] - 1)) < 0.02

@@ -83,7 +83,7 @@ class GenerateOptions:
             **self.preset.to_dict(),
             "pixel_area_mm2": self.preset.geometry.iso_pixel_area_mm2,
             "pixel_spacing_mm": self.preset.geometry.iso_pixel_spacing,
-            "renderer": {"backend": self.backend, "projector": "plane-warp (Joseph)", "max_shift_px": 0.25},
+            "renderer": {"backend": self.backend, "projector": "plane-warp", "max_shift_px": 0.25},
             "seed": self.seed,
             "views_per_case": self.views,
         }
@@ -310,7 +310,8 @@ def _arrays(views: Any, b: int, muscles: list[str], present: dict[str, int]) -> 
 def sample_preview(arrays: dict[str, np.ndarray], muscles: list[str], row: dict[str, Any]) -> np.ndarray:
     """The image, the muscle maps in colour over it, and the maps alone."""
     image = arrays["image"]
-    lo, hi = np.percentile(image, [1, 99.5])
+    inside = image > 0.05 * float(image.max())  # window on the patient, not the empty background
+    lo, hi = np.percentile(image[inside] if inside.any() else image, [1, 99.5])
     grey = window(image, float(lo), float(hi))
     maps = arrays["maps"]
     scaled = [m / max(float(m.max()), 1e-6) for m in maps]
