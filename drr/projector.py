@@ -254,11 +254,14 @@ class Scene:
         """
         depth = layout.depth_axis
         group = 1 if pack.groups else layout.group
-        key = (pack.groups, tuple((s.start, s.stop) for s in pack.box), depth, layout.factors, group)
-        if key in self._cache:
-            planes, depths, origin = self._cache[key]
+        base = (pack.groups, tuple((s.start, s.stop) for s in pack.box), depth, layout.factors)
+        # Planes grouped more finely than these views allow serve them too (just more warps).
+        usable = [int(k[-1]) for k in self._cache if k[:-1] == base and int(k[-1]) <= group]  # type: ignore[call-overload]
+        if usable:
+            planes, depths, origin = self._cache[base + (max(usable),)]
             yield planes, depths, pack.box, origin
             return
+        key = base + (group,)
         a, b = layout.plane_axes
         box = pack.box
         area = (box[a].stop - box[a].start) * (box[b].stop - box[b].start)
