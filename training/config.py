@@ -1,0 +1,100 @@
+"""Typed training recipes, loaded from YAML (``configs/train/*.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation of training radiographs (maps follow every geometric change)."""
+
+    flip: float = 0.5
+    rotate_deg: float = 5.0
+    shift: float = 0.04
+    gamma: tuple[float, float] = (0.7, 1.5)
+    brightness: float = 0.15
+    contrast: float = 0.25
+    noise_sd: float = 0.03
+    blur: float = 0.3
+    clahe: float = 0.3
+
+
+@dataclass(frozen=True)
+class DecompositionConfig:
+    """The decomposition network's recipe; see ``configs/train/decomposition.yaml``."""
+
+    input_size: int = 128
+    pixel_spacing_mm: float = 2.68
+    base_channels: int = 16
+    depth: int = 4
+    dropout: float = 0.2
+    mass_head: bool = True
+    map_scale_mm: float = 50.0
+    batch_size: int = 16
+    epochs: int = 40
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    volume_loss_weight: float = 0.5
+    mc_samples: int = 20
+    val_fraction: float = 0.1
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "input_size": self.input_size >= 32 and self.input_size % (2 ** (self.depth - 1)) == 0,
+            "pixel_spacing_mm": self.pixel_spacing_mm > 0,
+            "base_channels": self.base_channels >= 1,
+            "depth": 2 <= self.depth <= 6,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "map_scale_mm": self.map_scale_mm > 0,
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "mc_samples": self.mc_samples >= 2,
+            "val_fraction": 0.0 < self.val_fraction < 1.0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid setting(s) {bad}: { ({k: getattr(self, k) for k in bad}) }")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecompositionConfig:
+        """From a mapping; unknown keys are refused with their names."""
+        return _build(cls, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DecompositionConfig:
+        """Read a YAML recipe."""
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError("a training recipe must be a YAML mapping")
+        return cls.from_dict(data)
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "augment":
+            values[name] = _build(AugmentConfig, dict(value or {}))
+        elif name == "gamma":
+            values[name] = tuple(float(v) for v in value)
+        else:
+            values[name] = value
+    return cls(**values)

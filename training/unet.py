@@ -1,0 +1,117 @@
+"""The Bayesian U-Net: radiograph → one non-negative map per muscle, with Monte Carlo dropout.
+
+Dropout sits in the bottleneck and every decoder level, so sampling it gives a distribution of
+maps. The encoder has none: :meth:`BayesianUNet.mc_forward` runs it once and the decoder ``T``
+times in one batched pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, c_out), c_out),
+        nn.SiLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, c_out), c_out),
+        nn.SiLU(inplace=True),
+    )
+
+
+class BayesianUNet(nn.Module):
+    """U-Net with dropout in the bottleneck and decoder and softplus outputs.
+
+    Parameters
+    ----------
+    out_channels
+        Number of muscles K.
+    base_channels
+        Width of the first level; doubles at every level down.
+    depth
+        Number of levels (``depth − 1`` poolings); the input size must divide by ``2**(depth−1)``.
+    dropout
+        Dropout probability (channel-wise) in the bottleneck and decoder.
+    mass_head
+        Also predict K mass maps from the same decoder.
+
+    Forward returns ``(B, K, H, W)`` maps, or ``(B, 2K, H, W)`` (volume maps then mass maps) with a
+    mass head; all non-negative.
+    """
+
+    def __init__(
+        self,
+        out_channels: int,
+        *,
+        base_channels: int = 16,
+        depth: int = 4,
+        dropout: float = 0.2,
+        mass_head: bool = True,
+    ) -> None:
+        super().__init__()
+        if out_channels < 1 or depth < 2 or base_channels < 1 or not 0 <= dropout < 1:
+            raise ValueError(
+                f"invalid network settings: out_channels={out_channels}, depth={depth}, "
+                f"base_channels={base_channels}, dropout={dropout}"
+            )
+        widths = [base_channels * 2**level for level in range(depth)]
+        self.depth = depth
+        self.out_channels = out_channels
+        self.mass_head = mass_head
+        self.encoder = nn.ModuleList(
+            [_block(1 if i == 0 else widths[i - 1], w) for i, w in enumerate(widths[:-1])]
+        )
+        self.bottleneck = _block(widths[-2], widths[-1])
+        self.dropout = nn.Dropout2d(dropout)
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth - 1))]
+        )
+        self.decoder = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth - 1))])
+        self.head = nn.Conv2d(widths[0], out_channels * (2 if mass_head else 1), 1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Skip features of every level and the bottleneck input (no dropout here)."""
+        feats = []
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+            x = F.max_pool2d(x, 2)
+        feats.append(x)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Maps from encoder features (dropout active in training mode or when sampling)."""
+        x = self.dropout(self.bottleneck(feats[-1]))
+        for up, block, skip in zip(self.up, self.decoder, reversed(feats[:-1]), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+            x = self.dropout(x)
+        return F.softplus(self.head(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"input must be (B, 1, H, W), not {tuple(x.shape)}")
+        step = 2 ** (self.depth - 1)
+        if x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"input height and width must divide by {step}, not {tuple(x.shape[-2:])}")
+        return self.decode(self.encode(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled bottleneck features ``(B, C)`` (deterministic), for the out-of-distribution score."""
+        with torch.no_grad():
+            return self.bottleneck(self.encode(x)[-1]).mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def mc_forward(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """``(T, B, C, H, W)`` maps from ``samples`` dropout draws; the encoder runs once."""
+        was_training = self.training
+        self.eval()
+        feats = self.encode(x)
+        self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
+        repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
+        out = self.decode(repeated)
+        self.train(was_training)
+        return out.reshape(samples, x.shape[0], *out.shape[1:])
