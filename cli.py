@@ -199,6 +199,110 @@ def generate_drr(
         raise typer.Exit(code=2)
 
 
+@app.command()
+@user_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="DRR dataset to train on.")],
+    out: Annotated[Path, typer.Option("--out", help="Output model folder.")],
+    val: Annotated[
+        Path | None, typer.Option("--val", help="Validation DRR dataset (default: hold out cases of --data).")
+    ] = None,
+    config: Annotated[
+        str, typer.Option("--config", help="Training recipe: a preset in configs/train or a YAML file.")
+    ] = "decomposition",
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed (overrides the recipe).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train the Bayesian decomposition network on a DRR dataset; writes a model folder."""
+    import dataclasses
+
+    from training.config import DecompositionConfig
+    from training.decomposition import train_decomposition
+    from xraymuscle.paths import config_file
+
+    recipe_path = config_file("train", config)
+    try:
+        recipe = DecompositionConfig.load(recipe_path)
+        if seed is not None:
+            recipe = dataclasses.replace(recipe, seed=seed)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc), recipe_path) from None
+    summary = train_decomposition(
+        data,
+        out,
+        recipe,
+        val_dir=val,
+        epochs=epochs,
+        resume=resume,
+        device=_pick_device(device),
+        echo=typer.echo,
+    )
+    cal = summary.calibration
+    if cal:
+        typer.echo(
+            f"best epoch {summary.best_epoch}: validation MAPE {summary.best_mape:.2f} %; "
+            f"95 % coverage {100 * cal['validation_coverage95_raw']:.0f} % raw, "
+            f"{100 * cal['validation_coverage95_calibrated']:.0f} % calibrated; "
+            f"{summary.seconds / 60:.1f} min; model: {out}"
+        )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Model folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled DRR dataset.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for metrics and plots.")],
+    mc_samples: Annotated[
+        int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Agreement and calibration of a model on a DRR dataset: metrics.json/csv and plots."""
+    from xraymuscle.evaluate import evaluate_model
+
+    metrics = evaluate_model(model, data, out, mc_samples=mc_samples, device=_pick_device(device))
+    mean = metrics["mean"]
+    typer.echo(
+        f"mean over muscles: r {mean['pcc']:.3f}, ICC {mean['icc']:.3f}, MAPE {mean['mape']:.2f} %, "
+        f"MAE {mean['mae_ml']:.1f} ml, Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f}, "
+        f"95 % coverage {100 * mean['coverage95']:.0f} %; details in {out}"
+    )
+
+
+@app.command()
+@user_errors
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Radiographs: DICOM, PNG, JPEG, TIFF.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model folder (default: the shipped phantom model).")
+    ] = None,
+    pixel_spacing: Annotated[
+        float | None,
+        typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm (overrides files)."),
+    ] = None,
+    mc_samples: Annotated[
+        int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Per-muscle volume and mass, with sd and QC status, for each radiograph."""
+    from xraymuscle.predict import predict_images
+
+    predict_images(
+        images,
+        out,
+        model_dir=model,
+        pixel_spacing=pixel_spacing,
+        mc_samples=mc_samples,
+        device=_pick_device(device),
+        echo=typer.echo,
+    )
+
+
 def _pick_device(device: str) -> str:
     """``auto`` → ``cuda`` when a GPU is there, else ``cpu``; ``cuda`` without one is an error."""
     import torch

@@ -33,17 +33,17 @@ class DecompositionConfig:
 
     input_size: int = 128
     pixel_spacing_mm: float = 2.68
-    base_channels: int = 16
+    base_channels: int = 8
     depth: int = 4
     dropout: float = 0.2
     mass_head: bool = True
     map_scale_mm: float = 50.0
     batch_size: int = 16
-    epochs: int = 40
+    epochs: int = 30
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     volume_loss_weight: float = 0.5
-    mc_samples: int = 20
+    mc_samples: int = 10
     val_fraction: float = 0.1
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -1,8 +1,8 @@
 """The Bayesian U-Net: radiograph → one non-negative map per muscle, with Monte Carlo dropout.
 
-Dropout sits in the bottleneck and every decoder level, so sampling it gives a distribution of
-maps. The encoder has none: :meth:`BayesianUNet.mc_forward` runs it once and the decoder ``T``
-times in one batched pass.
+Dropout sits in the bottleneck and every decoder level but the full-resolution one, so sampling it
+gives a distribution of maps. The encoder has none: :meth:`BayesianUNet.mc_forward` runs it once
+and the decoder ``T`` times in one batched pass.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from torch.nn import functional as F
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.GroupNorm(min(8, c_out), c_out),
-        nn.SiLU(inplace=True),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.GroupNorm(min(8, c_out), c_out),
-        nn.SiLU(inplace=True),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -35,7 +35,7 @@ class BayesianUNet(nn.Module):
     depth
         Number of levels (``depth − 1`` poolings); the input size must divide by ``2**(depth−1)``.
     dropout
-        Dropout probability (channel-wise) in the bottleneck and decoder.
+        Dropout probability (channel-wise) in the bottleneck and the decoder's lower levels.
     mass_head
         Also predict K mass maps from the same decoder.
 
@@ -72,6 +72,8 @@ class BayesianUNet(nn.Module):
         )
         self.decoder = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth - 1))])
         self.head = nn.Conv2d(widths[0], out_channels * (2 if mass_head else 1), 1)
+        assert self.head.bias is not None
+        nn.init.constant_(self.head.bias, -3.0)  # start near empty maps (softplus(-3) ≈ 0.05)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Skip features of every level and the bottleneck input (no dropout here)."""
@@ -86,9 +88,14 @@ class BayesianUNet(nn.Module):
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Maps from encoder features (dropout active in training mode or when sampling)."""
         x = self.dropout(self.bottleneck(feats[-1]))
-        for up, block, skip in zip(self.up, self.decoder, reversed(feats[:-1]), strict=True):
+        last = len(self.decoder) - 1
+        levels = zip(self.up, self.decoder, reversed(feats[:-1]), strict=True)
+        for level, (up, block, skip) in enumerate(levels):
             x = block(torch.cat([up(x), skip], dim=1))
-            x = self.dropout(x)
+            # Not after the full-resolution level: its few channels feed the head directly, and
+            # dropping them would blur every map rather than express uncertainty about it.
+            if level < last:
+                x = self.dropout(x)
         return F.softplus(self.head(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

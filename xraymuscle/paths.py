@@ -33,3 +33,8 @@ def config_file(kind: str, name_or_path: str) -> Path:
 def shared_data_dir() -> Path:
     """The shared real data (``XRAYMUSCLE_DATA``, default ``../shared/data`` from the repo)."""
     return Path(os.environ.get("XRAYMUSCLE_DATA", _REPO_ROOT.parent / "shared" / "data"))
+
+
+def default_model_dir() -> Path:
+    """The shipped model (``XRAYMUSCLE_MODEL`` overrides it): trained on phantoms only."""
+    return Path(os.environ.get("XRAYMUSCLE_MODEL", Path(__file__).resolve().parent / "models" / "default"))

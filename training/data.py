@@ -1,0 +1,208 @@
+"""Training data from a DRR dataset: images and maps on the network's grid, with augmentation.
+
+Images are normalised per image by robust percentiles (the same function serves prediction), so
+the network sees the same range whatever the source's bit depth or display transform. Maps keep
+their meaning under every change used here: flips swap each left muscle's channel with its right
+twin, rotations and shifts move image and maps together and keep pixel area (so volumes stay
+true); nothing rescales the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from training.config import AugmentConfig
+from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.errors import InputError
+
+NORMALISE_PERCENTILES = (0.5, 99.5)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Map the image's 0.5th–99.5th percentiles to 0–1 (clipped), float32."""
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image, NORMALISE_PERCENTILES)
+    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def twin_order(muscles: list[str]) -> list[int]:
+    """For every channel, the channel of its left/right twin (itself if it has none)."""
+    index = {m: i for i, m in enumerate(muscles)}
+    order = []
+    for m in muscles:
+        if m.endswith("_left"):
+            order.append(index.get(m[: -len("_left")] + "_right", index[m]))
+        elif m.endswith("_right"):
+            order.append(index.get(m[: -len("_right")] + "_left", index[m]))
+        else:
+            order.append(index[m])
+    return order
+
+
+def fit_to_grid(array: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Resample ``(C, H, W)`` by ``scale`` (new pixels per old pixel) and centre-crop or pad to ``size``.
+
+    Values are resampled as intensities (area averaging when shrinking), which keeps map
+    thicknesses; the caller accounts for the changed pixel area.
+    """
+    c, h, w = array.shape
+    if abs(scale - 1.0) > 1e-3:
+        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+        method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        array = np.stack([cv2.resize(ch, (new_w, new_h), interpolation=method) for ch in array])
+        c, h, w = array.shape
+    out = np.zeros((c, size, size), np.float32)
+    sy, sx = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    dy, dx = max(0, (size - h) // 2), max(0, (size - w) // 2)
+    hh, ww = min(h, size), min(w, size)
+    out[:, dy : dy + hh, dx : dx + ww] = array[:, sy : sy + hh, sx : sx + ww]
+    return out
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The network's grid: ``size`` pixels per side of ``spacing_mm`` (at the isocentre plane)."""
+
+    size: int
+    spacing_mm: float
+
+    @property
+    def pixel_area_mm2(self) -> float:
+        return self.spacing_mm**2
+
+
+class DrrTrainingSet(Dataset):
+    """Samples of a DRR dataset as tensors on the network's grid.
+
+    Each item: ``image (1, S, S)`` normalised; ``target (2K or K, S, S)`` maps (and mass maps)
+    divided by ``map_scale_mm``; ``valid (K,)`` 1 where the muscle has labels in that case;
+    ``volume (K,)`` the true map integral in ml on this grid (what the network is asked for).
+    """
+
+    def __init__(
+        self,
+        data: DrrDataset,
+        indices: list[int],
+        grid: GridSpec,
+        *,
+        map_scale_mm: float,
+        mass: bool,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.indices = list(indices)
+        self.grid = grid
+        self.map_scale = map_scale_mm
+        self.mass = mass
+        self.twins = twin_order(data.muscles)
+        spacing = float(data.info.get("pixel_spacing_mm", 0) or 0)
+        if spacing <= 0:
+            raise InputError("dataset.json gives no pixel_spacing_mm", data.root / "dataset.json")
+        self.scale = spacing / grid.spacing_mm
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.pipeline = _pipeline(augment, seed) if augment is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``(S, S)``, maps ``(2K|K, S, S)`` in mm and validity ``(K,)``, before augmentation."""
+        row = self.data.rows[self.indices[i]]
+        keys = ("image", "maps", "mass_maps") if self.mass else ("image", "maps")
+        sample = self.data.sample(self.indices[i], keys=keys)
+        k = len(self.data.muscles)
+        if sample["maps"].ndim != 3 or sample["maps"].shape[0] != k:
+            raise InputError(
+                f"maps have shape {sample['maps'].shape}, expected {k} channels (dataset.json's muscles)",
+                self.data.root / row["file"],
+            )
+        stack = [sample["image"][None], sample["maps"]] + ([sample["mass_maps"]] if self.mass else [])
+        fitted = fit_to_grid(np.concatenate(stack).astype(np.float32), self.scale, self.grid.size)
+        valid = np.array([math.isfinite(row[f"volume_ml__{m}"]) for m in self.data.muscles], np.float32)
+        return fitted[0], fitted[1:], valid
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, maps, valid = self.raw(i)
+        image = normalise(image)
+        if self.pipeline is not None and self.augment is not None:
+            if self.rng.random() < self.augment.flip:
+                image = image[:, ::-1]
+                k = len(self.twins)
+                order = self.twins + ([t + k for t in self.twins] if self.mass else [])
+                maps = maps[order, :, ::-1]
+                valid = valid[self.twins]
+            out = self.pipeline(
+                image=np.ascontiguousarray(image), mask=np.ascontiguousarray(maps.transpose(1, 2, 0))
+            )
+            image, maps = out["image"], out["mask"].transpose(2, 0, 1)
+        maps = np.ascontiguousarray(maps, dtype=np.float32)
+        k = len(self.data.muscles)
+        volume = maps[:k].sum(axis=(1, 2)) * self.grid.pixel_area_mm2 / 1000.0
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            "target": torch.from_numpy(maps / self.map_scale),
+            "valid": torch.from_numpy(valid),
+            "volume": torch.from_numpy(volume.astype(np.float32)),
+        }
+
+
+class _Intensity(A.ImageOnlyTransform):
+    """CLAHE on an 8-bit copy of a 0–1 float image, returned as float (the maps are untouched)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__(p=p)
+        self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+
+    def apply(self, img: np.ndarray, **params: object) -> np.ndarray:
+        eight = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return (self._clahe.apply(eight).astype(np.float32) / 255.0).astype(np.float32)
+
+
+def _pipeline(cfg: AugmentConfig, seed: int) -> A.Compose:
+    lo, hi = cfg.gamma
+    return A.Compose(
+        [
+            A.Affine(
+                rotate=(-cfg.rotate_deg, cfg.rotate_deg),
+                translate_percent=(-cfg.shift, cfg.shift),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_LINEAR,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=0.8,
+            ),
+            A.RandomGamma(gamma_limit=(100 * lo, 100 * hi), p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=0.5),
+            A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
+            _Intensity(p=cfg.clahe),
+            A.GaussNoise(std_range=(0.0, cfg.noise_sd), p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+def collect(dataset: DrrTrainingSet) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """All of a (non-augmented) set at once: images, true volumes (ml), masses (g), validity."""
+    images, volumes, masses, valid = [], [], [], []
+    k = len(dataset.data.muscles)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        images.append(item["image"])
+        volumes.append(item["volume"].numpy())
+        if dataset.mass:
+            target = item["target"].numpy()[k:] * dataset.map_scale
+            masses.append(target.sum(axis=(1, 2)) * dataset.grid.pixel_area_mm2 / 1000.0)
+        else:
+            masses.append(np.full(k, np.nan))
+        valid.append(item["valid"].numpy() > 0)
+    return torch.stack(images), np.array(volumes), np.array(masses), np.array(valid)

@@ -1,0 +1,442 @@
+"""Training the decomposition network: radiograph → per-muscle maps, with MC-dropout calibration.
+
+Loss: L1 between predicted and true maps (divided by the recipe's map scale), plus, per muscle, the
+absolute error of the map's integral relative to the true volume (the intensity-sum term), masked
+where a case has no labels for a muscle. Validation after every epoch (per-muscle volume MAPE and
+Pearson r, dropout off); the best epoch is kept. At the end, on the validation set with dropout
+on: the per-muscle scale that makes the 95 % interval cover 95 %, the coefficient-of-variation
+threshold for ``uncertain``, and the out-of-distribution statistics; all stored in ``model.json``.
+
+Resumable (``checkpoint/`` holds the last epoch's weights and optimiser state as safetensors, and
+its state as JSON), seeded, mixed precision on CUDA, several GPUs through ``torchrun`` (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from training.config import DecompositionConfig
+from training.data import NORMALISE_PERCENTILES, DrrTrainingSet, GridSpec, collect
+from training.unet import BayesianUNet
+from xraymuscle import __version__
+from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.errors import InputError
+from xraymuscle.inference import OodModel, mc_predict, sd_scales
+from xraymuscle.metrics import volume_metrics
+from xraymuscle.model import PHANTOM_NOTICE, save_model
+
+
+@dataclass
+class TrainSummary:
+    """What a training run did."""
+
+    out: Path
+    epochs_run: int = 0
+    best_epoch: int = -1
+    best_mape: float = math.inf
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+
+def split_by_case(data: DrrDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices for training and validation; whole cases go to one side (no view leaks)."""
+    cases = sorted({r["case_id"] for r in data.rows})
+    if len(cases) < 2:
+        raise InputError("needs at least two cases to hold one out for validation (or give --val)", data.root)
+    ranked = sorted(cases, key=lambda c: zlib.crc32(f"{seed}:{c}".encode()))
+    n_val = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    val = set(ranked[:n_val])
+    train = [i for i, r in enumerate(data.rows) if r["case_id"] not in val]
+    held = [i for i, r in enumerate(data.rows) if r["case_id"] in val]
+    return train, held
+
+
+def _grid(data: DrrDataset, config: DecompositionConfig) -> GridSpec:
+    spacing = float(data.info.get("pixel_spacing_mm") or 0)
+    # A dataset rendered on (nearly) the recipe's grid is used as it is: no needless resampling.
+    if spacing > 0 and abs(spacing / config.pixel_spacing_mm - 1) < 0.01:
+        return GridSpec(config.input_size, spacing)
+    return GridSpec(config.input_size, config.pixel_spacing_mm)
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here")
+    return device
+
+
+def _loss(
+    pred: torch.Tensor, batch: dict[str, torch.Tensor], k: int, config: DecompositionConfig, area: float
+) -> torch.Tensor:
+    target, valid = batch["target"], batch["valid"]
+    mask = valid if pred.shape[1] == k else torch.cat([valid, valid], dim=1)
+    l1 = ((pred - target).abs().mean(dim=(2, 3)) * mask).sum() / mask.sum().clamp(min=1)
+    scale = config.map_scale_mm * area / 1000.0
+    sums = pred.sum(dim=(2, 3)) * scale
+    truth = target.sum(dim=(2, 3)) * scale
+    rel = (sums - truth).abs() / truth.clamp(min=1.0)
+    rel = (rel * mask).sum() / mask.sum().clamp(min=1)
+    return l1 + config.volume_loss_weight * rel
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train_decomposition(
+    data_dir: Path,
+    out: Path,
+    config: DecompositionConfig,
+    *,
+    val_dir: Path | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> TrainSummary:
+    """Train on the DRR dataset at ``data_dir``; write the model folder to ``out``."""
+    start_time = time.perf_counter()
+    rank, world = _distributed()
+    device = _device(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    torch.manual_seed(config.seed + rank)
+    data = DrrDataset.load(data_dir)
+    if len(data) == 0:
+        raise InputError("the dataset has no samples", data_dir)
+    if val_dir is not None:
+        val_data = DrrDataset.load(val_dir)
+        if val_data.muscles != data.muscles:
+            raise InputError("validation dataset lists other muscles than the training one", val_dir)
+        train_idx, val_idx = list(range(len(data))), list(range(len(val_data)))
+    else:
+        val_data = data
+        train_idx, val_idx = split_by_case(data, config.val_fraction, config.seed)
+    k = len(data.muscles)
+    grid = _grid(data, config)
+    train_set = DrrTrainingSet(
+        data, train_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head,
+        augment=config.augment, seed=config.seed + rank,
+    )  # fmt: skip
+    val_set = DrrTrainingSet(val_data, val_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head)
+    network = BayesianUNet(
+        k,
+        base_channels=config.base_channels,
+        depth=config.depth,
+        dropout=config.dropout,
+        mass_head=config.mass_head,
+    ).to(device)
+    model: torch.nn.Module = network
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            network, device_ids=[int(device.split(":")[1])] if ":" in device else None
+        )
+    optimiser = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    n_epochs = epochs if epochs is not None else config.epochs
+    if n_epochs < 1:
+        raise InputError(f"--epochs must be at least 1, not {n_epochs}")
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.learning_rate, total_steps=n_epochs, pct_start=0.15
+    )
+    summary = TrainSummary(out=Path(out))
+    checkpoint = Path(out) / "checkpoint"
+    first_epoch = 0
+    if resume and (checkpoint / "state.json").is_file():
+        first_epoch = _load_checkpoint(checkpoint, network, optimiser, schedule, config, summary)
+        echo(f"resuming after epoch {first_epoch} (best so far: epoch {summary.best_epoch})")
+    elif (Path(out) / "model.json").exists() or (checkpoint / "state.json").exists():
+        if not resume:
+            raise InputError("holds a model already; use --resume to continue it, or a new --out", out)
+    sampler: Any = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=config.seed)
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=0,
+        drop_last=len(train_set) > config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    use_amp = device.startswith("cuda")
+    for epoch in range(first_epoch, n_epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", disable=not progress or rank != 0
+        )
+        for batch in bar:
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                pred = model(batch["image"])
+            loss = _loss(pred.float(), batch, k, config, grid.pixel_area_mm2)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(batch["image"])
+            count += len(batch["image"])
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+        schedule.step()
+        if rank == 0:
+            metrics = _validate(network, val_set, config, grid, device)
+            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), **metrics}
+            summary.history.append(record)
+            best = metrics["mean_mape"] < summary.best_mape
+            if best:
+                summary.best_mape, summary.best_epoch = metrics["mean_mape"], epoch + 1
+                save_file(_state(network), str(_tmp_best(out)))
+            echo(
+                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation MAPE "
+                f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f}{'  (best)' if best else ''}"
+            )
+            _save_checkpoint(checkpoint, network, optimiser, schedule, config, summary, epoch + 1)
+        summary.epochs_run += 1
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:
+        return summary
+    network.load_state_dict(load_file(str(_tmp_best(out))))
+    summary.calibration = _calibrate(network, train_set, val_set, config, grid, device)
+    summary.seconds = time.perf_counter() - start_time
+    meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
+    save_model(out, network, meta)
+    # the folder was replaced whole: put the checkpoint and the log back beside the model
+    _save_checkpoint(checkpoint, network, optimiser, schedule, config, summary, n_epochs)
+    write_text_atomic(Path(out) / "history.json", json.dumps(summary.history, indent=1))
+    return summary
+
+
+def _tmp_best(out: Path) -> Path:
+    path = Path(out).parent / f".{Path(out).name}.best.safetensors"
+    return path
+
+
+def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+
+
+def _save_checkpoint(
+    folder: Path,
+    network: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    schedule: Any,
+    config: DecompositionConfig,
+    summary: TrainSummary,
+    epoch: int,
+) -> None:
+    """Weights and optimiser tensors as safetensors, the rest as JSON; written atomically."""
+    tensors = {f"model.{key}": value for key, value in _state(network).items()}
+    state = optimiser.state_dict()
+    steps: dict[str, float] = {}
+    for pid, entry in state["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value) and value.ndim > 0:
+                tensors[f"optim.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                steps[f"{pid}.{name}"] = float(value)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "last.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    info = {
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "optimiser_scalars": steps,
+        "optimiser_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
+        "schedule": {k: v for k, v in schedule.state_dict().items() if isinstance(v, (int, float, list))},
+        "best_epoch": summary.best_epoch,
+        "best_mape": summary.best_mape,
+        "history": summary.history,
+    }
+    write_text_atomic(folder / "state.json", json.dumps(info, indent=1))
+
+
+def _load_checkpoint(
+    folder: Path,
+    network: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    schedule: Any,
+    config: DecompositionConfig,
+    summary: TrainSummary,
+) -> int:
+    info = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if info["config"] != json.loads(json.dumps(config.to_dict())):
+        raise InputError("the checkpoint was made with another recipe; use a new --out", folder)
+    tensors = load_file(str(folder / "last.safetensors"))
+    network.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = optimiser.state_dict()
+    restored: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            restored.setdefault(int(pid), {})[name] = value
+    for key, value in info["optimiser_scalars"].items():
+        pid, name = key.split(".", 1)
+        restored.setdefault(int(pid), {})[name] = torch.tensor(value)
+    for group, saved in zip(state["param_groups"], info["optimiser_groups"], strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+    state["state"] = restored
+    optimiser.load_state_dict(state)
+    schedule.load_state_dict({**schedule.state_dict(), **info["schedule"]})
+    summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
+    summary.history = info["history"]
+    return int(info["epoch"])
+
+
+@torch.no_grad()
+def _validate(
+    network: BayesianUNet, val_set: DrrTrainingSet, config: DecompositionConfig, grid: GridSpec, device: str
+) -> dict[str, float]:
+    network.eval()
+    images, truth, _, valid = collect(val_set)
+    k = len(val_set.data.muscles)
+    preds = []
+    for start in range(0, len(images), 32):
+        out = network(images[start : start + 32].to(device)).float()[:, :k]
+        preds.append((out.sum(dim=(2, 3)) * config.map_scale_mm * grid.pixel_area_mm2 / 1000).cpu().numpy())
+    pred = np.concatenate(preds)
+    table = volume_metrics(pred, truth, valid, val_set.data.muscles)
+    return {
+        "mean_mape": table["mean"]["mape"],
+        "mean_pcc": table["mean"]["pcc"],
+        "muscles": {m: {"mape": v["mape"], "pcc": v["pcc"]} for m, v in table["muscles"].items()},  # type: ignore[dict-item]
+    }
+
+
+def _calibrate(
+    network: BayesianUNet,
+    train_set: DrrTrainingSet,
+    val_set: DrrTrainingSet,
+    config: DecompositionConfig,
+    grid: GridSpec,
+    device: str,
+) -> dict[str, Any]:
+    """Spread scale, CV threshold and OOD statistics from the validation set (dropout on)."""
+    images, truth, mass, valid = collect(val_set)
+    mc = mc_predict(
+        network, images, samples=config.mc_samples, pixel_area_mm2=grid.pixel_area_mm2,
+        map_scale_mm=config.map_scale_mm, device=device, keep_maps=False,
+    )  # fmt: skip
+    scales = sd_scales(mc.volume, mc.volume_sd, truth, valid)
+    mass_scales = (
+        sd_scales(mc.mass, mc.mass_sd, mass, valid)
+        if mc.mass is not None and mc.mass_sd is not None
+        else scales
+    )
+    cv = mc.volume_sd * scales / np.maximum(mc.volume, 1.0)
+    thresholds = [
+        float(np.quantile(cv[valid[:, j], j], 0.99)) if valid[:, j].sum() >= 5 else 0.5
+        for j in range(cv.shape[1])
+    ]
+    rng = np.random.default_rng(config.seed)
+    pick = rng.choice(len(train_set), size=min(len(train_set), 400), replace=False)
+    train_images = torch.stack(
+        [train_set.__class__.__getitem__(_no_augment(train_set), int(i))["image"] for i in pick]
+    )
+    train_features = np.concatenate(
+        [
+            network.features(train_images[s : s + 32].to(device)).float().cpu().numpy()
+            for s in range(0, len(pick), 32)
+        ]
+    )
+    ood = OodModel.fit(train_features, mc.features)
+    calibrated = np.abs(mc.volume - truth) <= 1.96 * mc.volume_sd * scales
+    raw = np.abs(mc.volume - truth) <= 1.96 * mc.volume_sd
+    return {
+        "sd_scale": scales.tolist(),
+        "mass_sd_scale": np.asarray(mass_scales).tolist(),
+        "cv_threshold": thresholds,
+        "ood": ood.to_dict(),
+        "validation_coverage95_raw": float(raw[valid].mean()),
+        "validation_coverage95_calibrated": float(calibrated[valid].mean()),
+        "validation_cases": len(val_set),
+    }
+
+
+def _no_augment(dataset: DrrTrainingSet) -> DrrTrainingSet:
+    clone = object.__new__(DrrTrainingSet)
+    clone.__dict__.update(dataset.__dict__)
+    clone.pipeline = None
+    return clone
+
+
+def _metadata(
+    data: DrrDataset,
+    val_data: DrrDataset | None,
+    config: DecompositionConfig,
+    grid: GridSpec,
+    summary: TrainSummary,
+) -> dict[str, Any]:
+    phantoms_only = all(c.get("label_source") == "phantom" for c in data.info.get("source_cases", []))
+    return {
+        "muscles": data.muscles,
+        "input": {"size": grid.size, "pixel_spacing_mm": grid.spacing_mm, "plane": "isocentre"},
+        "normalisation": {"method": "percentile", "percentiles": list(NORMALISE_PERCENTILES)},
+        "architecture": {
+            "name": "bayesian_unet",
+            "base_channels": config.base_channels,
+            "depth": config.depth,
+            "dropout": config.dropout,
+            "mass_head": config.mass_head,
+        },
+        "map_scale_mm": config.map_scale_mm,
+        "mc_samples": config.mc_samples,
+        "calibration": summary.calibration,
+        "training": {
+            "data": str(data.root),
+            "samples": len(data),
+            "cases": len({r["case_id"] for r in data.rows}),
+            "validation": None if val_data is None else str(val_data.root),
+            "geometry": data.info.get("geometry"),
+            "physics": data.info.get("physics"),
+            "label_sources": sorted({str(c.get("label_source")) for c in data.info.get("source_cases", [])}),
+            "best_epoch": summary.best_epoch,
+            "best_validation_mape": summary.best_mape,
+            "epochs": summary.epochs_run,
+            "seconds": round(summary.seconds, 1),
+        },
+        "recipe": config.to_dict(),
+        "code_version": __version__,
+        "notice": PHANTOM_NOTICE
+        if phantoms_only
+        else "research use only; check calibration on your own data",
+        "volume_meaning": "volume of each muscle within the radiograph's field of view (the map's integral)",
+    }

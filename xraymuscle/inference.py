@@ -1,0 +1,119 @@
+"""Monte Carlo inference: volumes (and masses) with their spread, from images on the model's grid.
+
+Each image's maps are drawn ``T`` times with dropout on; a volume is a map's integral, and its
+mean and standard deviation over the draws are the estimate and its raw uncertainty (scaled later
+by the calibration stored in the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.unet import BayesianUNet
+
+
+@dataclass
+class McResult:
+    """Per image and muscle: volume (ml) and mass (g), mean and sd over the draws; mean maps.
+
+    ``maps`` is ``(N, K, S, S)`` in mm (mean over draws) and ``map_sd`` its spread, also in mm.
+    ``features`` are the pooled bottleneck features used by the out-of-distribution score.
+    """
+
+    volume: np.ndarray
+    volume_sd: np.ndarray
+    mass: np.ndarray | None
+    mass_sd: np.ndarray | None
+    maps: np.ndarray
+    map_sd: np.ndarray
+    features: np.ndarray
+
+
+def mc_predict(
+    network: BayesianUNet,
+    images: torch.Tensor,
+    *,
+    samples: int,
+    pixel_area_mm2: float,
+    map_scale_mm: float,
+    batch: int = 8,
+    device: str = "cpu",
+    keep_maps: bool = True,
+) -> McResult:
+    """Run ``samples`` dropout draws for every image ``(N, 1, S, S)`` (already normalised)."""
+    k = network.out_channels
+    out: dict[str, list[np.ndarray]] = {
+        "v": [], "vs": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
+    }  # fmt: skip
+    network = network.to(device)
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch].to(device)
+        draws = network.mc_forward(x, samples).float() * map_scale_mm  # (T, B, C, S, S) in mm
+        sums = draws.sum(dim=(-1, -2)) * pixel_area_mm2 / 1000.0  # (T, B, C): ml (or g)
+        out["v"].append(sums[:, :, :k].mean(0).cpu().numpy())
+        out["vs"].append(sums[:, :, :k].std(0).cpu().numpy())
+        if network.mass_head:
+            out["m"].append(sums[:, :, k:].mean(0).cpu().numpy())
+            out["ms"].append(sums[:, :, k:].std(0).cpu().numpy())
+        if keep_maps:
+            out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
+            out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())
+        out["f"].append(network.features(x).float().cpu().numpy())
+    empty = np.zeros((0,))
+    return McResult(
+        volume=np.concatenate(out["v"]),
+        volume_sd=np.concatenate(out["vs"]),
+        mass=np.concatenate(out["m"]) if out["m"] else None,
+        mass_sd=np.concatenate(out["ms"]) if out["ms"] else None,
+        maps=np.concatenate(out["maps"]) if out["maps"] else empty,
+        map_sd=np.concatenate(out["sd"]) if out["sd"] else empty,
+        features=np.concatenate(out["f"]),
+    )
+
+
+def sd_scales(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-muscle factor on the raw spread so that ``mean ± 1.96·factor·sd`` covers 95 % of cases.
+
+    The factor is the 95th percentile of ``|error| / sd`` over the validation cases, over 1.96.
+    """
+    k = mean.shape[1]
+    scales = np.ones(k)
+    for j in range(k):
+        ok = valid[:, j] & (sd[:, j] > 0)
+        if ok.sum() >= 5:
+            z = np.abs(mean[ok, j] - truth[ok, j]) / sd[ok, j]
+            scales[j] = max(float(np.quantile(z, 0.95)) / 1.96, 1e-3)
+    return scales
+
+
+@dataclass
+class OodModel:
+    """Diagonal-Gaussian statistics of the training images' features and a score threshold."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    threshold: float
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Root-mean-square z-score of each image's features (large: unlike the training data)."""
+        z = (features - self.mean) / self.std
+        return np.sqrt(np.mean(z**2, axis=1))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> OodModel:
+        return cls(np.asarray(data["mean"]), np.asarray(data["std"]), float(data["threshold"]))  # type: ignore[arg-type]
+
+    @classmethod
+    def fit(cls, train_features: np.ndarray, val_features: np.ndarray, *, margin: float = 1.5) -> OodModel:
+        """Statistics from training features; threshold: ``margin`` × the 99th percentile on validation."""
+        mean = train_features.mean(axis=0)
+        std = train_features.std(axis=0) + 1e-6
+        model = cls(mean, std, 0.0)
+        model.threshold = float(margin * np.quantile(model.score(val_features), 0.99))
+        return model
