@@ -97,6 +97,15 @@ def _loss(
     return l1 + config.volume_loss_weight * rel
 
 
+def learning_rate(epoch: int, epochs: int, peak: float) -> float:
+    """Linear warm-up over the first 15 % of epochs from peak/25, then a cosine down to peak/1000."""
+    warm = max(1, round(0.15 * epochs))
+    if epoch < warm:
+        return peak / 25 + (peak - peak / 25) * epoch / warm
+    progress = (epoch - warm) / max(1, epochs - warm)
+    return peak / 1000 + 0.5 * (peak - peak / 1000) * (1 + math.cos(math.pi * progress))
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -166,14 +175,11 @@ def train_decomposition(
     n_epochs = epochs if epochs is not None else config.epochs
     if n_epochs < 1:
         raise InputError(f"--epochs must be at least 1, not {n_epochs}")
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=n_epochs, pct_start=0.15
-    )
     summary = TrainSummary(out=Path(out))
     checkpoint = Path(out) / "checkpoint"
     first_epoch = 0
     if resume and (checkpoint / "state.json").is_file():
-        first_epoch = _load_checkpoint(checkpoint, network, optimiser, schedule, config, summary)
+        first_epoch = _load_checkpoint(checkpoint, network, optimiser, config, summary)
         echo(f"resuming after epoch {first_epoch} (best so far: epoch {summary.best_epoch})")
     elif (Path(out) / "model.json").exists() or (checkpoint / "state.json").exists():
         if not resume:
@@ -196,6 +202,8 @@ def train_decomposition(
     for epoch in range(first_epoch, n_epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(epoch, n_epochs, config.learning_rate)
         model.train()
         total, count = 0.0, 0
         bar = tqdm(
@@ -212,7 +220,6 @@ def train_decomposition(
             total += float(loss.detach()) * len(batch["image"])
             count += len(batch["image"])
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-        schedule.step()
         if rank == 0:
             metrics = _validate(network, val_set, config, grid, device)
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), **metrics}
@@ -225,7 +232,7 @@ def train_decomposition(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation MAPE "
                 f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f}{'  (best)' if best else ''}"
             )
-            _save_checkpoint(checkpoint, network, optimiser, schedule, config, summary, epoch + 1)
+            _save_checkpoint(checkpoint, network, optimiser, config, summary, epoch + 1)
         summary.epochs_run += 1
     if world > 1:
         import torch.distributed as dist
@@ -240,7 +247,7 @@ def train_decomposition(
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
     save_model(out, network, meta)
     # the folder was replaced whole: put the checkpoint and the log back beside the model
-    _save_checkpoint(checkpoint, network, optimiser, schedule, config, summary, n_epochs)
+    _save_checkpoint(checkpoint, network, optimiser, config, summary, n_epochs)
     write_text_atomic(Path(out) / "history.json", json.dumps(summary.history, indent=1))
     return summary
 
@@ -258,7 +265,6 @@ def _save_checkpoint(
     folder: Path,
     network: torch.nn.Module,
     optimiser: torch.optim.Optimizer,
-    schedule: Any,
     config: DecompositionConfig,
     summary: TrainSummary,
     epoch: int,
@@ -281,7 +287,6 @@ def _save_checkpoint(
         "config": config.to_dict(),
         "optimiser_scalars": steps,
         "optimiser_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
-        "schedule": {k: v for k, v in schedule.state_dict().items() if isinstance(v, (int, float, list))},
         "best_epoch": summary.best_epoch,
         "best_mape": summary.best_mape,
         "history": summary.history,
@@ -293,7 +298,6 @@ def _load_checkpoint(
     folder: Path,
     network: torch.nn.Module,
     optimiser: torch.optim.Optimizer,
-    schedule: Any,
     config: DecompositionConfig,
     summary: TrainSummary,
 ) -> int:
@@ -315,7 +319,6 @@ def _load_checkpoint(
         group.update({k: v for k, v in saved.items() if k != "params"})
     state["state"] = restored
     optimiser.load_state_dict(state)
-    schedule.load_state_dict({**schedule.state_dict(), **info["schedule"]})
     summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
     summary.history = info["history"]
     return int(info["epoch"])

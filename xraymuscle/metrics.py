@@ -43,6 +43,11 @@ def _correlation(kind: str, a: np.ndarray, b: np.ndarray) -> float:
     return value if math.isfinite(value) else math.nan
 
 
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def volume_metrics(
     pred: np.ndarray,
     truth: np.ndarray,
@@ -69,6 +74,6 @@ def volume_metrics(
             row["coverage95"] = float(np.mean(np.abs(err) <= 1.96 * s)) if n else math.nan
         table[m] = row
     keys = [k for k in next(iter(table.values())) if k != "n"] if table else []
-    mean = {k: float(np.nanmean([r[k] for r in table.values()])) if table else math.nan for k in keys}
+    mean = {k: _nanmean([r[k] for r in table.values()]) for k in keys}
     mean["n"] = int(sum(r["n"] for r in table.values()))
     return {"muscles": table, "mean": mean}

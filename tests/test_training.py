@@ -1,0 +1,197 @@
+"""Decomposition training: data and augmentation keep volumes, the network's shapes and MC draws,
+training writes a model folder that loads without pickle and resumes, and recipes are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.config import AugmentConfig, DecompositionConfig
+from training.data import DrrTrainingSet, GridSpec, fit_to_grid, normalise, twin_order
+from training.decomposition import split_by_case, train_decomposition
+from training.unet import BayesianUNet
+from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.errors import InputError
+from xraymuscle.model import load_model
+
+TINY = {
+    "input_size": 64,
+    "pixel_spacing_mm": 5.36,
+    "base_channels": 4,
+    "depth": 3,
+    "batch_size": 4,
+    "mc_samples": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from xraymuscle.phantom.cohort import make_cohort
+
+    root = tmp_path_factory.mktemp("train")
+    cohort = make_cohort(4, root / "cohort", seed=3, spacing=6.0, progress=False)
+    out = root / "drr"
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate-drr",
+            "--cohort",
+            str(cohort),
+            "--out",
+            str(out),
+            "--views",
+            "2",
+            "--geometry",
+            "hip_ap_fast",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_twins_and_flip_keep_volumes(drr: Path) -> None:
+    data = DrrDataset.load(drr)
+    twins = twin_order(data.muscles)
+    assert data.muscles[twins[0]] == "gluteus_maximus_right" and twins[twins[0]] == 0
+    grid = GridSpec(128, float(data.info["pixel_spacing_mm"]))
+    plain = DrrTrainingSet(data, [0], grid, map_scale_mm=50.0, mass=True)
+    flipping = DrrTrainingSet(
+        data, [0], grid, map_scale_mm=50.0, mass=True,
+        augment=AugmentConfig(flip=1.0, rotate_deg=0, shift=0, gamma=(1, 1), brightness=0, contrast=0,
+                              noise_sd=0, blur=0, clahe=0),
+    )  # fmt: skip
+    a, b = plain[0], flipping[0]
+    np.testing.assert_allclose(b["volume"].numpy(), a["volume"].numpy()[twins], rtol=1e-5)
+    np.testing.assert_allclose(b["target"][0].numpy(), a["target"][1].numpy()[:, ::-1], atol=1e-6)
+
+
+def test_geometric_augmentation_keeps_volumes(drr: Path) -> None:
+    data = DrrDataset.load(drr)
+    grid = GridSpec(128, float(data.info["pixel_spacing_mm"]))
+    plain = DrrTrainingSet(data, [1], grid, map_scale_mm=50.0, mass=False)[0]
+    moved = DrrTrainingSet(
+        data, [1], grid, map_scale_mm=50.0, mass=False,
+        augment=AugmentConfig(flip=0.0, rotate_deg=5.0, shift=0.02), seed=4,
+    )  # fmt: skip
+    for _ in range(3):
+        item = moved[0]
+        inside = plain["volume"] > 20  # muscles well inside the field
+        np.testing.assert_allclose(item["volume"][inside].numpy(), plain["volume"][inside].numpy(), rtol=0.05)
+    assert not torch.equal(item["image"], plain["image"])
+
+
+def test_resampling_keeps_volume() -> None:
+    rng = np.random.default_rng(0)
+    maps = np.zeros((1, 100, 100), np.float32)
+    maps[0, 30:70, 20:80] = rng.uniform(10, 20, (40, 60))
+    area = 1.0
+    for scale in (0.5, 0.8, 1.25):
+        out = fit_to_grid(maps, scale, 128)
+        assert out.sum() * area / scale**2 == pytest.approx(maps.sum() * area, rel=0.02)
+    assert normalise(np.arange(100.0).reshape(10, 10)).max() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "size", "channels"),
+    [
+        ({"depth": 3, "base_channels": 4, "mass_head": False}, 32, 5),
+        ({"depth": 4, "base_channels": 8}, 64, 10),
+    ],
+)
+def test_network_shapes_and_mc(settings: dict[str, object], size: int, channels: int) -> None:
+    torch.manual_seed(0)
+    net = BayesianUNet(5, dropout=0.3, **settings)  # type: ignore[arg-type]
+    out = net(torch.rand(2, 1, size, size))
+    assert out.shape == (2, channels, size, size) and bool((out >= 0).all())
+    calls = []
+    net.encoder[0].register_forward_hook(lambda *_: calls.append(1))
+    draws = net.mc_forward(torch.rand(2, 1, size, size), samples=6)
+    assert draws.shape == (6, 2, channels, size, size)
+    assert len(calls) == 1  # the encoder ran once for all draws
+    assert draws.std(dim=0).mean() > 0  # dropout makes the draws differ
+    with pytest.raises(ValueError, match="must divide"):
+        net(torch.rand(1, 1, size + 2, size + 2))
+
+
+def test_recipe_is_checked(tmp_path: Path) -> None:
+    recipe = DecompositionConfig.load(
+        Path(__file__).resolve().parents[1] / "configs/train/decomposition.yaml"
+    )
+    assert recipe.mc_samples >= 2 and recipe.augment.flip > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown setting"):
+        DecompositionConfig.load(bad)
+    with pytest.raises(ValueError, match="invalid setting"):
+        DecompositionConfig(dropout=1.5)
+
+
+def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) -> None:
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 2})
+    out = tmp_path / "model"
+    data = DrrDataset.load(drr)
+    train, val = split_by_case(data, 0.25, 0)
+    assert {data.rows[i]["case_id"] for i in train}.isdisjoint({data.rows[i]["case_id"] for i in val})
+    summary = train_decomposition(drr, out, recipe, epochs=1, progress=False, echo=lambda s: None)
+    assert summary.epochs_run == 1
+    model = load_model(out)
+    assert model.muscles == data.muscles and model.input_size == 64
+    assert "phantoms only" in model.notice
+    assert set(model.meta["calibration"]) >= {"sd_scale", "cv_threshold", "ood"}
+    # Weights and checkpoint are safetensors + JSON: nothing to unpickle.
+    assert load_file(str(out / "model.safetensors"))
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    with pytest.raises(InputError, match="--resume"):
+        train_decomposition(drr, out, recipe, epochs=2, progress=False, echo=lambda s: None)
+    resumed = train_decomposition(
+        drr, out, recipe, epochs=2, resume=True, progress=False, echo=lambda s: None
+    )
+    assert resumed.epochs_run == 1 and len(resumed.history) == 2
+    other = DecompositionConfig.from_dict({**TINY, "epochs": 2, "dropout": 0.1})
+    with pytest.raises(InputError, match="another recipe"):
+        train_decomposition(drr, out, other, epochs=3, resume=True, progress=False, echo=lambda s: None)
+
+
+def test_model_folder_errors(drr: Path, tmp_path: Path) -> None:
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 1})
+    out = tmp_path / "model"
+    train_decomposition(drr, out, recipe, progress=False, echo=lambda s: None)
+    meta = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(InputError, match="model version 99"):
+        load_model(out)
+    (out / "model.json").write_text(json.dumps({**meta, "muscles": meta["muscles"][:3]}))
+    with pytest.raises(InputError, match="weights do not fit"):
+        load_model(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(InputError, match="lacks model.safetensors"):
+        load_model(out)
+    with pytest.raises(InputError, match="no such model folder"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_dataset_problems_are_reported(drr: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a DRR dataset"):
+        DrrDataset.load(tmp_path)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(drr, broken)
+    first = DrrDataset.load(broken).rows[0]["file"]
+    (broken / first).unlink()
+    data = DrrDataset.load(broken)
+    with pytest.raises(InputError, match="sample file is missing"):
+        DrrTrainingSet(data, [0], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False)[0]
+    sample = dict(np.load(drr / DrrDataset.load(drr).rows[1]["file"]))
+    sample["maps"] = sample["maps"][:3]
+    np.savez(broken / DrrDataset.load(drr).rows[1]["file"], **sample)
+    with pytest.raises(InputError, match="expected 14 channels"):
+        DrrTrainingSet(data, [1], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False)[0]
