@@ -1,0 +1,157 @@
+"""``evaluate`` and ``predict`` with a small trained model: files, contracts, statuses, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from training.config import DecompositionConfig
+from training.decomposition import train_decomposition
+from xraymuscle.dicom_writer import write_dx
+from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.metrics import icc_2_1, volume_metrics
+from xraymuscle.model import load_model
+
+runner = CliRunner()
+TINY = {
+    "input_size": 64,
+    "pixel_spacing_mm": 5.36,
+    "base_channels": 4,
+    "depth": 3,
+    "batch_size": 4,
+    "mc_samples": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from xraymuscle.phantom.cohort import make_cohort
+
+    root = tmp_path_factory.mktemp("predict")
+    cohort = make_cohort(4, root / "cohort", seed=5, spacing=6.0, progress=False)
+    drr = root / "drr"
+    result = runner.invoke(
+        app,
+        [
+            "generate-drr",
+            "--cohort",
+            str(cohort),
+            "--out",
+            str(drr),
+            "--views",
+            "2",
+            "--geometry",
+            "hip_ap_fast",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    model = root / "model"
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 2})
+    train_decomposition(drr, model, recipe, progress=False, echo=lambda s: None)
+    return drr, model
+
+
+def test_metrics_against_hand_values() -> None:
+    truth = np.array([[100.0], [200.0], [300.0], [400.0]])
+    pred = truth * 1.1
+    table = volume_metrics(pred, truth, np.ones_like(truth, bool), ["m"], sd=np.full_like(truth, 15.0))
+    row = table["muscles"]["m"]
+    assert row["pcc"] == pytest.approx(1.0) and row["mape"] == pytest.approx(10.0)
+    assert row["bias_ml"] == pytest.approx(25.0) and row["mae_ml"] == pytest.approx(25.0)
+    assert row["coverage95"] == pytest.approx(0.5)  # |error| 10, 20, 30, 40 against 1.96 x 15
+    assert icc_2_1(truth[:, 0], pred[:, 0]) < 1.0
+    # absolute agreement: a constant offset between raters lowers ICC(2,1) below 1
+    a = np.array([9, 6, 8, 7, 10, 6.0])
+    assert icc_2_1(a, a + 2) < icc_2_1(a, a)
+
+
+def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    drr, model = trained
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(drr), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"muscles", "mean"}
+    keys = {"pcc", "icc", "mae_ml", "mape", "bias_ml", "spearman_sd_abs_error", "coverage95"}
+    assert keys <= set(metrics["muscles"]["gluteus_medius_left"]) and keys <= set(metrics["mean"])
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[-1]["muscle"] == "mean" and len(rows) == 15
+    for name in ("predicted_vs_true.png", "bland_altman.png", "uncertainty_vs_error.png"):
+        assert cv2.imread(str(out / name)) is not None
+
+
+def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    drr, model_dir = trained
+    data = DrrDataset.load(drr)
+    spacing = float(data.info["pixel_spacing_mm"])
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_dx(images / "drr.dcm", data.sample(0)["image"], pixel_spacing_mm=spacing)
+    detector = write_dx(
+        images / "detector.dcm", data.sample(1)["image"], pixel_spacing_mm=spacing,
+        detector_spacing_mm=spacing * 1.1667, magnification=1.1667,
+    )  # fmt: skip
+    no_spacing = images / "no_spacing.png"
+    cv2.imwrite(
+        str(no_spacing), (255 * data.sample(2)["image"] / data.sample(2)["image"].max()).astype(np.uint8)
+    )
+    tiny = images / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((10, 10), np.uint8))
+    colour = images / "photo.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(colour), rng.integers(0, 255, (200, 200, 3)).astype(np.uint8))
+    text = images / "notes.dcm"
+    text.write_text("not an image")
+    noise = write_dx(images / "noise.dcm", rng.normal(size=(400, 400)), pixel_spacing_mm=0.9)
+    paths = [good, detector, no_spacing, tiny, colour, text, noise, images / "missing.dcm"]
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(model_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open() as fh:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(fh)}
+    assert len(rows) == len(paths)
+    assert rows["drr.dcm"]["status"] in ("ok", "uncertain")
+    assert float(rows["drr.dcm"]["volume_ml__gluteus_medius_left"]) > 0
+    assert float(rows["drr.dcm"]["volume_sd_ml__gluteus_medius_left"]) > 0
+    assert rows["drr.dcm"]["spacing_source"] == "dicom:PixelSpacing"
+    assert (
+        rows["no_spacing.png"]["status"] == "rejected"
+        and "pixel spacing unknown" in rows["no_spacing.png"]["reason"]
+    )
+    assert rows["tiny.png"]["status"] == "rejected" and "too small" in rows["tiny.png"]["reason"]
+    assert rows["photo.png"]["status"] == "rejected" and "colour" in rows["photo.png"]["reason"]
+    assert rows["notes.dcm"]["status"] == "error"
+    assert rows["missing.dcm"]["status"] == "error" and "no such file" in rows["missing.dcm"]["reason"]
+    assert (
+        rows["noise.dcm"]["status"] == "rejected"
+        and "not like the radiographs" in rows["noise.dcm"]["reason"]
+    )
+    assert all("phantoms only" in r["notice"] for r in rows.values())
+    assert (
+        len(list((out / "overlays").glob("*.png"))) == 3
+        and len(list((out / "uncertainty").glob("*.png"))) == 3
+    )
+    # The same image given with its spacing on the command line gives the same volumes.
+    again = runner.invoke(
+        app, ["predict", str(no_spacing), "--model", str(model_dir), "--out", str(tmp_path / "p2"),
+              "--pixel-spacing", str(spacing)],
+    )  # fmt: skip
+    assert again.exit_code == 0 and ("1 ok" in again.output or "1 uncertain" in again.output)
+
+
+def test_predict_refuses_a_broken_model(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, model_dir = trained
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "model.json").write_text((model_dir / "model.json").read_text())
+    result = runner.invoke(app, ["predict", "x.png", "--model", str(broken), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "lacks model.safetensors" in result.output
+    assert load_model(model_dir).notice
