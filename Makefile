@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= xraymuscle-demo
 
-.PHONY: setup demo test test-slow lint bench bench-peers clean
+.PHONY: setup demo test test-slow lint bench bench-peers default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: setup
 bench-peers: setup
 	$(BIN)/pip install --quiet --no-deps diffdrr==0.6.1
 	$(BIN)/pip install --quiet torchio einops roma kornia fastcore imageio matplotlib seaborn
+
+# The shipped model: phantom cohorts, DRRs, training and evaluation (about 25 min on 2 CPU cores).
+MODEL_WORK ?= model-work
+default-model: setup
+	$(BIN)/python benchmarks/accuracy.py --work $(MODEL_WORK) --install-default
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
