@@ -221,6 +221,106 @@ def _pick_device(device: str) -> str:
     return device
 
 
+@app.command("generate-drr")
+@user_errors
+def generate_drr(
+    out: Annotated[Path, typer.Option("--out", help="Output folder: a DRR dataset (see README).")],
+    cohort: Annotated[
+        Path | None, typer.Option("--cohort", help="Cohort CSV: case_id, ct, labels[, label_source].")
+    ] = None,
+    ct: Annotated[Path | None, typer.Option("--ct", help="One CT (file or DICOM folder).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Its label map.")] = None,
+    catalog: CatalogOpt = "hip",
+    label_source: Annotated[
+        str | None,
+        typer.Option("--label-source", help="Label source in the catalogue, for cases that name none."),
+    ] = None,
+    geometry: Annotated[
+        str, typer.Option("--geometry", help="Geometry preset in configs/geometry or a YAML file.")
+    ] = "hip_ap",
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Pixels per side.")] = None,
+    pixel_spacing: Annotated[
+        float | None, typer.Option("--pixel-spacing", help="Detector pixel pitch at the detector, mm.")
+    ] = None,
+    sid: Annotated[float | None, typer.Option("--sid", help="Source-to-image distance, mm.")] = None,
+    views: Annotated[int, typer.Option("--views", help="Views per case, poses drawn from --seed.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the pose (and noise) draws.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", help="Cases rendered in parallel processes.")] = 1,
+    backend: Annotated[
+        str, typer.Option("--backend", help="builtin, or deepdrr for the image (CUDA only).")
+    ] = "builtin",
+    preview: Annotated[bool, typer.Option("--preview", help="Write a PNG montage per sample.")] = False,
+) -> None:
+    """Render CTs with muscle labels into a DRR dataset: images and per-muscle volume/mass maps."""
+    from drr.deepdrr_backend import BackendUnavailable
+    from drr.presets import load_preset
+    from drr.renderer import BACKENDS
+    from xraymuscle.atomic import write_text_atomic
+    from xraymuscle.catalog import MuscleCatalog, did_you_mean
+    from xraymuscle.generate import CaseInput, GenerateOptions, case_id_from_path, generate_drr, read_cohort
+    from xraymuscle.paths import config_file
+
+    if (cohort is None) == (ct is None):
+        raise InputError("give either --cohort CSV or --ct FILE --labels FILE")
+    if ct is not None and labels is None:
+        raise InputError("--ct needs --labels")
+    if backend not in BACKENDS:
+        hint = did_you_mean(backend, list(BACKENDS))
+        raise InputError(f"--backend must be one of {list(BACKENDS)}, not {backend!r}{hint}")
+    device = _pick_device(device)
+    cat = MuscleCatalog.load(catalog)
+    if label_source is not None:
+        cat.check_source(label_source)
+    preset_path = config_file("geometry", geometry)
+    try:
+        preset = load_preset(preset_path, image_size=image_size, pixel_spacing=pixel_spacing, sid=sid)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc), preset_path) from None
+    problems: list[str] = []
+    if cohort is not None:
+        cases, problems = read_cohort(cohort)
+        for problem in problems:
+            typer.echo(f"error: {problem}", err=True)
+    else:
+        assert ct is not None and labels is not None
+        for path in (ct, labels):
+            if not path.exists():
+                raise InputError("no such file or folder", path)
+        cases = [CaseInput(case_id_from_path(ct), ct, labels, None)]
+    unnamed = [c.case_id for c in cases if c.label_source is None]
+    if unnamed and label_source is None:
+        raise InputError(
+            f"cases {unnamed[:3]}{' ...' if len(unnamed) > 3 else ''} name no label source; "
+            f"give --label-source (known: {sorted(cat.sources)})"
+        )
+    options = GenerateOptions(
+        catalog=cat,
+        label_source=label_source or "",
+        preset=preset,
+        views=views,
+        seed=seed,
+        device=device,
+        backend=backend,
+        workers=workers,
+        preview=preview,
+    )
+    try:
+        summary = generate_drr(cases, out, options, echo=typer.echo)
+    except BackendUnavailable as exc:
+        raise InputError(str(exc)) from None
+    failures = problems + summary.failed
+    if failures:
+        write_text_atomic(out / "problems.txt", "\n".join(failures) + "\n")
+    typer.echo(
+        f"{summary.rendered} views rendered, {summary.skipped} already there, "
+        f"{len(failures)} case(s) with problems{' (see problems.txt)' if failures else ''}; "
+        f"dataset: {out}"
+    )
+    if not summary.cases_done and not summary.skipped:
+        raise typer.Exit(code=2)
+
+
 @app.command()
 @user_errors
 def inspect(

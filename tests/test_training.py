@@ -155,7 +155,7 @@ def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) 
         drr, out, recipe, epochs=2, resume=True, progress=False, echo=lambda s: None
     )
     assert resumed.epochs_run == 1 and len(resumed.history) == 2
-    other = DecompositionConfig.from_dict({**TINY, "epochs": 2, "dropout": 0.1})
+    other = DecompositionConfig.from_dict({**TINY, "epochs": 2, "dropout": 0.3})
     with pytest.raises(InputError, match="another recipe"):
         train_decomposition(drr, out, other, epochs=3, resume=True, progress=False, echo=lambda s: None)
 

@@ -35,7 +35,7 @@ class DecompositionConfig:
     pixel_spacing_mm: float = 2.68
     base_channels: int = 8
     depth: int = 4
-    dropout: float = 0.2
+    dropout: float = 0.1
     mass_head: bool = True
     map_scale_mm: float = 50.0
     batch_size: int = 16

@@ -419,6 +419,7 @@ def _metadata(
             "depth": config.depth,
             "dropout": config.dropout,
             "mass_head": config.mass_head,
+            "global_gain": True,
         },
         "map_scale_mm": config.map_scale_mm,
         "mc_samples": config.mc_samples,

@@ -38,6 +38,8 @@ class BayesianUNet(nn.Module):
         Dropout probability (channel-wise) in the bottleneck and the decoder's lower levels.
     mass_head
         Also predict K mass maps from the same decoder.
+    global_gain
+        Multiply each output map by a gain computed from the pooled bottleneck features.
 
     Forward returns ``(B, K, H, W)`` maps, or ``(B, 2K, H, W)`` (volume maps then mass maps) with a
     mass head; all non-negative.
@@ -51,6 +53,7 @@ class BayesianUNet(nn.Module):
         depth: int = 4,
         dropout: float = 0.2,
         mass_head: bool = True,
+        global_gain: bool = True,
     ) -> None:
         super().__init__()
         if out_channels < 1 or depth < 2 or base_channels < 1 or not 0 <= dropout < 1:
@@ -72,6 +75,12 @@ class BayesianUNet(nn.Module):
         )
         self.decoder = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth - 1))])
         self.head = nn.Conv2d(widths[0], out_channels * (2 if mass_head else 1), 1)
+        # A global path: pooled bottleneck features set a per-channel gain on the maps, so the
+        # network can express "this muscle is larger" without moving every boundary pixel.
+        self.gain = nn.Linear(widths[-1], out_channels * (2 if mass_head else 1)) if global_gain else None
+        if self.gain is not None:
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
         assert self.head.bias is not None
         nn.init.constant_(self.head.bias, -3.0)  # start near empty maps (softplus(-3) ≈ 0.05)
 
@@ -88,6 +97,7 @@ class BayesianUNet(nn.Module):
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Maps from encoder features (dropout active in training mode or when sampling)."""
         x = self.dropout(self.bottleneck(feats[-1]))
+        gain = None if self.gain is None else torch.exp(self.gain(x.mean(dim=(2, 3))))[:, :, None, None]
         last = len(self.decoder) - 1
         levels = zip(self.up, self.decoder, reversed(feats[:-1]), strict=True)
         for level, (up, block, skip) in enumerate(levels):
@@ -96,7 +106,8 @@ class BayesianUNet(nn.Module):
             # dropping them would blur every map rather than express uncertainty about it.
             if level < last:
                 x = self.dropout(x)
-        return F.softplus(self.head(x))
+        maps = F.softplus(self.head(x))
+        return maps if gain is None else maps * gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1:

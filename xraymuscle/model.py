@@ -66,6 +66,7 @@ def build_network(architecture: dict[str, Any], n_muscles: int) -> BayesianUNet:
         depth=int(architecture["depth"]),
         dropout=float(architecture["dropout"]),
         mass_head=bool(architecture["mass_head"]),
+        global_gain=bool(architecture.get("global_gain", False)),
     )
 
 
