@@ -195,3 +195,24 @@ def test_dataset_problems_are_reported(drr: Path, tmp_path: Path) -> None:
     np.savez(broken / DrrDataset.load(drr).rows[1]["file"], **sample)
     with pytest.raises(InputError, match="expected 14 channels"):
         DrrTrainingSet(data, [1], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False)[0]
+
+
+@pytest.mark.slow
+def test_distributed_training_on_two_processes(drr: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "epochs": 1}.items()) + "\n")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29571", "-m", "cli", "train",
+         "--data", str(drr), "--out", str(out), "--config", str(recipe), "--device", "cpu"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_model(out).muscles == DrrDataset.load(drr).muscles

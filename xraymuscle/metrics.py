@@ -8,6 +8,7 @@ between sd and absolute error, and the coverage of the 95 % interval ``mean ± 1
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,10 @@ def _correlation(kind: str, a: np.ndarray, b: np.ndarray) -> float:
     """Pearson or Spearman r; NaN when undefined (fewer than 3 cases or no spread)."""
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return math.nan
-    value = float((stats.pearsonr if kind == "pearson" else stats.spearmanr)(a, b)[0])
+    with warnings.catch_warnings():
+        # nearly constant inputs: the value is still defined, and reported as it is
+        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+        value = float((stats.pearsonr if kind == "pearson" else stats.spearmanr)(a, b)[0])
     return value if math.isfinite(value) else math.nan
 
 
