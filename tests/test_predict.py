@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -111,7 +112,11 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     text = images / "notes.dcm"
     text.write_text("not an image")
     noise = write_dx(images / "noise.dcm", rng.normal(size=(400, 400)), pixel_spacing_mm=0.9)
-    paths = [good, detector, no_spacing, tiny, colour, text, noise, images / "missing.dcm"]
+    ct_slice = write_dx(images / "ct.dcm", rng.normal(size=(256, 256)), pixel_spacing_mm=0.8)
+    ds = pydicom.dcmread(ct_slice)
+    ds.Modality = "CT"
+    ds.save_as(ct_slice)
+    paths = [good, detector, no_spacing, tiny, colour, text, noise, ct_slice, images / "missing.dcm"]
     out = tmp_path / "pred"
     result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(model_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -134,6 +139,7 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
         rows["noise.dcm"]["status"] == "rejected"
         and "not like the radiographs" in rows["noise.dcm"]["reason"]
     )
+    assert rows["ct.dcm"]["status"] == "rejected" and "not a radiograph" in rows["ct.dcm"]["reason"]
     assert all("phantoms only" in r["notice"] for r in rows.values())
     assert (
         len(list((out / "overlays").glob("*.png"))) == 3

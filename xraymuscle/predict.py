@@ -41,7 +41,8 @@ from xraymuscle.radiograph import Radiograph, read_radiograph
 
 STATUSES = ("ok", "uncertain", "rejected", "error")
 MIN_SIDE_PX = 64
-MIN_FIELD_MM = 150.0  # a hip radiograph shows at least this much of the pelvis
+MIN_FIELD_MM = 150.0
+CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")  # a hip radiograph shows at least this much of the pelvis
 BATCH = 8
 
 
@@ -84,6 +85,12 @@ def _to_grid(radiograph: Radiograph, model: LoadedModel, prepared: Prepared) -> 
     prepared.spacing_source = radiograph.spacing_source
     prepared.notes = list(radiograph.notes)
     h, w = radiograph.shape
+    modality = (radiograph.metadata.get("modality") or "").upper()
+    if modality in CROSS_SECTIONAL:
+        return _reject(prepared, f"a {modality} image (modality {modality}), not a radiograph")
+    view = (radiograph.metadata.get("view_position") or "").upper()
+    if view in ("LAT", "LL", "RL", "LATERAL"):
+        return _reject(prepared, f"a lateral view ({view}); the model reads AP radiographs")
     if radiograph.is_colour:
         return _reject(prepared, "a colour image, not a radiograph")
     if min(h, w) < MIN_SIDE_PX:
