@@ -91,7 +91,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("xraymuscle-demo"),
     n: Annotated[int, typer.Option("--n", help="Number of phantom cases (the last four are held out).")] = 24,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 6,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 12,
 ) -> None:
     """Run the pipeline on built-in data: phantoms, DRRs, a short training, predictions."""
     from xraymuscle.demo import run_demo

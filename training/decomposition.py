@@ -199,6 +199,7 @@ def train_decomposition(
         generator=torch.Generator().manual_seed(config.seed),
     )
     use_amp = device.startswith("cuda")
+    earlier_seconds = summary.seconds
     for epoch in range(first_epoch, n_epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -232,6 +233,7 @@ def train_decomposition(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation MAPE "
                 f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f}{'  (best)' if best else ''}"
             )
+            summary.seconds = earlier_seconds + time.perf_counter() - start_time
             _save_checkpoint(checkpoint, network, optimiser, config, summary, epoch + 1)
         summary.epochs_run += 1
     if world > 1:
@@ -243,7 +245,7 @@ def train_decomposition(
         return summary
     network.load_state_dict(load_file(str(_tmp_best(out))))
     summary.calibration = _calibrate(network, train_set, val_set, config, grid, device)
-    summary.seconds = time.perf_counter() - start_time
+    summary.seconds = earlier_seconds + time.perf_counter() - start_time
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
     save_model(out, network, meta)
     # the folder was replaced whole: put the checkpoint and the log back beside the model
@@ -290,6 +292,7 @@ def _save_checkpoint(
         "best_epoch": summary.best_epoch,
         "best_mape": summary.best_mape,
         "history": summary.history,
+        "seconds": summary.seconds,
     }
     write_text_atomic(folder / "state.json", json.dumps(info, indent=1))
 
@@ -320,6 +323,7 @@ def _load_checkpoint(
     state["state"] = restored
     optimiser.load_state_dict(state)
     summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
+    summary.seconds = float(info.get("seconds", 0.0))  # training time of the earlier runs
     summary.history = info["history"]
     return int(info["epoch"])
 
