@@ -39,9 +39,11 @@ class DecompositionConfig:
     mass_head: bool = True
     map_scale_mm: float = 50.0
     batch_size: int = 16
-    epochs: int = 30
-    learning_rate: float = 2e-3
+    epochs: int = 40
+    learning_rate: float = 1e-2
     weight_decay: float = 1e-4
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
     volume_loss_weight: float = 0.5
     mc_samples: int = 10
     val_fraction: float = 0.1
@@ -59,6 +61,8 @@ class DecompositionConfig:
             "batch_size": self.batch_size >= 1,
             "epochs": self.epochs >= 1,
             "learning_rate": self.learning_rate > 0,
+            "l1_weight": self.l1_weight >= 0 and self.l1_weight + self.l2_weight > 0,
+            "l2_weight": self.l2_weight >= 0,
             "mc_samples": self.mc_samples >= 2,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
         }

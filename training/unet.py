@@ -40,6 +40,8 @@ class BayesianUNet(nn.Module):
         Also predict K mass maps from the same decoder.
     global_gain
         Multiply each output map by a gain computed from the pooled bottleneck features.
+    coordinates
+        Give the encoder each pixel's position (two coordinate channels) beside the image.
 
     Forward returns ``(B, K, H, W)`` maps, or ``(B, 2K, H, W)`` (volume maps then mass maps) with a
     mass head; all non-negative.
@@ -54,6 +56,7 @@ class BayesianUNet(nn.Module):
         dropout: float = 0.2,
         mass_head: bool = True,
         global_gain: bool = True,
+        coordinates: bool = True,
     ) -> None:
         super().__init__()
         if out_channels < 1 or depth < 2 or base_channels < 1 or not 0 <= dropout < 1:
@@ -65,8 +68,10 @@ class BayesianUNet(nn.Module):
         self.depth = depth
         self.out_channels = out_channels
         self.mass_head = mass_head
+        self.coordinates = coordinates
+        first = 3 if coordinates else 1
         self.encoder = nn.ModuleList(
-            [_block(1 if i == 0 else widths[i - 1], w) for i, w in enumerate(widths[:-1])]
+            [_block(first if i == 0 else widths[i - 1], w) for i, w in enumerate(widths[:-1])]
         )
         self.bottleneck = _block(widths[-2], widths[-1])
         self.dropout = nn.Dropout2d(dropout)
@@ -86,6 +91,12 @@ class BayesianUNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Skip features of every level and the bottleneck input (no dropout here)."""
+        if self.coordinates:
+            # Where a pixel lies in the field: muscles sit at typical places in a hip radiograph.
+            b, _, h, w = x.shape
+            ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)[:, None].expand(h, w)
+            xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)[None, :].expand(h, w)
+            x = torch.cat([x, torch.stack([ys, xs]).expand(b, 2, h, w)], dim=1)
         feats = []
         for block in self.encoder:
             x = block(x)

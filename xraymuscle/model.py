@@ -67,6 +67,7 @@ def build_network(architecture: dict[str, Any], n_muscles: int) -> BayesianUNet:
         dropout=float(architecture["dropout"]),
         mass_head=bool(architecture["mass_head"]),
         global_gain=bool(architecture.get("global_gain", False)),
+        coordinates=bool(architecture.get("coordinates", False)),
     )
 
 
