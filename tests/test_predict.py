@@ -160,4 +160,18 @@ def test_predict_refuses_a_broken_model(trained: tuple[Path, Path], tmp_path: Pa
     (broken / "model.json").write_text((model_dir / "model.json").read_text())
     result = runner.invoke(app, ["predict", "x.png", "--model", str(broken), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "lacks model.safetensors" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "x.png",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--pixel-spacing",
+            "-1",
+        ],
+    )
+    assert result.exit_code == 2 and "--pixel-spacing must be a positive" in result.output
     assert load_model(model_dir).notice

@@ -144,6 +144,8 @@ def predict_images(
         raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
     if not paths:
         raise InputError("no images given")
+    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
+        raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)
