@@ -36,12 +36,13 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir
-from xraymuscle.preview import colour_maps, montage, overlay_masks, titled, write_png
+from xraymuscle.preview import montage, overlay_masks, titled, write_png
 from xraymuscle.radiograph import Radiograph, read_radiograph
 
 STATUSES = ("ok", "uncertain", "rejected", "error")
 MIN_SIDE_PX = 64
 MIN_FIELD_MM = 150.0
+PICTURE_MM = 40.0
 CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")  # a hip radiograph shows at least this much of the pelvis
 BATCH = 8
 
@@ -257,11 +258,13 @@ def _pictures(
 ) -> None:
     assert p.image is not None
     name = f"{index:04d}_{Path(p.path).stem}.png"
-    scaled = [m / max(float(m.max()), 1e-6) for m in maps]
+    # One fixed scale for every muscle (a thickness of PICTURE_MM shows full colour): a faint, spread
+    # map then looks faint instead of being stretched to full colour.
+    scaled = [np.clip(m / PICTURE_MM, 0, 1) for m in maps]
     status = f"{row['status']}" + (f": {row['reason'][:60]}" if row["reason"] else "")
     panels = [
-        titled(overlay_masks(p.image, scaled, alpha=0.6), Path(p.path).name[:40]),
-        titled(colour_maps(maps), status),
+        titled(overlay_masks(p.image, scaled, alpha=0.7), Path(p.path).name[:40]),
+        titled(overlay_masks(np.zeros_like(p.image), scaled, alpha=1.0), status),
     ]
     write_png(out / "overlays" / name, montage(panels, columns=2))
     spread = sd.sum(axis=0) / max(float(maps.sum(axis=0).max()), 1e-6)
