@@ -216,3 +216,15 @@ def test_distributed_training_on_two_processes(drr: Path, tmp_path: Path) -> Non
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_model(out).muscles == DrrDataset.load(drr).muscles
+
+
+def test_mc_prediction_is_reproducible() -> None:
+    from xraymuscle.inference import mc_predict
+
+    torch.manual_seed(0)
+    net = BayesianUNet(3, base_channels=4, depth=3, dropout=0.3)
+    images = torch.rand(3, 1, 32, 32)
+    a = mc_predict(net, images, samples=5, pixel_area_mm2=1.0, map_scale_mm=10.0)
+    b = mc_predict(net, images, samples=5, pixel_area_mm2=1.0, map_scale_mm=10.0)
+    np.testing.assert_array_equal(a.volume, b.volume)
+    assert (a.volume_sd > 0).all()

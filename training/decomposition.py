@@ -448,7 +448,7 @@ def _metadata(
             "label_sources": sorted({str(c.get("label_source")) for c in data.info.get("source_cases", [])}),
             "best_epoch": summary.best_epoch,
             "best_validation_mape": summary.best_mape,
-            "epochs": summary.epochs_run,
+            "epochs": len(summary.history),
             "seconds": round(summary.seconds, 1),
         },
         "recipe": config.to_dict(),

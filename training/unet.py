@@ -130,8 +130,12 @@ class BayesianUNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled bottleneck features ``(B, C)`` (deterministic), for the out-of-distribution score."""
+        was_training = self.training
+        self.eval()  # normalisation from running statistics, never updated here
         with torch.no_grad():
-            return self.bottleneck(self.encode(x)[-1]).mean(dim=(2, 3))
+            pooled = self.bottleneck(self.encode(x)[-1]).mean(dim=(2, 3))
+        self.train(was_training)
+        return pooled
 
     @torch.no_grad()
     def mc_forward(self, x: torch.Tensor, samples: int) -> torch.Tensor:

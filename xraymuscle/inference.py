@@ -42,13 +42,45 @@ def mc_predict(
     batch: int = 8,
     device: str = "cpu",
     keep_maps: bool = True,
+    seed: int = 0,
 ) -> McResult:
-    """Run ``samples`` dropout draws for every image ``(N, 1, S, S)`` (already normalised)."""
-    k = network.out_channels
+    """Run ``samples`` dropout draws for every image ``(N, 1, S, S)`` (already normalised).
+
+    The draws are seeded: the same call gives the same numbers, run after run.
+    """
     out: dict[str, list[np.ndarray]] = {
         "v": [], "vs": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
     }  # fmt: skip
     network = network.to(device)
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        # reproducible draws, and the caller's random state left as it was
+        torch.manual_seed(seed)
+        _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, out)
+    empty = np.zeros((0,))
+    return McResult(
+        volume=np.concatenate(out["v"]),
+        volume_sd=np.concatenate(out["vs"]),
+        mass=np.concatenate(out["m"]) if out["m"] else None,
+        mass_sd=np.concatenate(out["ms"]) if out["ms"] else None,
+        maps=np.concatenate(out["maps"]) if out["maps"] else empty,
+        map_sd=np.concatenate(out["sd"]) if out["sd"] else empty,
+        features=np.concatenate(out["f"]),
+    )
+
+
+def _draw(
+    network: BayesianUNet,
+    images: torch.Tensor,
+    samples: int,
+    pixel_area_mm2: float,
+    map_scale_mm: float,
+    batch: int,
+    device: str,
+    keep_maps: bool,
+    out: dict[str, list[np.ndarray]],
+) -> None:
+    k = network.out_channels
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device)
         draws = network.mc_forward(x, samples).float() * map_scale_mm  # (T, B, C, S, S) in mm
@@ -62,16 +94,6 @@ def mc_predict(
             out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
             out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())
         out["f"].append(network.features(x).float().cpu().numpy())
-    empty = np.zeros((0,))
-    return McResult(
-        volume=np.concatenate(out["v"]),
-        volume_sd=np.concatenate(out["vs"]),
-        mass=np.concatenate(out["m"]) if out["m"] else None,
-        mass_sd=np.concatenate(out["ms"]) if out["ms"] else None,
-        maps=np.concatenate(out["maps"]) if out["maps"] else empty,
-        map_sd=np.concatenate(out["sd"]) if out["sd"] else empty,
-        features=np.concatenate(out["f"]),
-    )
 
 
 def sd_scales(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> np.ndarray:
