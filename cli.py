@@ -306,7 +306,7 @@ def generate_drr(
         preview=preview,
     )
     try:
-        summary = generate_drr(cases, out, options, echo=typer.echo)
+        summary = generate_drr(cases, out, options)
     except BackendUnavailable as exc:
         raise InputError(str(exc)) from None
     failures = problems + summary.failed

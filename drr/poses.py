@@ -30,8 +30,8 @@ def _rot(axis: int, degrees: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Pose:
-    """Three rotations (degrees) and three translations (mm) of the patient; see the module doc."""
+class _SixValues:
+    """Three rotation values (r*, degrees) and three translation values (t*, mm)."""
 
     rx: float = 0.0
     ry: float = 0.0
@@ -40,11 +40,24 @@ class Pose:
     ty: float = 0.0
     tz: float = 0.0
 
-    def __post_init__(self) -> None:
+    def _check(self, what: str, allow_negative: bool) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not math.isfinite(float(value)):
-                raise ValueError(f"pose {f.name} must be finite, not {value!r}")
+            if not math.isfinite(float(value)) or (not allow_negative and value < 0):
+                need = "finite" if allow_negative else "a non-negative number"
+                raise ValueError(f"{what} {f.name} must be {need}, not {value!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"rx": ..., ..., "tz": ...}`` as plain floats."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Pose(_SixValues):
+    """Three rotations (degrees) and three translations (mm) of the patient; see the module doc."""
+
+    def __post_init__(self) -> None:
+        self._check("pose", allow_negative=True)
 
     def rotation(self) -> np.ndarray:
         """3 × 3 rotation ``Rz · Ry · Rx``."""
@@ -59,27 +72,13 @@ class Pose:
         m[:3, 3] = c - r @ c + np.array([self.tx, self.ty, self.tz])
         return m
 
-    def to_dict(self) -> dict[str, float]:
-        """``{"rx": ..., ..., "tz": ...}`` as plain floats."""
-        return {k: float(v) for k, v in asdict(self).items()}
-
 
 @dataclass(frozen=True)
-class PoseRanges:
+class PoseRanges(_SixValues):
     """Half-widths of the uniform ranges a pose is drawn from: degrees for r*, mm for t*."""
 
-    rx: float = 0.0
-    ry: float = 0.0
-    rz: float = 0.0
-    tx: float = 0.0
-    ty: float = 0.0
-    tz: float = 0.0
-
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not (math.isfinite(float(value)) and value >= 0):
-                raise ValueError(f"pose range {f.name} must be a non-negative number, not {value!r}")
+        self._check("pose range", allow_negative=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> PoseRanges:
@@ -90,10 +89,6 @@ class PoseRanges:
         if unknown:
             raise ValueError(f"unknown pose range(s) {unknown}; known: {sorted(known)}")
         return cls(**{k: float(v) for k, v in data.items()})
-
-    def to_dict(self) -> dict[str, float]:
-        """Plain floats, for records."""
-        return {k: float(v) for k, v in asdict(self).items()}
 
 
 def sample_pose(rng: np.random.Generator, ranges: PoseRanges) -> Pose:

@@ -45,3 +45,41 @@ def tiny_ct() -> Volume:
     rng = np.random.default_rng(0)
     arr = rng.integers(-1000, 1500, size=(6, 7, 8)).astype(np.int16)
     return Volume(arr, (0.8, 0.9, 2.5), (-10.0, 20.0, 30.0), oblique_direction())
+
+
+# A recipe small enough to train in seconds on the CPU, for the training and prediction tests.
+TINY_RECIPE = {
+    "input_size": 64,
+    "pixel_spacing_mm": 5.36,
+    "base_channels": 4,
+    "depth": 3,
+    "batch_size": 4,
+    "mc_samples": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DRR dataset of four 6 mm phantoms, two 128-pixel views each."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from xraymuscle.phantom.cohort import make_cohort
+
+    root = tmp_path_factory.mktemp("tiny_drr")
+    cohort = make_cohort(4, root / "cohort", seed=3, spacing=6.0, progress=False)
+    out = root / "drr"
+    args = [
+        "generate-drr",
+        "--cohort",
+        str(cohort),
+        "--out",
+        str(out),
+        "--views",
+        "2",
+        "--geometry",
+        "hip_ap_fast",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out

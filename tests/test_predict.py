@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from tests.conftest import TINY_RECIPE as TINY
 from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
 from xraymuscle.dicom_writer import write_dx
@@ -21,38 +22,12 @@ from xraymuscle.metrics import icc_2_1, volume_metrics
 from xraymuscle.model import load_model
 
 runner = CliRunner()
-TINY = {
-    "input_size": 64,
-    "pixel_spacing_mm": 5.36,
-    "base_channels": 4,
-    "depth": 3,
-    "batch_size": 4,
-    "mc_samples": 4,
-}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from xraymuscle.phantom.cohort import make_cohort
-
+def trained(tiny_drr: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    drr = tiny_drr
     root = tmp_path_factory.mktemp("predict")
-    cohort = make_cohort(4, root / "cohort", seed=5, spacing=6.0, progress=False)
-    drr = root / "drr"
-    result = runner.invoke(
-        app,
-        [
-            "generate-drr",
-            "--cohort",
-            str(cohort),
-            "--out",
-            str(drr),
-            "--views",
-            "2",
-            "--geometry",
-            "hip_ap_fast",
-        ],
-    )
-    assert result.exit_code == 0, result.output
     model = root / "model"
     recipe = DecompositionConfig.from_dict({**TINY, "epochs": 2})
     train_decomposition(drr, model, recipe, progress=False, echo=lambda s: None)

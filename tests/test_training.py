@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import TINY_RECIPE as TINY
 from training.config import AugmentConfig, DecompositionConfig
 from training.data import DrrTrainingSet, GridSpec, fit_to_grid, normalise, twin_order
 from training.decomposition import split_by_case, train_decomposition
@@ -19,42 +20,10 @@ from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.model import load_model
 
-TINY = {
-    "input_size": 64,
-    "pixel_spacing_mm": 5.36,
-    "base_channels": 4,
-    "depth": 3,
-    "batch_size": 4,
-    "mc_samples": 3,
-}
 
-
-@pytest.fixture(scope="module")
-def drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from typer.testing import CliRunner
-
-    from cli import app
-    from xraymuscle.phantom.cohort import make_cohort
-
-    root = tmp_path_factory.mktemp("train")
-    cohort = make_cohort(4, root / "cohort", seed=3, spacing=6.0, progress=False)
-    out = root / "drr"
-    result = CliRunner().invoke(
-        app,
-        [
-            "generate-drr",
-            "--cohort",
-            str(cohort),
-            "--out",
-            str(out),
-            "--views",
-            "2",
-            "--geometry",
-            "hip_ap_fast",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture()
+def drr(tiny_drr: Path) -> Path:
+    return tiny_drr
 
 
 def test_twins_and_flip_keep_volumes(drr: Path) -> None:

@@ -98,7 +98,6 @@ class GenerateSummary:
     cases_done: int = 0
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    manifest: Path | None = None
 
 
 def case_id_from_path(path: Path) -> str:
@@ -377,7 +376,6 @@ def generate_drr(
     options: GenerateOptions,
     *,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
 ) -> GenerateSummary:
     """Render every case into the dataset at ``out``; bad cases are reported, the rest rendered."""
     if options.views < 1:
@@ -453,7 +451,6 @@ def generate_drr(
     finally:
         bar.close()
         _write_index(out, info, options, records)
-        summary.manifest = out / "manifest.csv"
     return summary
 
 
