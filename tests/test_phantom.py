@@ -52,8 +52,26 @@ def test_every_structure_present(case) -> None:
         "bowel_gas",
         "subcutaneous_fat",
         "skin",
+        "intermuscular_fat",
     ):
         assert OTHER_LABELS[name] in present, name
+
+
+def test_muscles_never_touch_without_a_fat_plane(case) -> None:
+    """Two different muscles are always parted by fat: no voxel faces a voxel of another muscle."""
+    params, ct, labels = case
+    lab = labels.array
+    muscle_values = [v for pair in MUSCLE_LABELS.values() for v in pair] + [OTHER_LABELS["other_muscle"]]
+    is_muscle = np.isin(lab, muscle_values)
+    # the pose resamples the labels (nearest neighbour), so look along the grid axes of the result
+    touching = 0
+    for axis in range(3):
+        a = np.moveaxis(lab, axis, 0)
+        m = np.moveaxis(is_muscle, axis, 0)
+        touching += int((m[1:] & m[:-1] & (a[1:] != a[:-1])).sum())
+    planes = lab == OTHER_LABELS["intermuscular_fat"]
+    assert touching < 0.05 * planes.sum()  # a few corners cut by the posing rotation
+    assert float(np.median(ct.array[planes])) < params.muscle_hu - 40
 
 
 def test_tissue_values_realistic(case) -> None:

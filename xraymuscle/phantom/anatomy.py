@@ -51,6 +51,7 @@ OTHER_LABELS = {
     "other_muscle": 30,
     "subcutaneous_fat": 31,
     "skin": 32,
+    "intermuscular_fat": 33,
 }
 # Deep muscles claim their voxels first where two solids meet.
 MUSCLE_PRIORITY = (
@@ -112,12 +113,19 @@ class PhantomParams:
 
 
 def sample_params(rng: np.random.Generator) -> PhantomParams:
-    """Draw one case's parameters: sizes, fat, HU, asymmetry and pose, all independent."""
+    """Draw one case's parameters: sizes, fat, HU, asymmetry and pose.
+
+    Muscle sizes follow a population model: one muscularity factor for the whole person
+    (log-normal, sd 0.2, about 0.6-1.6 across a cohort), times a factor per muscle (sd 0.1) and a
+    left-right asymmetry of up to ±6 %. The muscles of one person scale together, as they do in
+    people; the part of each muscle that does not is what the image alone must tell.
+    """
     scales: dict[str, float] = {}
     offsets: dict[str, float] = {}
     jitter: dict[str, list[float]] = {}
+    muscularity = float(np.exp(np.clip(rng.normal(0.0, 0.2), -0.5, 0.5)))
     for muscle in MUSCLE_LABELS:
-        base = float(np.exp(rng.uniform(np.log(0.62), np.log(1.45))))
+        base = muscularity * float(np.exp(np.clip(rng.normal(0.0, 0.1), -0.25, 0.25)))
         asym = float(rng.uniform(-0.12, 0.12))
         for side, sign in (("left", 1), ("right", -1)):
             key = f"{muscle}_{side}"
@@ -406,6 +414,8 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
             p.muscle_hu,
         )
 
+    _fat_planes(canvas, p.fat_hu)
+
     # --- pelvic and abdominal contents: bladder, bowel with mesenteric fat, gas pockets
     bladder_r = np.array([40, 30, 30]) * b * float(wobble_rng.uniform(0.6, 1.1))
     canvas.claim(ellipsoid(grid, (0, -42 * b, -2 * h), bladder_r), OTHER_LABELS["urinary_bladder"], 10.0)
@@ -465,6 +475,25 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
     ct, labels = _crop_to_body(*_pose(ct, labels, p), margin_mm=8.0)
     ct.array = _ct_texture(ct.array, p.noise_sd_hu, wobble_rng)
     return ct, labels
+
+
+def _fat_planes(canvas: _Canvas, fat_hu: float) -> None:
+    """Put a fascial fat plane, one voxel thick, wherever two different muscles touch.
+
+    Of the two voxels facing each other across the contact, the one with the larger label gives
+    way and becomes ``intermuscular_fat``. These planes are what outlines one muscle against its
+    neighbour in a projection, faintly, where a ray runs along them.
+    """
+    muscle_values = [v for pair in MUSCLE_LABELS.values() for v in pair] + [OTHER_LABELS["other_muscle"]]
+    lab = canvas.labels
+    is_muscle = np.isin(lab, muscle_values)
+    plane = np.zeros(lab.shape, bool)
+    for axis in range(3):
+        for shift in (1, -1):
+            neighbour = np.roll(lab, shift, axis)  # wraps at the edges, which are air
+            plane |= is_muscle & (neighbour != lab) & np.isin(neighbour, muscle_values) & (neighbour < lab)
+    lab[plane] = OTHER_LABELS["intermuscular_fat"]
+    canvas.hu[plane] = fat_hu
 
 
 def _pose(ct: Volume, labels: Volume, p: PhantomParams) -> tuple[Volume, Volume]:
