@@ -63,6 +63,10 @@ CatalogOpt = Annotated[
     str,
     typer.Option("--catalog", help="Muscle catalogue: a preset name in configs/muscles or a YAML file."),
 ]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install '.[ray]').")]
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", help="Run on an existing Ray cluster (e.g. ray://head:10001).")
+]
 
 
 @app.command()
@@ -251,6 +255,8 @@ def generate_drr(
         str, typer.Option("--backend", help="builtin, or deepdrr for the image (CUDA only).")
     ] = "builtin",
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG montage per sample.")] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Render CTs with muscle labels into a DRR dataset: images and per-muscle volume/mass maps."""
     from drr.deepdrr_backend import BackendUnavailable
@@ -306,7 +312,7 @@ def generate_drr(
         preview=preview,
     )
     try:
-        summary = generate_drr(cases, out, options)
+        summary = generate_drr(cases, out, options, ray=ray, ray_address=ray_address)
     except BackendUnavailable as exc:
         raise InputError(str(exc)) from None
     failures = problems + summary.failed
@@ -319,6 +325,60 @@ def generate_drr(
     )
     if not summary.cases_done and not summary.skipped:
         raise typer.Exit(code=2)
+
+
+@app.command()
+@user_errors
+def screen(
+    study: Annotated[
+        Path, typer.Argument(help="A folder (searched recursively) or a CSV list of radiograph paths.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (a stopped run resumes in it).")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model folder (default: the shipped phantom model).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    batch: Annotated[int, typer.Option("--batch", help="Radiographs per inference batch.")] = 32,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1, at most 8).")
+    ] = None,
+    pixel_spacing: Annotated[
+        float | None,
+        typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm, for files without one."),
+    ] = None,
+    mc_samples: Annotated[
+        int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")
+    ] = None,
+    keep_identifiers: Annotated[
+        bool,
+        typer.Option("--keep-identifiers", help="Also write patient IDs (default: salted pseudonyms only)."),
+    ] = False,
+    overlays: Annotated[
+        str, typer.Option("--overlays", help="Pictures for: flagged (default), all or none.")
+    ] = "flagged",
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Screen a whole study: results.csv/.parquet (one row per file), report.html; resumable."""
+    from xraymuscle.screen import screen_study
+
+    screen_study(
+        study,
+        out,
+        model_dir=model,
+        device="auto" if (ray or ray_address) and device == "auto" else _pick_device(device),
+        batch=batch,
+        workers=workers,
+        mc_samples=mc_samples,
+        pixel_spacing=pixel_spacing,
+        keep_identifiers=keep_identifiers,
+        overlays=overlays,
+        report=report,
+        ray=ray,
+        ray_address=ray_address,
+        echo=typer.echo,
+    )
 
 
 @app.command()

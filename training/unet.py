@@ -66,6 +66,7 @@ class BayesianUNet(nn.Module):
             )
         widths = [base_channels * 2**level for level in range(depth)]
         self.depth = depth
+        self.widths = widths
         self.out_channels = out_channels
         self.mass_head = mass_head
         self.coordinates = coordinates
@@ -105,9 +106,22 @@ class BayesianUNet(nn.Module):
         feats.append(x)
         return feats
 
-    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """Maps from encoder features (dropout active in training mode or when sampling)."""
-        x = self.dropout(self.bottleneck(feats[-1]))
+    def dropout_channels(self) -> list[int]:
+        """Channels at each place dropout acts, in order: the bottleneck, then the decoder levels."""
+        return [self.widths[-1], *(self.widths[-2 - level] for level in range(len(self.decoder) - 1))]
+
+    def _drop(self, x: torch.Tensor, masks: list[torch.Tensor] | None, site: int) -> torch.Tensor:
+        if masks is None:
+            return self.dropout(x)
+        return x * masks[site].to(device=x.device, dtype=x.dtype)
+
+    def decode(self, feats: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Maps from encoder features (dropout active in training mode or when sampling).
+
+        ``masks`` (one ``(B, C, 1, 1)`` tensor per dropout site, see :meth:`dropout_channels`)
+        replace the random channel dropout with given draws.
+        """
+        x = self._drop(self.bottleneck(feats[-1]), masks, 0)
         gain = None if self.gain is None else torch.exp(self.gain(x.mean(dim=(2, 3))))[:, :, None, None]
         last = len(self.decoder) - 1
         levels = zip(self.up, self.decoder, reversed(feats[:-1]), strict=True)
@@ -116,7 +130,7 @@ class BayesianUNet(nn.Module):
             # Not after the full-resolution level: its few channels feed the head directly, and
             # dropping them would blur every map rather than express uncertainty about it.
             if level < last:
-                x = self.dropout(x)
+                x = self._drop(x, masks, level + 1)
         maps = F.softplus(self.head(x))
         return maps if gain is None else maps * gain
 
@@ -137,14 +151,37 @@ class BayesianUNet(nn.Module):
         self.train(was_training)
         return pooled
 
+    def dropout_masks(self, seeds: list[int], samples: int) -> list[torch.Tensor]:
+        """Channel-dropout masks for ``samples`` draws of each image, each image's from its own seed.
+
+        Returned in the layout of :meth:`mc_forward`'s repeated batch (draw-major: ``t * B + i``),
+        so an image's draws depend on its seed alone, not on the batch it shares.
+        """
+        p = float(self.dropout.p)
+        channels = self.dropout_channels()
+        per_image = []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(int(seed))
+            per_image.append([torch.rand(samples, c, generator=g) >= p for c in channels])
+        masks = []
+        for site, c in enumerate(channels):
+            keep = torch.stack([m[site] for m in per_image], dim=1)  # (T, B, C)
+            masks.append((keep.float() / (1.0 - p)).reshape(samples * len(seeds), c, 1, 1))
+        return masks
+
     @torch.no_grad()
-    def mc_forward(self, x: torch.Tensor, samples: int) -> torch.Tensor:
-        """``(T, B, C, H, W)`` maps from ``samples`` dropout draws; the encoder runs once."""
+    def mc_forward(self, x: torch.Tensor, samples: int, seeds: list[int] | None = None) -> torch.Tensor:
+        """``(T, B, C, H, W)`` maps from ``samples`` dropout draws; the encoder runs once.
+
+        With ``seeds`` (one per image), each image's draws come from its own seed
+        (:meth:`dropout_masks`); without, from the global random state.
+        """
         was_training = self.training
         self.eval()
         feats = self.encode(x)
         self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
         repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
-        out = self.decode(repeated)
+        masks = None if seeds is None else self.dropout_masks(seeds, samples)
+        out = self.decode(repeated, masks)
         self.train(was_training)
         return out.reshape(samples, x.shape[0], *out.shape[1:])

@@ -28,8 +28,12 @@ def write_dx(
     detector_spacing_mm: float | None = None,
     magnification: float | None = None,
     description: str = "synthetic radiograph",
+    tags: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``image`` (any float range) as an uncompressed 12-bit DX DICOM, atomically."""
+    """Write ``image`` (any float range) as an uncompressed 12-bit DX DICOM, atomically.
+
+    ``tags`` adds data elements by keyword (``PatientID``, ``PatientAge``, ``StudyDate`` …).
+    """
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise ValueError(f"image must be 2D, not {image.shape}")
@@ -58,6 +62,8 @@ def write_dx(
         ds.ImagerPixelSpacing = [f"{detector_spacing_mm:.6g}", f"{detector_spacing_mm:.6g}"]
     if magnification is not None:
         ds.EstimatedRadiographicMagnificationFactor = f"{magnification:.6g}"
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
     ds.PixelData = pixels.tobytes()
     path = Path(path)
     with atomic_path(path) as tmp:

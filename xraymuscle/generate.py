@@ -376,8 +376,14 @@ def generate_drr(
     options: GenerateOptions,
     *,
     progress: bool = True,
+    ray: bool = False,
+    ray_address: str | None = None,
 ) -> GenerateSummary:
-    """Render every case into the dataset at ``out``; bad cases are reported, the rest rendered."""
+    """Render every case into the dataset at ``out``; bad cases are reported, the rest rendered.
+
+    With ``ray`` (a local Ray instance) or ``ray_address`` (an existing cluster), each case is a
+    Ray task; the output folder must then be on storage every node sees.
+    """
     if options.views < 1:
         raise InputError(f"--views must be at least 1, not {options.views}")
     if options.workers < 1:
@@ -418,8 +424,19 @@ def generate_drr(
         summary.rendered += n
         summary.skipped += 1 - n
 
+    def finish_case(case: CaseInput, record: dict[str, Any] | None, error: str | None) -> None:
+        finish(case, record, error)
+        if record is not None:
+            summary.rendered += record["rendered"]
+            summary.skipped += options.views - record["rendered"]
+        bar.update(options.views)
+
     try:
-        if options.workers == 1 or len(todo) <= 1:
+        if (ray or ray_address) and todo:
+            from xraymuscle.ray_runner import render_cases
+
+            render_cases(todo, out, options, address=ray_address, finish=finish_case)
+        elif options.workers == 1 or len(todo) <= 1:
             for case in todo:
                 try:
                     finish(case, render_case(case, out, options, on_view), None)
@@ -442,12 +459,9 @@ def generate_drr(
                     except DiskFullError:
                         raise
                     except InputError as exc:
-                        finish(case, None, str(exc))
+                        finish_case(case, None, str(exc))
                     else:
-                        finish(case, record, None)
-                        summary.rendered += record["rendered"]
-                        summary.skipped += options.views - record["rendered"]
-                    bar.update(options.views)
+                        finish_case(case, record, None)
     finally:
         bar.close()
         _write_index(out, info, options, records)

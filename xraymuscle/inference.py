@@ -7,6 +7,7 @@ by the calibration stored in the model).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,17 +47,15 @@ def mc_predict(
 ) -> McResult:
     """Run ``samples`` dropout draws for every image ``(N, 1, S, S)`` (already normalised).
 
-    The draws are seeded: the same call gives the same numbers, run after run.
+    The draws are seeded per image, from ``seed`` and the image's content: an image gets the same
+    numbers run after run, whatever batch or position it comes in (a resumed screening run, or
+    two copies of one file, agree exactly).
     """
     out: dict[str, list[np.ndarray]] = {
         "v": [], "vs": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
     }  # fmt: skip
     network = network.to(device)
-    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        # reproducible draws, and the caller's random state left as it was
-        torch.manual_seed(seed)
-        _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, out)
+    _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, seed, out)
     empty = np.zeros((0,))
     return McResult(
         volume=np.concatenate(out["v"]),
@@ -78,12 +77,14 @@ def _draw(
     batch: int,
     device: str,
     keep_maps: bool,
+    seed: int,
     out: dict[str, list[np.ndarray]],
 ) -> None:
     k = network.out_channels
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device)
-        draws = network.mc_forward(x, samples).float() * map_scale_mm  # (T, B, C, S, S) in mm
+        seeds = [image_seed(img, seed) for img in images[start : start + batch]]
+        draws = network.mc_forward(x, samples, seeds).float() * map_scale_mm  # (T, B, C, S, S) in mm
         sums = draws.sum(dim=(-1, -2)) * pixel_area_mm2 / 1000.0  # (T, B, C): ml (or g)
         out["v"].append(sums[:, :, :k].mean(0).cpu().numpy())
         out["vs"].append(sums[:, :, :k].std(0).cpu().numpy())
@@ -94,6 +95,12 @@ def _draw(
             out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
             out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())
         out["f"].append(network.features(x).float().cpu().numpy())
+
+
+def image_seed(image: torch.Tensor, seed: int = 0) -> int:
+    """A seed from an image's content (CRC-32 of its values) and a base seed."""
+    data = image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return (zlib.crc32(data) ^ (seed * 0x9E3779B1)) & 0x7FFFFFFF
 
 
 def sd_scales(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from training.data import fit_to_grid, normalise
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel, mc_predict
 from xraymuscle.model import LoadedModel, load_model
+from xraymuscle.model_grid import fit_to_grid, normalise
 from xraymuscle.paths import default_model_dir
 from xraymuscle.preview import montage, overlay_masks, titled, write_png
 from xraymuscle.radiograph import Radiograph, read_radiograph
@@ -71,18 +71,45 @@ def predictions_columns(model: LoadedModel) -> list[str]:
     return [*columns, "ood_score", "model", "notice"]
 
 
-def prepare(path: str | Path, model: LoadedModel, *, pixel_spacing: float | None = None) -> Prepared:
+@dataclass(frozen=True)
+class GridTarget:
+    """What bringing an image to a model's grid needs: size, spacing, training magnification.
+
+    Small and picklable, so decoding can run in worker processes without the network.
+    """
+
+    size: int
+    spacing_mm: float
+    magnification: float
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> GridTarget:
+        return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model))
+
+
+def prepare(
+    path: str | Path, model: LoadedModel | GridTarget, *, pixel_spacing: float | None = None
+) -> Prepared:
     """Read one radiograph and map it onto the model's grid; problems become a status and reason."""
+    prepared, _ = read_and_prepare(path, model, pixel_spacing=pixel_spacing)
+    return prepared
+
+
+def read_and_prepare(
+    path: str | Path, model: LoadedModel | GridTarget, *, pixel_spacing: float | None = None
+) -> tuple[Prepared, Radiograph | None]:
+    """:func:`prepare`, also returning the radiograph read (``None`` when it could not be)."""
+    target = model if isinstance(model, GridTarget) else GridTarget.of(model)
     prepared = Prepared(str(path))
     try:
         radiograph = read_radiograph(path, pixel_spacing=pixel_spacing)
     except InputError as exc:
         prepared.status, prepared.reason = "error", exc.problem
-        return prepared
-    return _to_grid(radiograph, model, prepared)
+        return prepared, None
+    return _to_grid(radiograph, target, prepared), radiograph
 
 
-def _to_grid(radiograph: Radiograph, model: LoadedModel, prepared: Prepared) -> Prepared:
+def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> Prepared:
     prepared.spacing_source = radiograph.spacing_source
     prepared.notes = list(radiograph.notes)
     h, w = radiograph.shape
@@ -102,7 +129,7 @@ def _to_grid(radiograph: Radiograph, model: LoadedModel, prepared: Prepared) -> 
         return _reject(prepared, "pixel spacing unknown (none in the file); give --pixel-spacing MM")
     spacing = float(np.mean(radiograph.pixel_spacing))
     if radiograph.spacing_plane == "detector":
-        magnification = _training_magnification(model)
+        magnification = target.magnification
         spacing /= magnification
         prepared.notes.append(f"detector spacing divided by the training magnification {magnification:.3f}")
     prepared.spacing_mm = spacing
@@ -110,8 +137,8 @@ def _to_grid(radiograph: Radiograph, model: LoadedModel, prepared: Prepared) -> 
         return _reject(
             prepared, f"field of view {min(h, w) * spacing:.0f} mm is too small for a hip radiograph"
         )
-    scale = spacing / model.pixel_spacing_mm
-    grid = fit_to_grid(radiograph.pixels[None].astype(np.float32), scale, model.input_size)[0]
+    scale = spacing / target.spacing_mm
+    grid = fit_to_grid(radiograph.pixels[None].astype(np.float32), scale, target.size)[0]
     prepared.image = normalise(grid)
     return prepared
 
@@ -175,11 +202,11 @@ def predict_images(
                 results[id(p)] = (mc, i, float(scores[i]))
         for offset, p in enumerate(chunk):
             index = start + offset
-            row = _row(p, model, results.get(id(p)), cal, ood)
+            row = prediction_row(p, model, results.get(id(p)))
             rows.append(row)
             if pictures and p.image is not None and id(p) in results:
                 mc, i, _ = results[id(p)]
-                _pictures(out, index, p, model, mc.maps[i], mc.map_sd[i], row)
+                write_pictures(out, f"{index:04d}_{Path(p.path).stem}.png", p, mc.maps[i], mc.map_sd[i], row)
             bar.update(1)
     bar.close()
     write_text_atomic(out / "predictions.csv", predictions_csv(model, rows))
@@ -191,7 +218,14 @@ def predict_images(
     return rows
 
 
-def _row(p: Prepared, model: LoadedModel, result: Any, cal: dict[str, Any], ood: OodModel) -> dict[str, Any]:
+def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, Any]:
+    """The table row of one image: its status and, when it was read, volumes with calibrated sd.
+
+    ``result`` is ``(McResult, index in it, ood score)`` or ``None`` when the image never reached
+    the network.
+    """
+    cal = model.meta["calibration"]
+    ood = OodModel.from_dict(cal["ood"])
     row: dict[str, Any] = {
         "image": p.path,
         "status": p.status,
@@ -235,11 +269,12 @@ def predictions_csv(model: LoadedModel, rows: list[dict[str, Any]]) -> str:
     )
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer.writerow({k: format_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
-def _cell(value: Any) -> Any:
+def format_cell(value: Any) -> Any:
+    """A table cell: numbers rounded (3 decimals, or 4 significant digits when tiny), missing as empty."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -247,17 +282,11 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _pictures(
-    out: Path,
-    index: int,
-    p: Prepared,
-    model: LoadedModel,
-    maps: np.ndarray,
-    sd: np.ndarray,
-    row: dict[str, Any],
-) -> None:
+def write_pictures(
+    out: Path, name: str, p: Prepared, maps: np.ndarray, sd: np.ndarray, row: dict[str, Any]
+) -> Path:
+    """``overlays/<name>`` (maps in colour over the radiograph) and ``uncertainty/<name>``."""
     assert p.image is not None
-    name = f"{index:04d}_{Path(p.path).stem}.png"
     # One fixed scale for every muscle (a thickness of PICTURE_MM shows full colour): a faint, spread
     # map then looks faint instead of being stretched to full colour.
     scaled = [np.clip(m / PICTURE_MM, 0, 1) for m in maps]
@@ -271,3 +300,4 @@ def _pictures(
     heat = np.clip(spread / max(float(np.percentile(spread, 99.5)), 1e-6), 0, 1)
     rgb = np.stack([heat, heat**2, 0.3 * (1 - heat)], axis=-1)
     write_png(out / "uncertainty" / name, titled(rgb, "map sd between dropout draws"))
+    return out / "overlays" / name

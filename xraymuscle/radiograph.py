@@ -30,6 +30,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -256,7 +257,27 @@ def _decode_dicom(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
         raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from None
 
 
+def _raster_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the file's header, without decoding it (``None``: not known)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    return im.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
 def _read_raster(path: Path) -> Radiograph:
+    size = _raster_size(path)  # refuse huge images before decoding them: memory stays bounded
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise InputError(
+            f"image of {size[0]} x {size[1]} pixels is too large (limit {MAX_PIXELS} pixels)", path
+        )
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise InputError("empty file", path)

@@ -1,0 +1,268 @@
+"""``screen``: every input once, bad files recorded, kill -9 and resume, metadata, report, Ray."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.journal import Journal
+from xraymuscle.screen import screen_study
+from xraymuscle.study import age_years, find_inputs
+from xraymuscle.synthetic_study import write_study
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def study(
+    tiny_drr: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, tuple[str, ...]]]:
+    """A study of 12 good radiographs (six patients) and one of every bad file."""
+    data = DrrDataset.load(tiny_drr)
+    spacing = float(data.info["pixel_spacing_mm"])
+    images = [(data.sample(i)["image"], spacing) for i in range(len(data))]
+    folder = tmp_path_factory.mktemp("study") / "study"
+    return folder, write_study(folder, images, 12, seed=4)
+
+
+@pytest.fixture(scope="module")
+def screened(study, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
+    folder, _ = study
+    out = tmp_path_factory.mktemp("screened") / "out"
+    screen_study(folder, out, workers=1, batch=5, progress=False, echo=lambda s: None)
+    return out, _rows(out / "results.csv")
+
+
+def test_every_input_gets_one_row_with_the_right_status(study, screened) -> None:
+    _, expected = study
+    out, rows = screened
+    assert sorted(r["image"] for r in rows) == sorted(expected)
+    assert [r["image"] for r in rows] == sorted(r["image"] for r in rows)  # stable order
+    for row in rows:
+        assert row["status"] in expected[row["image"]], (row["image"], row["status"], row["reason"])
+        if row["status"] in ("error", "rejected"):
+            assert row["reason"], row
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["image"] for r in table] == [r["image"] for r in rows]
+    measured = [r for r in table if r["status"] in ("ok", "uncertain")]
+    assert measured and all(r["volume_ml__gluteus_medius_left"] > 0 for r in measured)
+    reasons = {Path(r["image"]).name: r["reason"] for r in rows}
+    assert "too large" in reasons["huge.png"] and "no pixel data" in reasons["no_pixels.dcm"]
+    assert "CT" in reasons["ct_slice.dcm"] and "colour" in reasons["photo.png"]
+    assert "spacing" in reasons["film16.png"]
+
+
+def test_duplicates_are_named_and_agree_exactly(screened) -> None:
+    _, rows = screened
+    by_name = {Path(r["image"]).name: r for r in rows}
+    copies = sorted(
+        (by_name[n] for n in ("xr_00000.dcm", "duplicate.dcm", "hüfte ap 1.dcm")), key=lambda r: r["image"]
+    )
+    first, others = copies[0], copies[1:]  # the first in the study's order is the original
+    assert first["duplicate_of"] == ""
+    for copy in others:
+        assert copy["duplicate_of"] == first["image"]
+        # per-image seeded draws: the same content gives the same numbers in any batch
+        assert copy["volume_ml__gluteus_maximus_left"] == first["volume_ml__gluteus_maximus_left"]
+        assert copy["status"] == first["status"]
+    assert sum(1 for r in rows if r["duplicate_of"]) == 2
+
+
+def test_study_metadata_pseudonymised_and_names_never_written(screened) -> None:
+    out, rows = screened
+    good = [r for r in rows if "/good/" in r["image"]]
+    assert all(r["sex"] in ("F", "M") and 20 <= float(r["age_years"]) < 95 for r in good)
+    assert all(r["study_date"].startswith("2026") and r["manufacturer"].startswith("Vendor") for r in good)
+    assert all(len(r["patient_pseudonym"]) == 16 for r in good)
+    assert good[0]["patient_pseudonym"] == good[1]["patient_pseudonym"]  # two radiographs per patient
+    assert good[0]["patient_pseudonym"] != good[2]["patient_pseudonym"]
+    assert "patient_id" not in rows[0]
+    for name in ("results.csv", "results.parquet", "journal.jsonl", "report.html"):
+        blob = (out / name).read_bytes()
+        assert b"Synthetic^Person" not in blob and b"SYN00000" not in blob, name
+    assert (out / "pseudonym_salt.txt").read_text().strip()
+
+
+def test_keep_identifiers_and_the_salt_is_per_study(study, screened, tmp_path: Path) -> None:
+    folder, _ = study
+    _, first = screened
+    keep = tmp_path / "keep"
+    screen_study(
+        folder / "good", keep, workers=0, keep_identifiers=True, report=False, progress=False, echo=str
+    )
+    rows = _rows(keep / "results.csv")
+    assert rows[0]["patient_id"] == "SYN000000"
+    # another output folder has another salt, so pseudonyms do not link studies
+    earlier = {r["image"]: r["patient_pseudonym"] for r in first}
+    assert all(r["patient_pseudonym"] != earlier[r["image"]] for r in rows)
+
+
+def test_age_strings() -> None:
+    assert age_years("045Y") == 45 and age_years("006M") == 0.5 and age_years("012W") == pytest.approx(0.23)
+    assert age_years("") is None and age_years("abc") is None
+
+
+def test_inputs_from_a_csv_and_unreadable_folders(study, tmp_path: Path, monkeypatch) -> None:
+    folder, expected = study
+    listing = tmp_path / "list.csv"
+    good = sorted(p for p in expected if "/good/" in p)[:3]
+    rel = os.path.relpath(good[0], tmp_path)
+    listing.write_text(f"path\n{rel}\n{good[1]}\n{good[2]}\n{tmp_path / 'gone.dcm'}\n", encoding="utf-8")
+    found = find_inputs(listing)
+    assert [i.path for i in found] == sorted([*good, str(tmp_path / "gone.dcm")])
+    # a suffix-less DICOM file is found by its content
+    bare = tmp_path / "tree" / "IM0001"
+    bare.parent.mkdir()
+    shutil.copyfile(good[0], bare)
+    (tmp_path / "tree" / "README").write_text("not an image")
+    locked = tmp_path / "tree" / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path=".") -> object:  # the operating system refusing one folder
+        if os.path.abspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = find_inputs(tmp_path / "tree")
+    assert [(Path(i.path).name, bool(i.problem)) for i in found] == [("IM0001", False), ("locked", True)]
+    out = tmp_path / "out"
+    screen_study(tmp_path / "tree", out, workers=0, report=False, progress=False, echo=str)
+    rows = _rows(out / "results.csv")
+    assert rows[1]["status"] == "error" and "cannot be read" in rows[1]["reason"]
+
+
+def test_kill_and_resume_every_input_exactly_once(study, screened, tmp_path: Path) -> None:
+    folder, expected = study
+    _, reference = screened
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-c", "from cli import app; app()", "screen", str(folder), "--out", str(out),
+        "--batch", "2", "--workers", "0", "--no-report", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "journal.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines_at_kill = journal.read_bytes().count(b"\n")
+    assert 4 <= lines_at_kill < len(expected), "the run must be killed midway"
+    with journal.open("ab") as fh:  # as if killed in the middle of a write
+        fh.write(b'{"image": "/half')
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(out / "results.csv")
+    assert len(rows) == len(expected) == len({r["image"] for r in rows})
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(expected)  # nothing done twice, the torn line dropped
+    assert f"{len(expected) - lines_at_kill} screened by this run" in result.stdout
+    keys = ("image", "status", "volume_ml__gluteus_maximus_left", "volume_sd_ml__iliopsoas_right")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in reference]
+
+
+def test_torn_journal_line_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, "image")
+    journal.append([{"image": "a", "v": 1}, {"image": "b", "v": 2}])
+    with path.open("ab") as fh:
+        fh.write(b'{"image": "c", "v"')
+    again = Journal(path, "image")
+    assert set(again.rows) == {"a", "b"}
+    again.append([{"image": "c", "v": 3}, {"image": "a", "v": 4}])
+    last = Journal(path, "image")
+    assert last.rows["a"]["v"] == 4 and last.rows["c"]["v"] == 3 and len(last) == 3
+
+
+def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
+    folder, _ = study
+    out, _ = screened
+    result = runner.invoke(app, ["screen", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["screen", str(empty), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no radiographs found" in result.output
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--mc-samples", "3"])
+    assert result.exit_code == 2 and "other mc_samples" in result.output
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--overlays", "some"])
+    assert result.exit_code == 2
+
+
+def test_report_renders_every_figure(screened, tmp_path: Path) -> None:
+    out, rows = screened
+    html = (out / "report.html").read_text(encoding="utf-8")
+    n_img = html.count("<img ")
+    flagged = sum(1 for r in rows if r["status"] != "ok" and r["overlay"])
+    assert n_img == 4 + flagged  # distributions, asymmetry, by sex, by age band, and the gallery
+    assert 'src="http' not in html and "src='http" not in html  # self-contained
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", str(out / "report.html")],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert f'data-figures-loaded="{n_img}/{n_img}"' in dom
+
+
+def test_ray_gives_the_same_table_and_resumes(study, screened, tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an extra: pip install '.[ray]'")
+    folder, expected = study
+    _, reference = screened
+    out = tmp_path / "ray"
+    # half the study is already done, as after a stopped run
+    first = sorted(expected)[: len(expected) // 2]
+    subset = tmp_path / "half.csv"
+    subset.write_text("path\n" + "\n".join(first) + "\n", encoding="utf-8")
+    screen_study(subset, out, workers=0, report=False, progress=False, echo=str)
+    summary = screen_study(folder, out, ray=True, batch=4, report=False, progress=False, echo=str)
+    assert summary.processed == len(expected) - len(first)
+    rows = _rows(out / "results.csv")
+    keys = ("image", "status", "reason", "volume_ml__gluteus_medius_right", "patient_pseudonym")
+    got = [[r[k] for k in keys if k != "patient_pseudonym"] for r in rows]
+    assert got == [[r[k] for k in keys if k != "patient_pseudonym"] for r in reference]
+    assert len({r["patient_pseudonym"] for r in rows if r["patient_pseudonym"]}) == 6  # one salt
+
+
+def test_generate_drr_on_ray_matches_local(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an extra: pip install '.[ray]'")
+    from xraymuscle.phantom.cohort import make_cohort
+
+    cohort = make_cohort(2, tmp_path / "c", seed=8, spacing=8.0, progress=False)
+    outs = {}
+    for name, extra in (("local", []), ("ray", ["--ray"])):
+        outs[name] = tmp_path / name
+        args = ["generate-drr", "--cohort", str(cohort), "--out", str(outs[name]), "--views", "2"]
+        result = runner.invoke(app, [*args, "--geometry", "hip_ap_fast", *extra])
+        assert result.exit_code == 0, result.output
+    local, ray = (_rows(outs[n] / "manifest.csv") for n in ("local", "ray"))
+    assert [r["sample_id"] for r in local] == [r["sample_id"] for r in ray] and len(local) == 4
+    for a, b in zip(local, ray, strict=True):
+        np.testing.assert_allclose(
+            np.load(outs["local"] / a["file"])["maps"], np.load(outs["ray"] / b["file"])["maps"], rtol=1e-5
+        )

@@ -1,0 +1,51 @@
+"""The network's grid: how an image (and its maps) is brought to the size, pixel spacing and
+intensity range a model reads. Shared by training and inference; needs only NumPy and OpenCV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+NORMALISE_PERCENTILES = (0.5, 99.5)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Map the image's 0.5th–99.5th percentiles to 0–1 (clipped), float32."""
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image, NORMALISE_PERCENTILES)
+    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def fit_to_grid(array: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Resample ``(C, H, W)`` by ``scale`` (new pixels per old pixel) and centre-crop or pad to ``size``.
+
+    Values are resampled as intensities (area averaging when shrinking), which keeps map
+    thicknesses; the caller accounts for the changed pixel area.
+    """
+    c, h, w = array.shape
+    if abs(scale - 1.0) > 1e-3:
+        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+        method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        array = np.stack([cv2.resize(ch, (new_w, new_h), interpolation=method) for ch in array])
+        c, h, w = array.shape
+    out = np.zeros((c, size, size), np.float32)
+    sy, sx = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    dy, dx = max(0, (size - h) // 2), max(0, (size - w) // 2)
+    hh, ww = min(h, size), min(w, size)
+    out[:, dy : dy + hh, dx : dx + ww] = array[:, sy : sy + hh, sx : sx + ww]
+    return out
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The network's grid: ``size`` pixels per side of ``spacing_mm`` (at the isocentre plane)."""
+
+    size: int
+    spacing_mm: float
+
+    @property
+    def pixel_area_mm2(self) -> float:
+        return self.spacing_mm**2

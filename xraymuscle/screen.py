@@ -1,0 +1,439 @@
+"""``screen``: a whole study through the model, one row per input, resumable, with a report.
+
+Inputs are decoded in worker processes (reading, resampling to the model's grid, hashing the
+content for duplicates, the DICOM study metadata) while the main process runs Monte Carlo
+inference on batches of images. Every finished row goes to ``journal.jsonl`` at once (synced),
+so a run killed at any moment, even by ``kill -9``, loses at most the batch in flight; started
+again on the same output folder, it skips what the journal holds and finishes the rest. The
+tables ``results.csv`` and ``results.parquet`` (the predictions contract, plus study columns) are
+rewritten from the journal as the run goes and at its end, in the study's stable order.
+
+Statuses are those of :mod:`xraymuscle.predict`. Every input gets a row, whatever happens to it;
+the run stops only when it cannot go on at all (no model, an output folder it cannot write).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.errors import InputError
+from xraymuscle.inference import OodModel, mc_predict
+from xraymuscle.journal import Journal
+from xraymuscle.model import LoadedModel, load_model
+from xraymuscle.paths import default_model_dir
+from xraymuscle.predict import (
+    STATUSES,
+    GridTarget,
+    Prepared,
+    format_cell,
+    prediction_row,
+    predictions_columns,
+    read_and_prepare,
+    write_pictures,
+)
+from xraymuscle.study import (
+    METADATA_COLUMNS,
+    StudyInput,
+    file_sha256,
+    find_inputs,
+    load_or_make_salt,
+    study_metadata,
+)
+
+JOURNAL = "journal.jsonl"
+RUN_FILE = "screen.json"
+FORMAT = "xraymuscle-screen"
+VERSION = 1
+OVERLAYS = ("flagged", "all", "none")
+TABLE_EVERY_S = 20.0
+# settings that change the numbers: a resumed run must use the same ones
+RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "keep_identifiers")
+
+
+@dataclass
+class Decoded:
+    """One input after decoding: its grid image (or why there is none) and its study columns."""
+
+    index: int
+    prepared: Prepared
+    study: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What a decoding worker needs besides the input (small and picklable)."""
+
+    target: GridTarget
+    pixel_spacing: float | None
+    salt: str
+    keep_identifiers: bool
+
+
+def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
+    """Read one input and bring it to the model's grid. Never raises: problems become its status."""
+    if item.problem:
+        return Decoded(item.index, Prepared(item.path, status="error", reason=item.problem))
+    try:
+        prepared, radiograph = read_and_prepare(
+            item.path, settings.target, pixel_spacing=settings.pixel_spacing
+        )
+        meta = radiograph.metadata if radiograph is not None else {}
+        study = study_metadata(meta, settings.salt, keep_identifiers=settings.keep_identifiers)
+    except Exception as exc:  # a reader bug must cost one row, not the study
+        prepared = Prepared(item.path, status="error", reason=f"cannot be read ({type(exc).__name__}: {exc})")
+        study = {}
+    study["content_sha256"] = file_sha256(item.path)
+    return Decoded(item.index, prepared, study)
+
+
+def _decode_task(args: tuple[StudyInput, DecodeSettings]) -> Decoded:
+    return decode(*args)
+
+
+def decoded_stream(
+    items: Sequence[StudyInput], settings: DecodeSettings, *, workers: int
+) -> Iterator[Decoded]:
+    """Decode ``items`` in order, in ``workers`` processes (0: here), a bounded number ahead.
+
+    A reader that crashes its process (a decoder's segmentation fault on a malformed file) takes
+    down the pool, not the run: the inputs that were in flight are then decoded one at a time in
+    fresh processes, and the one that crashes again gets an ``error`` row.
+    """
+    if workers <= 0:
+        for item in items:
+            yield decode(item, settings)
+        return
+    context = mp.get_context("spawn")  # workers never inherit the parent's threads or GPU state
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pending: deque[tuple[StudyInput, Future[Decoded]]] = deque()
+    queue = iter(items)
+    try:
+        while True:
+            while len(pending) < 4 * workers:
+                upcoming = next(queue, None)
+                if upcoming is None:
+                    break
+                pending.append((upcoming, pool.submit(_decode_task, (upcoming, settings))))
+            if not pending:
+                return
+            item, future = pending.popleft()
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                suspects = [item, *(i for i, _ in pending)]
+                pending.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                for suspect in suspects:
+                    yield _decode_alone(suspect, settings, context)
+                pool = ProcessPoolExecutor(workers, mp_context=context)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_alone(item: StudyInput, settings: DecodeSettings, context: Any) -> Decoded:
+    with ProcessPoolExecutor(1, mp_context=context) as solo:
+        try:
+            return solo.submit(_decode_task, (item, settings)).result()
+        except BrokenProcessPool:
+            prepared = Prepared(item.path, status="error", reason="reading it crashed the decoder")
+            return Decoded(item.index, prepared, {"content_sha256": file_sha256(item.path)})
+
+
+class Inference:
+    """Monte Carlo inference on batches of decoded inputs, giving finished table rows."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        samples: int,
+        device: str,
+        out: Path,
+        overlays: str,
+        batch: int,
+    ) -> None:
+        self.model, self.samples, self.device = model, samples, device
+        self.out, self.overlays, self.batch = out, overlays, batch
+        self.ood = OodModel.from_dict(model.meta["calibration"]["ood"])
+
+    def rows(self, decoded: Sequence[Decoded]) -> list[dict[str, Any]]:
+        ready = [d for d in decoded if d.prepared.image is not None]
+        results: dict[int, Any] = {}
+        mc = None
+        if ready:
+            images = torch.from_numpy(np.stack([d.prepared.image for d in ready]))[:, None]  # type: ignore[misc]
+            mc = mc_predict(
+                self.model.network,
+                images,
+                samples=self.samples,
+                pixel_area_mm2=self.model.pixel_spacing_mm**2,
+                map_scale_mm=float(self.model.meta["map_scale_mm"]),
+                batch=self.batch,
+                device=self.device,
+                keep_maps=self.overlays != "none",
+            )
+            scores = self.ood.score(mc.features)
+            results = {d.index: (mc, i, float(scores[i])) for i, d in enumerate(ready)}
+        rows = []
+        for d in decoded:
+            result = results.get(d.index)
+            row = prediction_row(d.prepared, self.model, result)
+            row.update(d.study)
+            row["index"] = d.index
+            row["overlay"] = ""
+            if result is not None and self._wants_picture(row):
+                mc_, i, _ = result
+                name = f"{d.index:06d}_{Path(d.prepared.path).stem[:60]}.png"
+                picture = write_pictures(self.out, name, d.prepared, mc_.maps[i], mc_.map_sd[i], row)
+                row["overlay"] = str(picture.relative_to(self.out))
+            rows.append(_clean(row))
+        return rows
+
+    def _wants_picture(self, row: dict[str, Any]) -> bool:
+        return self.overlays == "all" or (self.overlays == "flagged" and row["status"] != "ok")
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """Plain JSON values: NumPy scalars as numbers, NaN as missing."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+@dataclass
+class ScreenSummary:
+    """What a finished study holds."""
+
+    inputs: int
+    rows: int
+    counts: dict[str, int]
+    duplicates: int
+    out: Path
+    seconds: float
+    processed: int  # inputs done by this run (the rest came from an earlier, stopped run)
+
+    def line(self) -> str:
+        counts = ", ".join(f"{self.counts.get(s, 0)} {s}" for s in STATUSES)
+        rate = self.processed / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.inputs} inputs, {self.rows} rows: {counts}; {self.duplicates} duplicate files; "
+            f"{self.processed} screened by this run ({rate:.1f}/s); table: {self.out / 'results.csv'}"
+        )
+
+
+def table_columns(model: LoadedModel, *, keep_identifiers: bool) -> list[str]:
+    """Column order of ``results.csv`` / ``results.parquet``: the predictions contract, then study columns."""
+    columns = predictions_columns(model)
+    study = list(METADATA_COLUMNS)
+    if keep_identifiers:
+        study.insert(1, "patient_id")
+    return [*columns, *study, "overlay"]
+
+
+def screen_study(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    model_dir: Path | None = None,
+    device: str = "cpu",
+    batch: int = 32,
+    workers: int | None = None,
+    mc_samples: int | None = None,
+    pixel_spacing: float | None = None,
+    keep_identifiers: bool = False,
+    overlays: str = "flagged",
+    report: bool = True,
+    ray: bool = False,
+    ray_address: str | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> ScreenSummary:
+    """Screen every radiograph of a study (a folder or a CSV list) into ``out``; see the module doc."""
+    start = time.perf_counter()
+    if overlays not in OVERLAYS:
+        raise InputError(f"--overlays must be one of {', '.join(OVERLAYS)}, not {overlays!r}")
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, not {batch}")
+    if mc_samples is not None and mc_samples < 2:
+        raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
+    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
+        raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
+    inputs = find_inputs(source)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("output exists and is not a folder", out)
+    out.mkdir(parents=True, exist_ok=True)
+    on_ray = ray or ray_address is not None
+    model = load_model(model_dir or default_model_dir(), device="cpu" if on_ray else device)
+    samples = mc_samples or int(model.meta["mc_samples"])
+    settings_run = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source": os.path.abspath(source),
+        "model": str(model.path.resolve()),
+        "mc_samples": samples,
+        "pixel_spacing": pixel_spacing,
+        "keep_identifiers": keep_identifiers,
+        "notice": model.notice,
+    }
+    _check_same_run(out, settings_run)
+    write_text_atomic(out / RUN_FILE, json.dumps(settings_run, indent=2) + "\n")
+    journal = Journal(out / JOURNAL, "image")
+    todo = [item for item in inputs if item.path not in journal]
+    salt = load_or_make_salt(out)
+    settings = DecodeSettings(GridTarget.of(model), pixel_spacing, salt, keep_identifiers)
+    columns = table_columns(model, keep_identifiers=keep_identifiers)
+    paths = [item.path for item in inputs]
+    bar = tqdm(
+        total=len(inputs),
+        initial=len(inputs) - len(todo),
+        desc="screening",
+        unit="image",
+        disable=not progress,
+        smoothing=0.1,
+    )
+    last_table = time.perf_counter()
+    if on_ray:
+        from xraymuscle.ray_runner import screen_row_batches
+
+        batches = screen_row_batches(
+            todo, settings, model_dir=model.path, device=device, samples=samples,
+            out=out, overlays=overlays, batch=batch, address=ray_address,
+        )  # fmt: skip
+    else:
+        inference = Inference(model, samples=samples, device=device, out=out, overlays=overlays, batch=batch)
+        n_workers = _default_workers() if workers is None else workers
+        batches = _local_row_batches(todo, settings, inference, workers=n_workers, batch=batch)
+    for rows in batches:
+        journal.append(rows)
+        bar.update(len(rows))
+        if time.perf_counter() - last_table > TABLE_EVERY_S:
+            write_tables(out, paths, journal, columns)
+            last_table = time.perf_counter()
+    bar.close()
+    rows = write_tables(out, paths, journal, columns)
+    if report:
+        from xraymuscle.report import write_report
+
+        write_report(out / "report.html", rows, model, title=f"Screening of {Path(source).name}")
+    counts = Counter(r["status"] for r in rows)
+    summary = ScreenSummary(
+        inputs=len(inputs),
+        rows=len(rows),
+        counts=dict(counts),
+        duplicates=sum(1 for r in rows if r.get("duplicate_of")),
+        out=out,
+        seconds=time.perf_counter() - start,
+        processed=len(todo),
+    )
+    echo(summary.line())
+    return summary
+
+
+def _default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _local_row_batches(
+    todo: Sequence[StudyInput], settings: DecodeSettings, inference: Inference, *, workers: int, batch: int
+) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[Decoded] = []
+    for decoded in decoded_stream(todo, settings, workers=workers):
+        chunk.append(decoded)
+        if len(chunk) >= batch:
+            yield inference.rows(chunk)
+            chunk = []
+    if chunk:
+        yield inference.rows(chunk)
+
+
+def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
+    path = out / RUN_FILE
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise InputError("not a screening run's settings file; use another --out", path) from None
+    changed = [k for k in RUN_KEYS if earlier.get(k) != settings.get(k)]
+    if changed:
+        raise InputError(
+            f"this folder holds a study screened with other {', '.join(changed)}; "
+            "resume with the same settings or use another --out",
+            out,
+        )
+
+
+def write_tables(
+    out: Path, paths: Sequence[str], journal: Journal, columns: list[str]
+) -> list[dict[str, Any]]:
+    """Rewrite ``results.csv`` and ``results.parquet`` from the journal, in the study's order.
+
+    Only the study's inputs are written, each once; ``duplicate_of`` names the first input (in
+    that order) whose file has the same content.
+    """
+    rows = [journal.rows[p] for p in paths if p in journal]
+    first: dict[str, str] = {}
+    for row in rows:
+        digest = row.get("content_sha256") or ""
+        row["duplicate_of"] = first.setdefault(digest, row["image"]) if digest else ""
+        if row["duplicate_of"] == row["image"]:
+            row["duplicate_of"] = ""
+    _write_csv(out / "results.csv", rows, columns)
+    _write_parquet(out / "results.parquet", rows, columns)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: format_cell(row.get(k)) for k in columns})
+    write_text_atomic(path, buf.getvalue())
+
+
+def _write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for column in columns:
+        values = [row.get(column) for row in rows]
+        numeric = column.startswith(("volume", "mass")) or column in (
+            "pixel_spacing_mm",
+            "ood_score",
+            "age_years",
+        )
+        if numeric:
+            arrays[column] = pa.array(
+                [None if v is None or v == "" else float(v) for v in values], pa.float64()
+            )
+        else:
+            arrays[column] = pa.array(["" if v is None else str(v) for v in values], pa.string())
+    table = pa.table(arrays)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

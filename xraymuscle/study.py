@@ -1,0 +1,180 @@
+"""A study's inputs, and the DICOM metadata a screening table carries about each.
+
+A study is a folder (searched recursively) or a CSV list of paths. Every input found keeps one
+place in a stable order (sorted paths), so a table, a resumed run and a rerun agree row for row.
+Folders that cannot be read become inputs of their own, so that they get a row saying so.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xraymuscle.atomic import write_text_atomic
+from xraymuscle.errors import InputError
+
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+PATH_COLUMNS = ("path", "image", "file")
+SALT_FILE = "pseudonym_salt.txt"
+METADATA_COLUMNS = (
+    "patient_pseudonym",
+    "age_years",
+    "sex",
+    "study_date",
+    "view_position",
+    "laterality",
+    "manufacturer",
+    "content_sha256",
+    "duplicate_of",
+)
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """One input of a study: its place in the order, its path, and a problem found while listing."""
+
+    index: int
+    path: str
+    problem: str = ""
+
+
+def find_inputs(source: str | os.PathLike[str]) -> list[StudyInput]:
+    """The study's inputs from a folder (recursive) or a CSV list, in a stable order.
+
+    A folder yields every file with an image suffix (``.dcm``, ``.png``, ``.jpg``, ``.tif`` …)
+    and every suffix-less file that starts like DICOM (``DICM`` at byte 128). A CSV names one
+    path per row in a ``path`` (or ``image``, ``file``) column, or in its only column; relative
+    paths are read from the CSV's folder. Listed paths that do not exist stay inputs (their row
+    will say so).
+    """
+    source = Path(source)
+    if not source.exists():
+        raise InputError("no such file or folder", source)
+    if source.is_dir():
+        paths, problems = _walk(source)
+    elif source.suffix.lower() == ".csv":
+        paths, problems = _from_csv(source), {}
+    else:
+        raise InputError("a study is a folder or a .csv list of paths", source)
+    names = sorted(set(paths) | set(problems))
+    if not names:
+        raise InputError("no radiographs found (DICOM, PNG, JPEG, TIFF)", source)
+    return [StudyInput(i, name, problems.get(name, "")) for i, name in enumerate(names)]
+
+
+def _walk(root: Path) -> tuple[list[str], dict[str, str]]:
+    paths: list[str] = []
+    problems: dict[str, str] = {}
+
+    def unreadable(exc: OSError) -> None:
+        problems[os.path.abspath(exc.filename or root)] = f"folder cannot be read ({exc.strerror})"
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs.sort()
+        for name in files:
+            path = os.path.abspath(os.path.join(folder, name))
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_SUFFIXES or (not suffix and _starts_like_dicom(path)):
+                paths.append(path)
+    return paths, problems
+
+
+def _starts_like_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _from_csv(path: Path) -> list[str]:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the list ({exc})", path) from None
+    if not rows:
+        raise InputError("the list is empty", path)
+    header = [h.strip().lower() for h in rows[0]]
+    column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+    if column is None:
+        if len(header) != 1:
+            raise InputError(f"no column named one of {', '.join(PATH_COLUMNS)}", path)
+        column, body = 0, rows  # a bare list of paths, no header
+    else:
+        body = rows[1:]
+    out = []
+    for row in body:
+        if len(row) > column and row[column].strip():
+            p = Path(row[column].strip())
+            out.append(os.path.abspath(p if p.is_absolute() else path.parent / p))
+    return out
+
+
+def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:
+    """The content hash of a file (hex), read in chunks; empty string when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def load_or_make_salt(out: Path) -> str:
+    """The study's pseudonymisation salt: read from the output folder, or made once and kept there."""
+    path = out / SALT_FILE
+    if path.is_file():
+        salt = path.read_text(encoding="utf-8").strip()
+        if salt:
+            return salt
+    salt = secrets.token_hex(16)
+    write_text_atomic(path, salt + "\n")
+    return salt
+
+
+def pseudonym(identifier: str | None, salt: str) -> str:
+    """A salted hash of a patient identifier (16 hex digits); empty when there is none."""
+    if not identifier:
+        return ""
+    return hashlib.sha256(f"{salt}:{identifier}".encode()).hexdigest()[:16]
+
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
+
+
+def age_years(value: str | None) -> float | None:
+    """A DICOM age string (``045Y``, ``006M``, ``012W``, ``003D``) in years; ``None`` if absent or odd."""
+    if not value:
+        return None
+    match = _AGE.match(value)
+    if not match:
+        return None
+    return round(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()], 2)
+
+
+def study_metadata(meta: dict[str, Any], salt: str, *, keep_identifiers: bool) -> dict[str, Any]:
+    """The table's study columns from a radiograph's metadata. Names are never read or written."""
+    sex = (meta.get("patient_sex") or "").strip().upper()
+    row: dict[str, Any] = {
+        "patient_pseudonym": pseudonym(meta.get("patient_id"), salt),
+        "age_years": age_years(meta.get("patient_age")),
+        "sex": sex if sex in ("F", "M", "O") else "",
+        "study_date": meta.get("study_date") or "",
+        "view_position": meta.get("view_position") or "",
+        "laterality": meta.get("laterality") or "",
+        "manufacturer": meta.get("manufacturer") or "",
+    }
+    if keep_identifiers:
+        row["patient_id"] = meta.get("patient_id") or ""
+    return row
