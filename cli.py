@@ -156,6 +156,75 @@ def train(
         )
 
 
+@app.command("train-cyclegan")
+@user_errors
+def train_cyclegan(
+    drr: Annotated[Path, typer.Option("--drr", help="DRR dataset (the synthetic domain).")],
+    xray: Annotated[
+        Path, typer.Option("--xray", help="Real radiographs: a folder (searched recursively) or a CSV list.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: generators, metadata, samples.")],
+    config: Annotated[
+        str, typer.Option("--config", help="Recipe: a preset in configs/train or a YAML file.")
+    ] = "cyclegan",
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")] = None,
+    gc_weight: Annotated[
+        float | None, typer.Option("--gc-weight", help="Gradient-consistency weight (0: off).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a CycleGAN between DRRs and real radiographs (unpaired)."""
+    import dataclasses
+
+    from training.config import CycleGanConfig
+    from training.cyclegan import train_cyclegan as run
+    from xraymuscle.paths import config_file
+
+    recipe_path = config_file("train", config)
+    try:
+        recipe = CycleGanConfig.load(recipe_path)
+        overrides = (("epochs", epochs), ("gc_weight", gc_weight))
+        changes: dict[str, Any] = {k: v for k, v in overrides if v is not None}
+        recipe = dataclasses.replace(recipe, **changes)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc), recipe_path) from None
+    summary = run(drr, xray, out, recipe, resume=resume, device=_pick_device(device), echo=typer.echo)
+    typer.echo(
+        f"{summary.epochs_run} epochs in {summary.seconds / 60:.1f} min; "
+        f"{len(summary.skipped_real)} real radiographs skipped; samples: {out / 'samples'}; run: {out}"
+    )
+
+
+@app.command()
+@user_errors
+def adapt(
+    cyclegan: Annotated[Path, typer.Option("--cyclegan", help="A train-cyclegan run folder.")],
+    data: Annotated[Path, typer.Option("--data", help="DRR dataset whose images to translate.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="New DRR dataset (images translated, maps as they were).")
+    ],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Translate a DRR dataset's images into the real radiographs' style (maps unchanged)."""
+    from xraymuscle.adapt import adapt_dataset
+
+    adapt_dataset(cyclegan, data, out, device=_pick_device(device), echo=typer.echo)
+
+
+@app.command("clinical-style")
+@user_errors
+def clinical_style(
+    data: Annotated[Path, typer.Option("--data", help="DRR dataset.")],
+    out: Annotated[Path, typer.Option("--out", help="New DRR dataset with clinical-style images.")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the per-image settings.")] = 0,
+) -> None:
+    """Make DRRs look like processed clinical radiographs (for tests and domain-gap studies)."""
+    from xraymuscle.clinical_style import stylise_dataset
+
+    stylise_dataset(data, out, seed=seed, echo=typer.echo)
+
+
 @app.command()
 @user_errors
 def evaluate(

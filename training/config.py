@@ -82,10 +82,72 @@ class DecompositionConfig:
     @classmethod
     def load(cls, path: str | Path) -> DecompositionConfig:
         """Read a YAML recipe."""
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError("a training recipe must be a YAML mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(_read_mapping(path))
+
+
+@dataclass(frozen=True)
+class CycleGanConfig:
+    """The CycleGAN's recipe; see ``configs/train/cyclegan.yaml``."""
+
+    crop_size: int = 128
+    base_channels: int = 16
+    residual_blocks: int = 6
+    disc_channels: int = 32
+    disc_layers: int = 3
+    batch_size: int = 4
+    epochs: int = 20
+    iterations_per_epoch: int = 100
+    learning_rate: float = 2e-4
+    beta1: float = 0.5
+    decay_from: float = 0.5
+    cycle_weight: float = 10.0
+    identity_weight: float = 5.0
+    gc_weight: float = 1.0
+    pool_size: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "crop_size": self.crop_size >= 32 and self.crop_size % 4 == 0,
+            "base_channels": self.base_channels >= 1,
+            "residual_blocks": self.residual_blocks >= 0,
+            "disc_channels": self.disc_channels >= 1,
+            "disc_layers": 1 <= self.disc_layers <= 5,
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs >= 1,
+            "iterations_per_epoch": self.iterations_per_epoch >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "beta1": 0 <= self.beta1 < 1,
+            "decay_from": 0 <= self.decay_from <= 1,
+            "cycle_weight": self.cycle_weight >= 0,
+            "identity_weight": self.identity_weight >= 0,
+            "gc_weight": self.gc_weight >= 0,
+            "pool_size": self.pool_size >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid setting(s) {bad}: { ({k: getattr(self, k) for k in bad}) }")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CycleGanConfig:
+        """From a mapping; unknown keys are refused with their names."""
+        return _build(cls, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CycleGanConfig:
+        """Read a YAML recipe."""
+        return cls.from_dict(_read_mapping(path))
+
+
+def _read_mapping(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError("a training recipe must be a YAML mapping")
+    return data
 
 
 def _build(cls: type[T], data: dict[str, Any]) -> T:

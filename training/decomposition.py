@@ -32,11 +32,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from training.checkpoint import load_checkpoint, module_state, read_info, save_checkpoint
 from training.config import DecompositionConfig
 from training.data import NORMALISE_PERCENTILES, DrrTrainingSet, GridSpec, collect
 from training.unet import BayesianUNet
 from xraymuscle import __version__
-from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel, mc_predict, sd_scales
@@ -237,7 +238,7 @@ def train_decomposition(
             best = metrics["mean_mape"] < summary.best_mape
             if best:
                 summary.best_mape, summary.best_epoch = metrics["mean_mape"], epoch + 1
-                save_file(_state(network), str(_tmp_best(out)))
+                save_file(module_state(network), str(_tmp_best(out)))
             echo(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation MAPE "
                 f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f}{'  (best)' if best else ''}"
@@ -268,10 +269,6 @@ def _tmp_best(out: Path) -> Path:
     return path
 
 
-def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
-
-
 def _save_checkpoint(
     folder: Path,
     network: torch.nn.Module,
@@ -280,30 +277,15 @@ def _save_checkpoint(
     summary: TrainSummary,
     epoch: int,
 ) -> None:
-    """Weights and optimiser tensors as safetensors, the rest as JSON; written atomically."""
-    tensors = {f"model.{key}": value for key, value in _state(network).items()}
-    state = optimiser.state_dict()
-    steps: dict[str, float] = {}
-    for pid, entry in state["state"].items():
-        for name, value in entry.items():
-            if torch.is_tensor(value) and value.ndim > 0:
-                tensors[f"optim.{pid}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                steps[f"{pid}.{name}"] = float(value)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "last.safetensors") as tmp:
-        save_file(tensors, str(tmp))
     info = {
         "epoch": epoch,
         "config": config.to_dict(),
-        "optimiser_scalars": steps,
-        "optimiser_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
         "best_epoch": summary.best_epoch,
         "best_mape": summary.best_mape,
         "history": summary.history,
         "seconds": summary.seconds,
     }
-    write_text_atomic(folder / "state.json", json.dumps(info, indent=1))
+    save_checkpoint(folder, {"model": network}, {"model": optimiser}, info)
 
 
 def _load_checkpoint(
@@ -313,24 +295,9 @@ def _load_checkpoint(
     config: DecompositionConfig,
     summary: TrainSummary,
 ) -> int:
-    info = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    if info["config"] != json.loads(json.dumps(config.to_dict())):
+    if read_info(folder)["config"] != json.loads(json.dumps(config.to_dict())):
         raise InputError("the checkpoint was made with another recipe; use a new --out", folder)
-    tensors = load_file(str(folder / "last.safetensors"))
-    network.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = optimiser.state_dict()
-    restored: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            restored.setdefault(int(pid), {})[name] = value
-    for key, value in info["optimiser_scalars"].items():
-        pid, name = key.split(".", 1)
-        restored.setdefault(int(pid), {})[name] = torch.tensor(value)
-    for group, saved in zip(state["param_groups"], info["optimiser_groups"], strict=True):
-        group.update({k: v for k, v in saved.items() if k != "params"})
-    state["state"] = restored
-    optimiser.load_state_dict(state)
+    info = load_checkpoint(folder, {"model": network}, {"model": optimiser})
     summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
     summary.seconds = float(info.get("seconds", 0.0))  # training time of the earlier runs
     summary.history = info["history"]

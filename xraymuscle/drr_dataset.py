@@ -25,11 +25,14 @@ import io
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.errors import InputError
@@ -194,3 +197,59 @@ def _parse_row(row: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 out[key] = value
     return out
+
+
+DERIVING = ".derive.json"
+
+
+def derive_dataset(
+    data: DrrDataset,
+    out: Path,
+    transform: Callable[[np.ndarray, str], np.ndarray],
+    key: str,
+    provenance: dict[str, Any],
+    *,
+    progress: bool = True,
+    desc: str = "images",
+) -> tuple[int, int]:
+    """A new dataset at ``out`` whose images are ``transform(image, sample_id)``, all else copied.
+
+    Maps, mass maps, the other arrays and ``manifest.csv`` are copied unchanged; ``dataset.json``
+    is the source's plus ``{key: provenance}`` (with the date). Samples are written atomically
+    and ``dataset.json`` last, so a stopped run resumes (same ``provenance``) and a folder with
+    ``dataset.json`` is complete. Returns (images transformed now, samples in all).
+    """
+    out = Path(out)
+    if out.resolve() == Path(data.root).resolve():
+        raise InputError("--out must be a new folder, not the source dataset", out)
+    stamp = json.loads(json.dumps(provenance))
+    if (out / "dataset.json").is_file():
+        done = json.loads((out / "dataset.json").read_text(encoding="utf-8")).get(key, {})
+        if {k: v for k, v in done.items() if k != "date"} != stamp:
+            raise InputError(f"holds another dataset ({key} otherwise); use a new --out", out)
+        return 0, len(data.rows)
+    if out.exists() and any(out.iterdir()):
+        marker = out / DERIVING
+        if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != {key: stamp}:
+            raise InputError(
+                "folder is not empty and holds no unfinished run of this kind; use a new --out", out
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / DERIVING, json.dumps({key: stamp}))
+    for stale in (out / "samples").glob(".*.tmp*") if (out / "samples").is_dir() else []:
+        stale.unlink(missing_ok=True)
+    made = 0
+    for row in tqdm(data.rows, desc=desc, unit="image", disable=not progress):
+        if (out / sample_file(row["sample_id"])).is_file():
+            continue
+        arrays = read_sample(data.root / row["file"])
+        meta = arrays.pop("meta", {})
+        arrays["image"] = np.asarray(transform(arrays["image"], row["sample_id"]), np.float32)
+        write_sample(out, row["sample_id"], arrays, meta)
+        made += 1
+    write_text_atomic(out / "manifest.csv", (data.root / "manifest.csv").read_text(encoding="utf-8"))
+    info = dict(data.info)
+    info[key] = {**stamp, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text_atomic(out / "dataset.json", json.dumps(info, indent=1))
+    (out / DERIVING).unlink(missing_ok=True)
+    return made, len(data.rows)
