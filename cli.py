@@ -96,13 +96,16 @@ def demo(
     n: Annotated[int, typer.Option("--n", help="Number of phantom cases (the last four are held out).")] = 24,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 12,
+    adapt: Annotated[
+        bool, typer.Option("--adapt/--no-adapt", help="Also run the short domain-adaptation step.")
+    ] = True,
 ) -> None:
-    """Run the pipeline on built-in data: phantoms, DRRs, a short training, predictions."""
+    """Run the pipeline on built-in data: phantoms, DRRs, training, predictions, adaptation."""
     from xraymuscle.demo import run_demo
 
     if n < 6:
         raise InputError(f"--n must be at least 6 (four cases are held out), not {n}")
-    summary = run_demo(out, n=n, seed=seed, epochs=epochs)
+    summary = run_demo(out, n=n, seed=seed, epochs=epochs, adapt=adapt)
     typer.echo(summary)
 
 

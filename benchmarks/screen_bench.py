@@ -82,8 +82,8 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, object]:
     screen_study(warm, work / "warm", device=args.device, report=False, progress=False, echo=str)
     start = time.perf_counter()
     summary = screen_study(
-        folder, work / "screen", device=args.device, batch=args.batch, overlays="none", report=False,
-        progress=False, echo=str,
+        folder, work / "screen", device=args.device, batch=args.batch, workers=args.workers,
+        overlays="none", report=False, progress=False, echo=str,
     )  # fmt: skip
     t_screen = time.perf_counter() - start
     results["screen_per_s"] = summary.rows / t_screen
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--peer-n", type=int, default=60)
     parser.add_argument("--size", type=int, default=1024, help="radiograph side, pixels")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, help="decoding processes (default: screen's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bad-input", type=int, default=0, metavar="N")
     parser.add_argument("--kill-resume", type=int, default=0, metavar="N")

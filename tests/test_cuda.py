@@ -1,7 +1,9 @@
-"""The torch kernel on a CUDA GPU gives what the CPU kernel gives (skipped without a GPU).
+"""On a CUDA GPU: the torch projector, Monte Carlo inference and a CycleGAN step give what the
+CPU gives (skipped without a GPU).
 
-Imports only the rendering engine, so ``benchmarks/gpu_check.sh`` runs it on a machine that has
-PyTorch with CUDA and nothing of the rest of the project's dependencies.
+Needs only the rendering engine, the model and the CycleGAN (PyTorch, NumPy, OpenCV, safetensors,
+and pydicom, which ``benchmarks/gpu_check.sh`` carries as a wheel), so it runs on a GPU machine
+that lacks the rest of the project's dependencies.
 """
 
 from __future__ import annotations
@@ -45,3 +47,49 @@ def test_cuda_kernel_matches_cpu_kernel() -> None:
         assert np.abs(a - b).sum() / np.abs(a).sum() < 2e-3
     volumes = gpu.maps.sum(axis=(2, 3)) * gpu.pixel_area_mm2
     np.testing.assert_allclose(volumes, np.broadcast_to(scene.group_volumes_mm3(), volumes.shape), rtol=5e-3)
+
+
+def test_mc_inference_on_cuda_matches_cpu() -> None:
+    """The shipped model's Monte Carlo volumes: the same draws (seeded per image) on both devices."""
+    from xraymuscle.inference import mc_predict
+    from xraymuscle.model import load_model
+    from xraymuscle.paths import default_model_dir
+
+    images = torch.rand(6, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = load_model(default_model_dir(), device=device)
+        results[device] = mc_predict(
+            model.network, images, samples=10, pixel_area_mm2=model.pixel_spacing_mm**2,
+            map_scale_mm=float(model.meta["map_scale_mm"]), device=device, batch=6,
+        )  # fmt: skip
+    np.testing.assert_allclose(results["cuda"].volume, results["cpu"].volume, rtol=2e-3, atol=0.05)
+    np.testing.assert_allclose(results["cuda"].volume_sd, results["cpu"].volume_sd, rtol=2e-2, atol=0.05)
+
+
+def test_cyclegan_step_in_bf16_on_cuda() -> None:
+    """One CycleGAN step under bf16 autocast: finite losses; gradient consistency as on the CPU."""
+    from training.config import CycleGanConfig
+    from training.cyclegan import ImagePool, PatchDiscriminator, ResnetGenerator, _step
+    from training.gradient_consistency import gradient_consistency
+
+    config = CycleGanConfig(crop_size=64, base_channels=8, residual_blocks=2, disc_channels=8, batch_size=4)
+    nets = {
+        "g_ab": ResnetGenerator(8, 2), "g_ba": ResnetGenerator(8, 2),
+        "d_a": PatchDiscriminator(8, 3), "d_b": PatchDiscriminator(8, 3),
+    }  # fmt: skip
+    nets = {k: v.cuda() for k, v in nets.items()}
+    opts = {
+        "g": torch.optim.Adam([*nets["g_ab"].parameters(), *nets["g_ba"].parameters()], lr=2e-4),
+        "d": torch.optim.Adam([*nets["d_a"].parameters(), *nets["d_b"].parameters()], lr=2e-4),
+    }
+    rng = np.random.default_rng(0)
+    a = torch.rand(4, 1, 64, 64, device="cuda") * 2 - 1
+    b = torch.rand(4, 1, 64, 64, device="cuda") * 2 - 1
+    losses = _step(nets, opts, ImagePool(4, rng), ImagePool(4, rng), a, b, config, use_amp=True)
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    np.testing.assert_allclose(
+        gradient_consistency(a, b.flip(-1)).cpu().numpy(),
+        gradient_consistency(a.cpu(), b.flip(-1).cpu()).numpy(),
+        atol=1e-4,
+    )

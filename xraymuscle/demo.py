@@ -2,6 +2,11 @@
 
 Phantom CTs → DRR datasets → a short training → prediction on held-out phantom radiographs
 (exported as DICOM with their pixel spacing) → a table of true against predicted volumes.
+
+Then a short domain adaptation (``adapt=True``, the default): a small second phantom cohort made
+to look like processed clinical radiographs stands in for the real radiographs; a short CycleGAN
+learns that style, ``adapt`` translates the training DRRs, a model is trained on them, and both
+models measure clinical-style versions of the held-out radiographs.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from drr.presets import load_preset
-from training.config import DecompositionConfig
+from training.config import CycleGanConfig, DecompositionConfig
+from training.cyclegan import train_cyclegan
 from training.decomposition import train_decomposition
+from xraymuscle.adapt import adapt_dataset
 from xraymuscle.catalog import MuscleCatalog
+from xraymuscle.clinical_style import clinical_style, stylise_dataset
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.generate import GenerateOptions, generate_drr, read_cohort
@@ -25,7 +33,21 @@ from xraymuscle.predict import predict_images
 from xraymuscle.preview import montage, titled, write_png
 
 HELD_OUT = 4
+STYLE_CASES = 8
+DEMO_GAN = {
+    "crop_size": 64,
+    "base_channels": 8,
+    "residual_blocks": 3,
+    "disc_channels": 16,
+    "batch_size": 4,
+    "epochs": 4,
+    "iterations_per_epoch": 30,
+}
 SHOWN = ("gluteus_maximus_left", "gluteus_medius_left", "gluteus_minimus_left", "iliopsoas_left")
+
+
+def _quiet(_: str) -> None:
+    """Steps of the demo run without their own messages."""
 
 
 def _read_png(path: Path) -> np.ndarray | None:
@@ -35,12 +57,17 @@ def _read_png(path: Path) -> np.ndarray | None:
     return None if img is None else img[..., ::-1].astype(np.float32) / 255.0
 
 
-def run_demo(out: Path, *, n: int = 24, seed: int = 0, views: int = 4, epochs: int = 12) -> str:
+def run_demo(
+    out: Path, *, n: int = 24, seed: int = 0, views: int = 4, epochs: int = 12, adapt: bool = True
+) -> str:
     """Run the pipeline on ``n`` phantoms (the last four held out); return a summary as text.
 
     Writes under ``out``: ``phantoms/`` (cohort and previews), ``drr/`` and ``drr_heldout/`` (DRR
     datasets with previews), ``model/`` (the trained model), ``heldout_radiographs/*.dcm``,
-    ``predictions/`` (table, overlays, uncertainty maps), ``overview.png`` and ``drr_overview.png``.
+    ``predictions/`` (table, overlays, uncertainty maps), ``overview.png`` and ``drr_overview.png``;
+    with ``adapt``, also ``style_phantoms/``, ``drr_style/``, ``clinical_style/``, ``real_style/``
+    (the stand-in real radiographs), ``cyclegan/``, ``drr_adapted/``, ``model_adapted/`` and
+    ``clinical_predictions/``.
     """
     if n < HELD_OUT + 2:
         raise ValueError(f"the demo needs at least {HELD_OUT + 2} phantoms, not {n}")
@@ -105,4 +132,78 @@ def run_demo(out: Path, *, n: int = 24, seed: int = 0, views: int = 4, epochs: i
     )
     with (out / "predictions" / "predictions.csv").open(encoding="utf-8") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
+    if adapt:
+        lines += _adaptation(out, options, heldout, in_field, recipe, epochs, seed)
     return "\n".join(lines)
+
+
+def _adaptation(
+    out: Path,
+    options: GenerateOptions,
+    heldout: DrrDataset,
+    in_field: list[np.ndarray],
+    recipe: DecompositionConfig,
+    epochs: int,
+    seed: int,
+) -> list[str]:
+    """The short adaptation step; returns the lines of its summary table."""
+    catalog = options.catalog
+    style_csv = make_cohort(
+        STYLE_CASES, out / "style_phantoms", seed=seed + 100, spacing=3.0, catalog=catalog
+    )
+    style_cases, _ = read_cohort(style_csv)
+    generate_drr(
+        style_cases, out / "drr_style", dataclasses.replace(options, views=1, seed=seed + 2, preview=False)
+    )
+    stylise_dataset(out / "drr_style", out / "clinical_style", seed=seed + 3, progress=False, echo=_quiet)
+    styled = DrrDataset.load(out / "clinical_style")
+    spacing = float(styled.info["pixel_spacing_mm"])
+    for i, row in enumerate(styled.rows):
+        write_dx(
+            out / "real_style" / f"{row['sample_id']}.dcm",
+            styled.sample(i)["image"],
+            pixel_spacing_mm=spacing,
+        )
+    gan = out / "cyclegan"
+    if not (gan / "samples" / f"epoch_{DEMO_GAN['epochs']:03d}.png").is_file():
+        train_cyclegan(
+            out / "drr", out / "real_style", gan, CycleGanConfig.from_dict(DEMO_GAN),
+            resume=True, device="cpu", echo=_quiet,
+        )  # fmt: skip
+    adapt_dataset(gan, out / "drr", out / "drr_adapted", progress=False, echo=_quiet)
+    model = out / "model_adapted"
+    if not (model / "model.json").is_file():
+        train_decomposition(
+            out / "drr_adapted", model, recipe, epochs=epochs, resume=(model / "checkpoint").is_dir()
+        )
+    # clinical-style versions of the held-out radiographs, measured by both models
+    radiographs = []
+    rng_seed = seed + 4
+    for index, row in enumerate(heldout.rows):
+        rng = np.random.default_rng([rng_seed, index])
+        image = clinical_style(heldout.sample(index)["image"], float(heldout.info["pixel_spacing_mm"]), rng)
+        path = out / "clinical_heldout" / f"{row['case_id']}.dcm"
+        radiographs.append(write_dx(path, image, pixel_spacing_mm=float(heldout.info["pixel_spacing_mm"])))
+    errors = {}
+    for name, folder in (("trained on plain DRRs", out / "model"), ("trained on adapted DRRs", model)):
+        rows = predict_images(
+            radiographs,
+            out / "clinical_predictions" / folder.name,
+            model_dir=folder,
+            progress=False,
+            echo=_quiet,
+        )
+        errs = [
+            abs(row[f"volume_ml__{m}"] - field[j]) / max(field[j], 1.0) * 100
+            for row, field in zip(rows, in_field, strict=True)
+            for j, m in enumerate(heldout.muscles)
+            if f"volume_ml__{m}" in row and field[j] > 1.0
+        ]
+        errors[name] = float(np.mean(errs)) if errs else float("nan")
+    return [
+        "",
+        "domain adaptation (short): held-out radiographs made clinical-style, mean absolute % error over "
+        "all muscles:",
+        *(f"  model {name:24s}: {value:5.1f} %" for name, value in errors.items()),
+        f"CycleGAN translations: {gan / 'samples'}; adapted DRRs: {out / 'drr_adapted'}",
+    ]

@@ -79,7 +79,7 @@ def _encode(decoded: Any, size: int) -> dict[str, Any]:
 
 
 def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
-    from xraymuscle.screen import decode
+    from xraymuscle.decoding import decode
     from xraymuscle.study import StudyInput
 
     records = [
@@ -109,8 +109,8 @@ class _InferenceActor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from xraymuscle.predict import Prepared
-        from xraymuscle.screen import Decoded
+        from xraymuscle.decoding import Decoded
+        from xraymuscle.prepare import Prepared
 
         decoded = []
         for i in range(len(batch["index"])):

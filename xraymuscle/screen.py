@@ -18,14 +18,11 @@ import csv
 import io
 import json
 import math
-import multiprocessing as mp
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.decoding import Decoded, DecodeSettings, decoded_stream
 from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel, mc_predict
 from xraymuscle.journal import Journal
@@ -42,21 +40,12 @@ from xraymuscle.paths import default_model_dir
 from xraymuscle.predict import (
     STATUSES,
     GridTarget,
-    Prepared,
     format_cell,
     prediction_row,
     predictions_columns,
-    read_and_prepare,
     write_pictures,
 )
-from xraymuscle.study import (
-    METADATA_COLUMNS,
-    StudyInput,
-    file_sha256,
-    find_inputs,
-    load_or_make_salt,
-    study_metadata,
-)
+from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
 RUN_FILE = "screen.json"
@@ -66,95 +55,6 @@ OVERLAYS = ("flagged", "all", "none")
 TABLE_EVERY_S = 20.0
 # settings that change the numbers: a resumed run must use the same ones
 RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "keep_identifiers")
-
-
-@dataclass
-class Decoded:
-    """One input after decoding: its grid image (or why there is none) and its study columns."""
-
-    index: int
-    prepared: Prepared
-    study: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    """What a decoding worker needs besides the input (small and picklable)."""
-
-    target: GridTarget
-    pixel_spacing: float | None
-    salt: str
-    keep_identifiers: bool
-
-
-def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
-    """Read one input and bring it to the model's grid. Never raises: problems become its status."""
-    if item.problem:
-        return Decoded(item.index, Prepared(item.path, status="error", reason=item.problem))
-    try:
-        prepared, radiograph = read_and_prepare(
-            item.path, settings.target, pixel_spacing=settings.pixel_spacing
-        )
-        meta = radiograph.metadata if radiograph is not None else {}
-        study = study_metadata(meta, settings.salt, keep_identifiers=settings.keep_identifiers)
-    except Exception as exc:  # a reader bug must cost one row, not the study
-        prepared = Prepared(item.path, status="error", reason=f"cannot be read ({type(exc).__name__}: {exc})")
-        study = {}
-    study["content_sha256"] = file_sha256(item.path)
-    return Decoded(item.index, prepared, study)
-
-
-def _decode_task(args: tuple[StudyInput, DecodeSettings]) -> Decoded:
-    return decode(*args)
-
-
-def decoded_stream(
-    items: Sequence[StudyInput], settings: DecodeSettings, *, workers: int
-) -> Iterator[Decoded]:
-    """Decode ``items`` in order, in ``workers`` processes (0: here), a bounded number ahead.
-
-    A reader that crashes its process (a decoder's segmentation fault on a malformed file) takes
-    down the pool, not the run: the inputs that were in flight are then decoded one at a time in
-    fresh processes, and the one that crashes again gets an ``error`` row.
-    """
-    if workers <= 0:
-        for item in items:
-            yield decode(item, settings)
-        return
-    context = mp.get_context("spawn")  # workers never inherit the parent's threads or GPU state
-    pool = ProcessPoolExecutor(workers, mp_context=context)
-    pending: deque[tuple[StudyInput, Future[Decoded]]] = deque()
-    queue = iter(items)
-    try:
-        while True:
-            while len(pending) < 4 * workers:
-                upcoming = next(queue, None)
-                if upcoming is None:
-                    break
-                pending.append((upcoming, pool.submit(_decode_task, (upcoming, settings))))
-            if not pending:
-                return
-            item, future = pending.popleft()
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                suspects = [item, *(i for i, _ in pending)]
-                pending.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                for suspect in suspects:
-                    yield _decode_alone(suspect, settings, context)
-                pool = ProcessPoolExecutor(workers, mp_context=context)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _decode_alone(item: StudyInput, settings: DecodeSettings, context: Any) -> Decoded:
-    with ProcessPoolExecutor(1, mp_context=context) as solo:
-        try:
-            return solo.submit(_decode_task, (item, settings)).result()
-        except BrokenProcessPool:
-            prepared = Prepared(item.path, status="error", reason="reading it crashed the decoder")
-            return Decoded(item.index, prepared, {"content_sha256": file_sha256(item.path)})
 
 
 class Inference:

@@ -1,0 +1,108 @@
+"""Decoding a study's inputs, in worker processes: read, bring to the model's grid, describe.
+
+Needs no PyTorch, so worker processes start fast and stay small. Each input becomes a
+:class:`Decoded`: the image on the model's grid (or the reason there is none), its DICOM study
+columns and its content hash (for duplicates). Nothing here raises for a bad file.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from xraymuscle.prepare import GridTarget, Prepared, read_and_prepare
+from xraymuscle.study import StudyInput, file_sha256, study_metadata
+
+
+@dataclass
+class Decoded:
+    """One input after decoding: its grid image (or why there is none) and its study columns."""
+
+    index: int
+    prepared: Prepared
+    study: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What a decoding worker needs besides the input (small and picklable)."""
+
+    target: GridTarget
+    pixel_spacing: float | None
+    salt: str
+    keep_identifiers: bool
+
+
+def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
+    """Read one input and bring it to the model's grid. Never raises: problems become its status."""
+    if item.problem:
+        return Decoded(item.index, Prepared(item.path, status="error", reason=item.problem))
+    try:
+        prepared, radiograph = read_and_prepare(
+            item.path, settings.target, pixel_spacing=settings.pixel_spacing
+        )
+        meta = radiograph.metadata if radiograph is not None else {}
+        study = study_metadata(meta, settings.salt, keep_identifiers=settings.keep_identifiers)
+    except Exception as exc:  # a reader bug must cost one row, not the study
+        prepared = Prepared(item.path, status="error", reason=f"cannot be read ({type(exc).__name__}: {exc})")
+        study = {}
+    study["content_sha256"] = file_sha256(item.path)
+    return Decoded(item.index, prepared, study)
+
+
+def _decode_task(args: tuple[StudyInput, DecodeSettings]) -> Decoded:
+    return decode(*args)
+
+
+def decoded_stream(
+    items: Sequence[StudyInput], settings: DecodeSettings, *, workers: int
+) -> Iterator[Decoded]:
+    """Decode ``items`` in order, in ``workers`` processes (0: here), a bounded number ahead.
+
+    A reader that crashes its process (a decoder's segmentation fault on a malformed file) takes
+    down the pool, not the run: the inputs that were in flight are then decoded one at a time in
+    fresh processes, and the one that crashes again gets an ``error`` row.
+    """
+    if workers <= 0:
+        for item in items:
+            yield decode(item, settings)
+        return
+    context = mp.get_context("spawn")  # workers never inherit the parent's threads or GPU state
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pending: deque[tuple[StudyInput, Future[Decoded]]] = deque()
+    queue = iter(items)
+    try:
+        while True:
+            while len(pending) < 4 * workers:
+                upcoming = next(queue, None)
+                if upcoming is None:
+                    break
+                pending.append((upcoming, pool.submit(_decode_task, (upcoming, settings))))
+            if not pending:
+                return
+            item, future = pending.popleft()
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                suspects = [item, *(i for i, _ in pending)]
+                pending.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                for suspect in suspects:
+                    yield _decode_alone(suspect, settings, context)
+                pool = ProcessPoolExecutor(workers, mp_context=context)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_alone(item: StudyInput, settings: DecodeSettings, context: Any) -> Decoded:
+    with ProcessPoolExecutor(1, mp_context=context) as solo:
+        try:
+            return solo.submit(_decode_task, (item, settings)).result()
+        except BrokenProcessPool:
+            prepared = Prepared(item.path, status="error", reason="reading it crashed the decoder")
+            return Decoded(item.index, prepared, {"content_sha256": file_sha256(item.path)})

@@ -1,0 +1,121 @@
+"""Bringing one radiograph to a model's grid: read, check, resample, normalise.
+
+Needs no PyTorch, so that decoding can run in light worker processes. A radiograph that cannot be
+read gets status ``error``; one that is read but cannot be measured (not a plain AP radiograph,
+no pixel spacing, too small a field) gets ``rejected``; each with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from xraymuscle.errors import InputError
+from xraymuscle.model_grid import fit_to_grid, normalise
+from xraymuscle.radiograph import Radiograph, read_radiograph
+
+if TYPE_CHECKING:
+    from xraymuscle.model import LoadedModel
+
+MIN_SIDE_PX = 64
+MIN_FIELD_MM = 150.0
+CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")  # a hip radiograph shows at least this much of the pelvis
+
+
+@dataclass
+class Prepared:
+    """An image read and brought to the model's grid, or the reason it could not be."""
+
+    path: str
+    status: str = "ok"
+    reason: str = ""
+    spacing_mm: float | None = None
+    spacing_source: str = ""
+    image: np.ndarray | None = None  # (S, S) normalised
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GridTarget:
+    """What bringing an image to a model's grid needs: size, spacing, training magnification.
+
+    Small and picklable, so decoding can run in worker processes without the network.
+    """
+
+    size: int
+    spacing_mm: float
+    magnification: float
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> GridTarget:
+        return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model))
+
+
+def prepare(
+    path: str | Path, model: LoadedModel | GridTarget, *, pixel_spacing: float | None = None
+) -> Prepared:
+    """Read one radiograph and map it onto the model's grid; problems become a status and reason."""
+    prepared, _ = read_and_prepare(path, model, pixel_spacing=pixel_spacing)
+    return prepared
+
+
+def read_and_prepare(
+    path: str | Path, model: LoadedModel | GridTarget, *, pixel_spacing: float | None = None
+) -> tuple[Prepared, Radiograph | None]:
+    """:func:`prepare`, also returning the radiograph read (``None`` when it could not be)."""
+    target = model if isinstance(model, GridTarget) else GridTarget.of(model)
+    prepared = Prepared(str(path))
+    try:
+        radiograph = read_radiograph(path, pixel_spacing=pixel_spacing)
+    except InputError as exc:
+        prepared.status, prepared.reason = "error", exc.problem
+        return prepared, None
+    return _to_grid(radiograph, target, prepared), radiograph
+
+
+def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> Prepared:
+    prepared.spacing_source = radiograph.spacing_source
+    prepared.notes = list(radiograph.notes)
+    h, w = radiograph.shape
+    modality = (radiograph.metadata.get("modality") or "").upper()
+    if modality in CROSS_SECTIONAL:
+        return _reject(prepared, f"a {modality} image (modality {modality}), not a radiograph")
+    view = (radiograph.metadata.get("view_position") or "").upper()
+    if view in ("LAT", "LL", "RL", "LATERAL"):
+        return _reject(prepared, f"a lateral view ({view}); the model reads AP radiographs")
+    if radiograph.is_colour:
+        return _reject(prepared, "a colour image, not a radiograph")
+    if min(h, w) < MIN_SIDE_PX:
+        return _reject(prepared, f"image of {w} x {h} pixels is too small for a hip radiograph")
+    if max(h, w) > 8 * min(h, w):
+        return _reject(prepared, f"image of {w} x {h} pixels is too narrow for a hip radiograph")
+    if radiograph.pixel_spacing is None:
+        return _reject(prepared, "pixel spacing unknown (none in the file); give --pixel-spacing MM")
+    spacing = float(np.mean(radiograph.pixel_spacing))
+    if radiograph.spacing_plane == "detector":
+        magnification = target.magnification
+        spacing /= magnification
+        prepared.notes.append(f"detector spacing divided by the training magnification {magnification:.3f}")
+    prepared.spacing_mm = spacing
+    if min(h, w) * spacing < MIN_FIELD_MM:
+        return _reject(
+            prepared, f"field of view {min(h, w) * spacing:.0f} mm is too small for a hip radiograph"
+        )
+    scale = spacing / target.spacing_mm
+    grid = fit_to_grid(radiograph.pixels[None].astype(np.float32), scale, target.size)[0]
+    prepared.image = normalise(grid)
+    return prepared
+
+
+def _reject(prepared: Prepared, reason: str) -> Prepared:
+    prepared.status, prepared.reason = "rejected", reason
+    return prepared
+
+
+def _training_magnification(model: LoadedModel) -> float:
+    geometry = (model.meta.get("training") or {}).get("geometry") or {}
+    sid, sod = geometry.get("sid"), geometry.get("sod")
+    return float(sid) / float(sod) if sid and sod else 1.0
