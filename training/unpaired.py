@@ -43,7 +43,7 @@ def drr_images(data: DrrDataset, limit: int | None = None) -> list[np.ndarray]:
     """The dataset's images in [−1, 1] (every sample, or an even spread of ``limit``)."""
     n = len(data)
     picks = range(n) if limit is None or limit >= n else np.linspace(0, n - 1, limit).round().astype(int)
-    return [to_unit(data.sample(int(i))["image"]) for i in picks]
+    return [to_unit(data.sample(int(i), keys=("image",))["image"]) for i in picks]
 
 
 @dataclass

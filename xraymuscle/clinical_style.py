@@ -35,13 +35,13 @@ from xraymuscle.drr_dataset import DrrDataset, derive_dataset
 class ClinicalStyle:
     """Ranges of the random settings (each image draws its own within them)."""
 
-    photons: tuple[float, float] = (300.0, 3000.0)  # per pixel, unattenuated
+    photons: tuple[float, float] = (2e4, 2e5)  # per (coarse) pixel, unattenuated
     heel: tuple[float, float] = (0.1, 0.3)  # relative intensity fall-off across the field
     scatter_to_primary: tuple[float, float] = (0.4, 1.2)
     scatter_sigma_mm: tuple[float, float] = (25.0, 60.0)
     blur_sigma_mm: tuple[float, float] = (0.5, 1.5)
-    window_percentiles: tuple[float, float] = (1.0, 99.0)
-    lut_slope: tuple[float, float] = (4.0, 8.0)  # logistic display curve steepness
+    window_percentiles: tuple[float, float] = (1.0, 99.9)
+    lut_slope: tuple[float, float] = (2.5, 5.0)  # logistic display curve steepness
     unsharp_sigma_mm: tuple[float, float] = (8.0, 20.0)
     unsharp_amount: tuple[float, float] = (0.6, 1.6)
     collimation: tuple[float, float] = (0.0, 0.12)  # fraction of each side left unexposed
@@ -81,7 +81,7 @@ def clinical_style(
     lo, hi = np.percentile(q, style.window_percentiles)
     x = np.clip((q - lo) / max(hi - lo, 1e-6), 0, 1)
     slope = _draw(rng, style.lut_slope)
-    shift = rng.uniform(-0.1, 0.1)
+    shift = rng.uniform(-0.08, 0.08)
     y = 1 / (1 + np.exp(-slope * (x - 0.5 - shift)))
     y = (y - y.min()) / max(float(np.ptp(y)), 1e-6)
     usm = cv2.GaussianBlur(y, (0, 0), _draw(rng, style.unsharp_sigma_mm) / spacing_mm)

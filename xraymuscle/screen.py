@@ -77,7 +77,6 @@ class Inference:
     def rows(self, decoded: Sequence[Decoded]) -> list[dict[str, Any]]:
         ready = [d for d in decoded if d.prepared.image is not None]
         results: dict[int, Any] = {}
-        mc = None
         if ready:
             images = torch.from_numpy(np.stack([d.prepared.image for d in ready]))[:, None]  # type: ignore[misc]
             mc = mc_predict(
