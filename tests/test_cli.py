@@ -20,7 +20,10 @@ runner = CliRunner()
 def test_help_and_version() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("phantom", "generate-drr", "train", "evaluate", "predict", "demo", "inspect", "catalog"):
+    for command in (
+        "phantom", "generate-drr", "train", "evaluate", "predict", "screen", "train-cyclegan", "adapt",
+        "clinical-style", "demo", "inspect", "catalog",
+    ):  # fmt: skip
         assert command in result.output
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and __version__ in result.output
