@@ -63,6 +63,11 @@ CatalogOpt = Annotated[
     str,
     typer.Option("--catalog", help="Muscle catalogue: a preset name in configs/muscles or a YAML file."),
 ]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="Model folder (default: the shipped phantom model).")
+]
+McSamplesOpt = Annotated[int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install '.[ray]').")]
 RayAddressOpt = Annotated[
     str | None, typer.Option("--ray-address", help="Run on an existing Ray cluster (e.g. ray://head:10001).")
@@ -123,7 +128,7 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (overrides the recipe).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train the Bayesian decomposition network on a DRR dataset; writes a model folder."""
     import dataclasses
@@ -175,7 +180,7 @@ def train_cyclegan(
         float | None, typer.Option("--gc-weight", help="Gradient-consistency weight (0: off).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train a CycleGAN between DRRs and real radiographs (unpaired)."""
     import dataclasses
@@ -207,7 +212,7 @@ def adapt(
     out: Annotated[
         Path, typer.Option("--out", help="New DRR dataset (images translated, maps as they were).")
     ],
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Translate a DRR dataset's images into the real radiographs' style (maps unchanged)."""
     from xraymuscle.adapt import adapt_dataset
@@ -234,10 +239,8 @@ def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Model folder.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled DRR dataset.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for metrics and plots.")],
-    mc_samples: Annotated[
-        int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    mc_samples: McSamplesOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Agreement and calibration of a model on a DRR dataset: metrics.json/csv and plots."""
     from xraymuscle.evaluate import evaluate_model
@@ -256,17 +259,13 @@ def evaluate(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Radiographs: DICOM, PNG, JPEG, TIFF.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Model folder (default: the shipped phantom model).")
-    ] = None,
+    model: ModelOpt = None,
     pixel_spacing: Annotated[
         float | None,
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm (overrides files)."),
     ] = None,
-    mc_samples: Annotated[
-        int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    mc_samples: McSamplesOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Per-muscle volume and mass, with sd and QC status, for each radiograph."""
     from xraymuscle.predict import predict_images
@@ -321,7 +320,7 @@ def generate_drr(
     sid: Annotated[float | None, typer.Option("--sid", help="Source-to-image distance, mm.")] = None,
     views: Annotated[int, typer.Option("--views", help="Views per case, poses drawn from --seed.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pose (and noise) draws.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option("--workers", help="Cases rendered in parallel processes.")] = 1,
     backend: Annotated[
         str, typer.Option("--backend", help="builtin, or deepdrr for the image (CUDA only).")
@@ -406,10 +405,8 @@ def screen(
         Path, typer.Argument(help="A folder (searched recursively) or a CSV list of radiograph paths.")
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder (a stopped run resumes in it).")],
-    model: Annotated[
-        Path | None, typer.Option("--model", help="Model folder (default: the shipped phantom model).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Radiographs per inference batch.")] = 32,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decoding processes (default: cores - 1, at most 8).")
@@ -418,9 +415,7 @@ def screen(
         float | None,
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm, for files without one."),
     ] = None,
-    mc_samples: Annotated[
-        int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")
-    ] = None,
+    mc_samples: McSamplesOpt = None,
     keep_identifiers: Annotated[
         bool,
         typer.Option("--keep-identifiers", help="Also write patient IDs (default: salted pseudonyms only)."),

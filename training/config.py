@@ -27,8 +27,38 @@ class AugmentConfig:
     clahe: float = 0.3
 
 
+R = TypeVar("R", bound="_Recipe")
+
+
+class _Recipe:
+    """What the typed recipes share: checks on creation, JSON and YAML in and out."""
+
+    def _checks(self) -> dict[str, bool]:
+        """Each setting's name and whether its value is valid."""
+        raise NotImplementedError
+
+    def __post_init__(self) -> None:
+        bad = [k for k, ok in self._checks().items() if not ok]
+        if bad:
+            raise ValueError(f"invalid setting(s) {bad}: { ({k: getattr(self, k) for k in bad}) }")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        """From a mapping; unknown keys are refused with their names."""
+        return _build(cls, data)
+
+    @classmethod
+    def load(cls: type[R], path: str | Path) -> R:
+        """Read a YAML recipe."""
+        return cls.from_dict(_read_mapping(path))
+
+
 @dataclass(frozen=True)
-class DecompositionConfig:
+class DecompositionConfig(_Recipe):
     """The decomposition network's recipe; see ``configs/train/decomposition.yaml``."""
 
     input_size: int = 128
@@ -50,7 +80,7 @@ class DecompositionConfig:
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    def __post_init__(self) -> None:
+    def _checks(self) -> dict[str, bool]:
         checks = {
             "input_size": self.input_size >= 32 and self.input_size % (2 ** (self.depth - 1)) == 0,
             "pixel_spacing_mm": self.pixel_spacing_mm > 0,
@@ -66,27 +96,11 @@ class DecompositionConfig:
             "mc_samples": self.mc_samples >= 2,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
         }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid setting(s) {bad}: { ({k: getattr(self, k) for k in bad}) }")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DecompositionConfig:
-        """From a mapping; unknown keys are refused with their names."""
-        return _build(cls, data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> DecompositionConfig:
-        """Read a YAML recipe."""
-        return cls.from_dict(_read_mapping(path))
+        return checks
 
 
 @dataclass(frozen=True)
-class CycleGanConfig:
+class CycleGanConfig(_Recipe):
     """The CycleGAN's recipe; see ``configs/train/cyclegan.yaml``."""
 
     crop_size: int = 128
@@ -106,7 +120,7 @@ class CycleGanConfig:
     pool_size: int = 50
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def _checks(self) -> dict[str, bool]:
         checks = {
             "crop_size": self.crop_size >= 32 and self.crop_size % 4 == 0,
             "base_channels": self.base_channels >= 1,
@@ -124,23 +138,7 @@ class CycleGanConfig:
             "gc_weight": self.gc_weight >= 0,
             "pool_size": self.pool_size >= 0,
         }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid setting(s) {bad}: { ({k: getattr(self, k) for k in bad}) }")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CycleGanConfig:
-        """From a mapping; unknown keys are refused with their names."""
-        return _build(cls, data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> CycleGanConfig:
-        """Read a YAML recipe."""
-        return cls.from_dict(_read_mapping(path))
+        return checks
 
 
 def _read_mapping(path: str | Path) -> dict[str, Any]:
