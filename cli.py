@@ -213,11 +213,25 @@ def adapt(
         Path, typer.Option("--out", help="New DRR dataset (images translated, maps as they were).")
     ],
     device: DeviceOpt = "auto",
+    direction: Annotated[
+        str,
+        typer.Option(
+            "--direction",
+            help="drr-to-real (default), or real-to-drr to bring real-looking images to DRR style.",
+        ),
+    ] = "drr-to-real",
 ) -> None:
     """Translate a DRR dataset's images into the real radiographs' style (maps unchanged)."""
     from xraymuscle.adapt import adapt_dataset
 
-    adapt_dataset(cyclegan, data, out, device=_pick_device(device), echo=typer.echo)
+    adapt_dataset(
+        cyclegan,
+        data,
+        out,
+        device=_pick_device(device),
+        direction=direction.replace("-", "_"),
+        echo=typer.echo,
+    )
 
 
 @app.command("clinical-style")

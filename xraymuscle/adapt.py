@@ -23,6 +23,7 @@ import numpy as np
 from training.cyclegan import GENERATORS, load_generator, translate
 from training.unpaired import to_unit
 from xraymuscle.drr_dataset import DrrDataset, derive_dataset
+from xraymuscle.errors import InputError
 
 
 def _checksum(path: Path) -> str:
@@ -35,16 +36,24 @@ def adapt_dataset(
     out: Path,
     *,
     device: str = "cpu",
+    direction: str = "drr_to_real",
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Translate the images of the DRR dataset ``data_dir`` into ``out``; return ``out``."""
-    generator, meta = load_generator(Path(cyclegan), "drr_to_real", device=device)
+    """Translate the images of the DRR dataset ``data_dir`` into ``out``; return ``out``.
+
+    ``direction`` ``real_to_drr`` runs the other generator: a dataset whose images look real
+    (for instance clinical-style ones) is brought back to the DRR style, so that a model trained
+    on plain DRRs can read it (translation at test time).
+    """
+    if direction not in GENERATORS:
+        raise InputError(f"--direction must be one of {sorted(GENERATORS)}, not {direction!r}")
+    generator, meta = load_generator(Path(cyclegan), direction, device=device)
     data = DrrDataset.load(data_dir)
     provenance = {
         "cyclegan": str(Path(cyclegan).resolve()),
-        "generator": GENERATORS["drr_to_real"],
-        "generator_sha256": _checksum(Path(cyclegan) / GENERATORS["drr_to_real"]),
+        "generator": GENERATORS[direction],
+        "generator_sha256": _checksum(Path(cyclegan) / GENERATORS[direction]),
         "cyclegan_config": meta.get("config"),
         "source_dataset": str(Path(data_dir).resolve()),
         "image_range": "translated image in [0, 1]; maps unchanged",
