@@ -234,3 +234,15 @@ def test_real_radiographs_dicom_and_jpeg(real_xray_dir: Path) -> None:
         assert rad.pixel_spacing is None  # the 1.0 placeholder is not trusted
         jpg = read_radiograph(real_xray_dir / "jpg" / path.with_suffix(".jpg").name)
         assert jpg.shape == (331, 331) and not jpg.is_colour
+
+
+def test_huge_dicom_refused_from_its_header(tmp_path: Path) -> None:
+    """A DICOM that says it holds 20000 × 20000 pixels is refused before its pixel data is read."""
+    from xraymuscle.dicom_writer import write_dx
+
+    path = write_dx(tmp_path / "huge.dcm", np.zeros((16, 16)), pixel_spacing_mm=0.2)
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000
+    ds.save_as(path)
+    with pytest.raises(InputError, match="20000 x 20000 pixels is too large"):
+        read_radiograph(path)
