@@ -40,6 +40,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/phantom_bench.py
 	$(BIN)/python benchmarks/drr_bench.py --memory
+	$(BIN)/python benchmarks/screen_bench.py --base benchmarks/data/screen_base.npz --n 200 --bad-input 1000 --kill-resume 300
 
 # DiffDRR 0.6.1 without its declared dependencies (torchvision, pyvista, timm are not needed to
 # render), plus the ones its import does need.

@@ -5,8 +5,9 @@
     python benchmarks/screen_bench.py --base base.npz --kill-resume 300
 
 ``--base`` is an ``.npz`` of synthetic radiographs (``images`` (N, H, W), ``spacing_mm``), made
-from a DRR dataset with ``--make-base DRR_DIR``. Every study here is written by
-:mod:`xraymuscle.synthetic_study`: DICOM DX files of ``--size`` pixels a side (the DRRs
+from a DRR dataset with ``--make-base DRR_DIR``; ``benchmarks/data/screen_base.npz`` holds 16
+DRRs (``hip_ap`` at 128 pixels) of the accuracy benchmark's held-out phantoms, made so.
+Every study here is written by :mod:`xraymuscle.synthetic_study`: DICOM DX files of ``--size`` pixels a side (the DRRs
 resampled to a clinical-like pixel count, same field), with patient tags.
 
 Throughput: radiographs per second from files on disk to the finished table (reading, decoding,
@@ -36,11 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def make_base(drr: Path, out: Path) -> None:
+def make_base(drr: Path, out: Path, count: int = 16) -> None:
+    """``count`` images spread evenly over a DRR dataset, as the benchmark's base images."""
     from xraymuscle.drr_dataset import DrrDataset
 
     data = DrrDataset.load(drr)
-    images = np.stack([data.sample(i)["image"] for i in range(len(data))]).astype(np.float32)
+    picks = range(0, len(data), max(1, len(data) // count))[:count]
+    images = np.stack([data.sample(i, keys=("image",))["image"] for i in picks]).astype(np.float32)
     np.savez_compressed(out, images=images, spacing_mm=float(data.info["pixel_spacing_mm"]))
     spacing = float(data.info["pixel_spacing_mm"])
     print(f"{len(images)} base images of {images.shape[1:]} at {spacing:.3f} mm: {out}")
