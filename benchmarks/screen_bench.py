@@ -7,8 +7,8 @@
 ``--base`` is an ``.npz`` of synthetic radiographs (``images`` (N, H, W), ``spacing_mm``), made
 from a DRR dataset with ``--make-base DRR_DIR``; ``benchmarks/data/screen_base.npz`` holds 16
 DRRs (``hip_ap`` at 128 pixels) of the accuracy benchmark's held-out phantoms, made so.
-Every study here is written by :mod:`xraymuscle.synthetic_study`: DICOM DX files of ``--size`` pixels a side (the DRRs
-resampled to a clinical-like pixel count, same field), with patient tags.
+Every study here is written by :mod:`xraymuscle.synthetic_study`: DICOM DX files of ``--size``
+pixels a side (the DRRs resampled to a clinical-like pixel count, same field), with patient tags.
 
 Throughput: radiographs per second from files on disk to the finished table (reading, decoding,
 resampling, Monte Carlo inference with the model's default number of draws, rows, tables), for
