@@ -194,6 +194,17 @@ def test_adapt_refuses_a_broken_cyclegan_folder(gan_run: Path, tiny_drr: Path, t
         app, ["adapt", "--cyclegan", str(tmp_path), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "not a CycleGAN folder" in result.output
+    args = ["adapt", "--cyclegan", str(gan_run), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--direction", "sideways"])
+    assert result.exit_code == 2 and "--direction" in result.output
+
+
+def test_adapt_back_to_drr_style(gan_run: Path, tiny_drr: Path, tmp_path: Path) -> None:
+    out = tmp_path / "back"
+    args = ["adapt", "--cyclegan", str(gan_run), "--data", str(tiny_drr), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--direction", "real-to-drr"])
+    assert result.exit_code == 0, result.output
+    assert DrrDataset.load(out).info["adapted"]["generator"] == "generator_real_to_drr.safetensors"
 
 
 def test_clinical_style_is_a_known_processed_look(tiny_drr: Path) -> None:
