@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 def user_errors(func: F) -> F:
@@ -131,19 +132,10 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train the Bayesian decomposition network on a DRR dataset; writes a model folder."""
-    import dataclasses
-
     from training.config import DecompositionConfig
     from training.decomposition import train_decomposition
-    from xraymuscle.paths import config_file
 
-    recipe_path = config_file("train", config)
-    try:
-        recipe = DecompositionConfig.load(recipe_path)
-        if seed is not None:
-            recipe = dataclasses.replace(recipe, seed=seed)
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(exc), recipe_path) from None
+    recipe = _recipe(DecompositionConfig, config, seed=seed)
     summary = train_decomposition(
         data,
         out,
@@ -162,6 +154,20 @@ def train(
             f"{100 * cal['validation_coverage95_calibrated']:.0f} % calibrated; "
             f"{summary.seconds / 60:.1f} min; model: {out}"
         )
+
+
+def _recipe(kind: type[R], name: str, **overrides: Any) -> R:
+    """A training recipe (a preset in configs/train or a YAML file), with the options that are set."""
+    import dataclasses
+
+    from xraymuscle.paths import config_file
+
+    path = config_file("train", name)
+    try:
+        recipe = kind.load(path)  # type: ignore[attr-defined]
+        return dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc), path) from None
 
 
 @app.command("train-cyclegan")
@@ -183,20 +189,10 @@ def train_cyclegan(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a CycleGAN between DRRs and real radiographs (unpaired)."""
-    import dataclasses
-
     from training.config import CycleGanConfig
     from training.cyclegan import train_cyclegan as run
-    from xraymuscle.paths import config_file
 
-    recipe_path = config_file("train", config)
-    try:
-        recipe = CycleGanConfig.load(recipe_path)
-        overrides = (("epochs", epochs), ("gc_weight", gc_weight))
-        changes: dict[str, Any] = {k: v for k, v in overrides if v is not None}
-        recipe = dataclasses.replace(recipe, **changes)
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(exc), recipe_path) from None
+    recipe = _recipe(CycleGanConfig, config, epochs=epochs, gc_weight=gc_weight)
     summary = run(drr, xray, out, recipe, resume=resume, device=_pick_device(device), echo=typer.echo)
     typer.echo(
         f"{summary.epochs_run} epochs in {summary.seconds / 60:.1f} min; "

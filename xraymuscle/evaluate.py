@@ -169,7 +169,6 @@ def _plots(
     for j in range(len(muscles), rows * cols):
         axes[j // cols][j % cols].axis("off")
     fig.suptitle("Predicted vs true volume (bars: 95 % interval)")
-    fig.tight_layout()
     _save(fig, out / "predicted_vs_true.png")
 
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -186,7 +185,6 @@ def _plots(
     ax.set_ylabel("predicted − true (ml)")
     ax.set_title("Bland–Altman (lines: bias and 95 % limits of agreement)")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
     _save(fig, out / "bland_altman.png")
 
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -201,13 +199,14 @@ def _plots(
     ax.set_ylabel("|error| (ml)")
     ax.set_title("Uncertainty vs error")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
     _save(fig, out / "uncertainty_vs_error.png")
 
 
 def _save(fig: Any, path: Path) -> None:
+    """Lay the figure out, write it atomically as PNG and close it."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -11,6 +11,7 @@ nothing is unpickled.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from training.unet import BayesianUNet
 from xraymuscle.atomic import atomic_dir
 from xraymuscle.errors import InputError
+from xraymuscle.inference import OodModel
 from xraymuscle.typing import PathLikeStr
 
 FORMAT = "xraymuscle-model"
@@ -54,6 +56,11 @@ class LoadedModel:
     @property
     def notice(self) -> str:
         return str(self.meta.get("notice", ""))
+
+    @functools.cached_property
+    def ood(self) -> OodModel:
+        """The out-of-distribution score's statistics and threshold, from the calibration."""
+        return OodModel.from_dict(self.meta["calibration"]["ood"])
 
 
 def build_network(architecture: dict[str, Any], n_muscles: int) -> BayesianUNet:

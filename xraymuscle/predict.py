@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
-from xraymuscle.inference import OodModel, mc_predict
+from xraymuscle.inference import mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
@@ -92,8 +92,6 @@ def predict_images(
         raise InputError("output exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
     samples = mc_samples or int(model.meta["mc_samples"])
-    cal = model.meta["calibration"]
-    ood = OodModel.from_dict(cal["ood"])
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(paths), desc="predicting", unit="image", disable=not progress)
     for start in range(0, len(paths), BATCH):
@@ -110,7 +108,7 @@ def predict_images(
                 map_scale_mm=float(model.meta["map_scale_mm"]),
                 device=device,
             )
-            scores = ood.score(mc.features)
+            scores = model.ood.score(mc.features)
             for i, p in enumerate(ready):
                 results[id(p)] = (mc, i, float(scores[i]))
         for offset, p in enumerate(chunk):
@@ -137,8 +135,7 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
     ``result`` is ``(McResult, index in it, ood score)`` or ``None`` when the image never reached
     the network.
     """
-    cal = model.meta["calibration"]
-    ood = OodModel.from_dict(cal["ood"])
+    cal, ood = model.meta["calibration"], model.ood
     row: dict[str, Any] = {
         "image": p.path,
         "status": p.status,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.decoding import Decoded, DecodeSettings, decoded_stream
 from xraymuscle.errors import InputError
-from xraymuscle.inference import OodModel, mc_predict
+from xraymuscle.inference import mc_predict
 from xraymuscle.journal import Journal
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir
@@ -72,7 +72,6 @@ class Inference:
     ) -> None:
         self.model, self.samples, self.device = model, samples, device
         self.out, self.overlays, self.batch = out, overlays, batch
-        self.ood = OodModel.from_dict(model.meta["calibration"]["ood"])
 
     def rows(self, decoded: Sequence[Decoded]) -> list[dict[str, Any]]:
         ready = [d for d in decoded if d.prepared.image is not None]
@@ -89,7 +88,7 @@ class Inference:
                 device=self.device,
                 keep_maps=self.overlays != "none",
             )
-            scores = self.ood.score(mc.features)
+            scores = self.model.ood.score(mc.features)
             results = {d.index: (mc, i, float(scores[i])) for i, d in enumerate(ready)}
         rows = []
         for d in decoded:
