@@ -238,9 +238,7 @@ def test_real_radiographs_dicom_and_jpeg(real_xray_dir: Path) -> None:
 
 def test_huge_dicom_refused_from_its_header(tmp_path: Path) -> None:
     """A DICOM that says it holds 20000 × 20000 pixels is refused before its pixel data is read."""
-    from xraymuscle.dicom_writer import write_dx
-
-    path = write_dx(tmp_path / "huge.dcm", np.zeros((16, 16)), pixel_spacing_mm=0.2)
+    path = write_dx(tmp_path / "huge.dcm", ramp(16, 16))
     ds = pydicom.dcmread(path)
     ds.Rows = ds.Columns = 20000
     ds.save_as(path)

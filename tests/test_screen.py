@@ -20,7 +20,7 @@ from cli import app
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.journal import Journal
 from xraymuscle.screen import screen_study
-from xraymuscle.study import age_years, find_inputs
+from xraymuscle.study import StudyInput, age_years, find_inputs
 from xraymuscle.synthetic_study import write_study
 
 runner = CliRunner()
@@ -266,3 +266,26 @@ def test_generate_drr_on_ray_matches_local(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             np.load(outs["local"] / a["file"])["maps"], np.load(outs["ray"] / b["file"])["maps"], rtol=1e-5
         )
+
+
+class _Crashing(StudyInput):
+    """An input whose decoding kills the worker process (as a decoder's segmentation fault would)."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os._exit, (3,))
+
+
+def test_a_crashing_decoder_costs_one_row(study) -> None:
+    from xraymuscle.decoding import DecodeSettings, decoded_stream
+    from xraymuscle.model import load_model
+    from xraymuscle.paths import default_model_dir
+    from xraymuscle.prepare import GridTarget
+
+    folder, expected = study
+    good = sorted(p for p in expected if "/good/" in p)[:3]
+    items = [StudyInput(0, good[0]), _Crashing(1, good[1]), StudyInput(2, good[2])]
+    settings = DecodeSettings(GridTarget.of(load_model(default_model_dir())), None, "salt", False)
+    decoded = list(decoded_stream(items, settings, workers=1))
+    assert [d.index for d in decoded] == [0, 1, 2]
+    assert decoded[1].prepared.status == "error" and "crashed the decoder" in decoded[1].prepared.reason
+    assert decoded[0].prepared.image is not None and decoded[2].prepared.image is not None
