@@ -201,3 +201,76 @@ def test_mc_prediction_is_reproducible() -> None:
     b = mc_predict(net, images, samples=5, pixel_area_mm2=1.0, map_scale_mm=10.0)
     np.testing.assert_array_equal(a.volume, b.volume)
     assert (a.volume_sd > 0).all()
+
+
+def test_variance_head_and_bounded_gain() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    net = BayesianUNet(3, base_channels=4, depth=3, mass_head=False, aleatoric=True, gain_bound=3.0).eval()
+    maps, log_variance = net(x, with_variance=True)
+    assert maps.shape == (2, 3, 32, 32) and log_variance.shape == (2, 3)
+    np.testing.assert_allclose(log_variance.detach().numpy(), 2 * np.log(0.15), rtol=1e-6)  # its start
+    plain = BayesianUNet(3, base_channels=4, depth=3, mass_head=False).eval()
+    assert not plain.aleatoric and not plain(x, with_variance=True)[1].any()
+    draws, draw_variance = net.mc_forward(x, samples=3, with_variance=True)
+    assert draws.shape == (3, 2, 3, 32, 32) and draw_variance.shape == (3, 2, 3)
+    # a huge log-gain is held at the bound: the maps grow by e^3 at most
+    assert net.gain is not None
+    with torch.no_grad():
+        net.gain.bias.fill_(100.0)
+        ratio = net(x) / maps
+    np.testing.assert_allclose(ratio.numpy(), np.exp(3.0), rtol=1e-4)
+
+
+def test_variance_term_learns_the_error_size_and_leaves_the_maps_alone() -> None:
+    from training.decomposition import _loss
+
+    k, area = 2, 4.0
+    recipe = DecompositionConfig.from_dict({**TINY, "aleatoric_weight": 1.0})
+    target = torch.rand(3, k, 8, 8) + 0.5
+    batch = {"target": target, "valid": torch.ones(3, k)}
+    pred = (target * 1.2).requires_grad_(True)  # every volume 20 % too large
+    log_variance = torch.zeros(3, k, requires_grad=True)
+    (grad_plain,) = torch.autograd.grad(_loss(pred, batch, k, recipe, area), pred)
+    (grad_with,) = torch.autograd.grad(_loss(pred, batch, k, recipe, area, log_variance), pred)
+    assert torch.equal(grad_plain, grad_with)  # the likelihood never pulls the volumes
+    optimiser = torch.optim.Adam([log_variance], lr=0.05)
+    for _ in range(400):
+        optimiser.zero_grad()
+        _loss(pred.detach(), batch, k, recipe, area, log_variance).backward()
+        optimiser.step()
+    # the Gaussian likelihood's optimum: the variance equals the squared relative error
+    np.testing.assert_allclose(torch.exp(log_variance).detach().numpy(), 0.2**2, rtol=0.02)
+
+
+def test_mc_spread_adds_the_predicted_variance() -> None:
+    from xraymuscle.inference import mc_predict
+
+    torch.manual_seed(1)
+    net = BayesianUNet(3, base_channels=4, depth=3, mass_head=True, dropout=0.3, aleatoric=True)
+    assert net.log_variance is not None
+    with torch.no_grad():
+        net.log_variance[-1].bias.fill_(2 * np.log(0.1))  # 10 % sd on every volume, weights zero
+    images = torch.rand(3, 1, 32, 32)
+    mc = mc_predict(net, images, samples=5, pixel_area_mm2=4.0, map_scale_mm=50.0, keep_maps=False)
+    assert mc.mass is not None and mc.mass_sd is not None
+    np.testing.assert_allclose(mc.volume_sd**2, mc.volume_sd_draws**2 + 0.01 * mc.volume**2, rtol=1e-4)
+    assert (mc.volume_sd_draws > 0).all() and (mc.mass_sd >= 0.1 * mc.mass * 0.999).all()
+
+
+def test_training_set_keeps_read_samples_in_memory(drr: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "drr"
+    shutil.copytree(drr, copy)
+    data = DrrDataset.load(copy)
+    grid = GridSpec(64, 5.36)
+    cached = DrrTrainingSet(data, [0], grid, map_scale_mm=50.0, mass=True)
+    uncached = DrrTrainingSet(data, [0], grid, map_scale_mm=50.0, mass=True, cache_mb=0)
+    first = cached[0]
+    uncached[0]
+    (copy / data.rows[0]["file"]).unlink()
+    again = cached[0]  # from memory: the file is gone
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    with pytest.raises(InputError, match="missing"):
+        uncached[0]

@@ -64,17 +64,18 @@ class DecompositionConfig(_Recipe):
     input_size: int = 128
     pixel_spacing_mm: float = 2.68
     base_channels: int = 8
-    depth: int = 4
+    depth: int = 5
     dropout: float = 0.1
     mass_head: bool = True
     map_scale_mm: float = 50.0
     batch_size: int = 16
-    epochs: int = 40
+    epochs: int = 120
     learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     volume_loss_weight: float = 0.5
+    aleatoric_weight: float = 0.1
     mc_samples: int = 10
     val_fraction: float = 0.1
     seed: int = 0
@@ -93,6 +94,7 @@ class DecompositionConfig(_Recipe):
             "learning_rate": self.learning_rate > 0,
             "l1_weight": self.l1_weight >= 0 and self.l1_weight + self.l2_weight > 0,
             "l2_weight": self.l2_weight >= 0,
+            "aleatoric_weight": self.aleatoric_weight >= 0,
             "mc_samples": self.mc_samples >= 2,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
         }

@@ -53,6 +53,9 @@ class DrrTrainingSet(Dataset):
     Each item: ``image (1, S, S)`` normalised; ``target (2K or K, S, S)`` maps (and mass maps)
     divided by ``map_scale_mm``; ``valid (K,)`` 1 where the muscle has labels in that case;
     ``volume (K,)`` the true map integral in ml on this grid (what the network is asked for).
+
+    Samples read and resampled once are kept in memory, up to ``cache_mb`` megabytes in all
+    (every epoch then costs only augmentation); the rest are read from disk each time.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class DrrTrainingSet(Dataset):
         mass: bool,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        cache_mb: float = 2048.0,
     ) -> None:
         self.data = data
         self.indices = list(indices)
@@ -79,12 +83,24 @@ class DrrTrainingSet(Dataset):
         self.augment = augment
         self.rng = np.random.default_rng(seed)
         self.pipeline = _pipeline(augment, seed) if augment is not None else None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cache_left = int(cache_mb * 2**20)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image ``(S, S)``, maps ``(2K|K, S, S)`` in mm and validity ``(K,)``, before augmentation."""
+        cached = self._cache.get(i)
+        if cached is None:
+            cached = self._read(i)
+            size = sum(a.nbytes for a in cached)
+            if size <= self._cache_left:
+                self._cache[i] = cached
+                self._cache_left -= size
+        return cached[0].copy(), cached[1].copy(), cached[2].copy()
+
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         row = self.data.rows[self.indices[i]]
         keys = ("image", "maps", "mass_maps") if self.mass else ("image", "maps")
         sample = self.data.sample(self.indices[i], keys=keys)
@@ -138,26 +154,32 @@ class _Intensity(A.ImageOnlyTransform):
 
 def _pipeline(cfg: AugmentConfig, seed: int) -> A.Compose:
     lo, hi = cfg.gamma
-    return A.Compose(
-        [
-            A.Affine(
-                rotate=(-cfg.rotate_deg, cfg.rotate_deg),
-                translate_percent=(-cfg.shift, cfg.shift),
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_LINEAR,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=0,
-                p=0.8,
-            ),
-            A.RandomGamma(gamma_limit=(100 * lo, 100 * hi), p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=0.5),
-            A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
-            _Intensity(p=cfg.clahe),
-            A.GaussNoise(std_range=(0.0, cfg.noise_sd), p=0.5),
-        ],
-        seed=seed,
-    )
+    steps: list[A.BasicTransform] = [
+        A.Affine(
+            rotate=(-cfg.rotate_deg, cfg.rotate_deg),
+            translate_percent=(-cfg.shift, cfg.shift),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_LINEAR,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=0,
+            p=0.8,
+        )
+    ]
+    # intensity changes only where the recipe asks for them (each costs time per sample)
+    if (lo, hi) != (1.0, 1.0):
+        steps.append(A.RandomGamma(gamma_limit=(100 * lo, 100 * hi), p=0.5))
+    if cfg.brightness or cfg.contrast:
+        steps.append(
+            A.RandomBrightnessContrast(brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=0.5)
+        )
+    if cfg.blur:
+        steps.append(A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur))
+    if cfg.clahe:
+        steps.append(_Intensity(p=cfg.clahe))
+    if cfg.noise_sd:
+        steps.append(A.GaussNoise(std_range=(0.0, cfg.noise_sd), p=0.5))
+    return A.Compose(steps, seed=seed)
 
 
 def collect(dataset: DrrTrainingSet) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:

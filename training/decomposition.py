@@ -44,6 +44,9 @@ from xraymuscle.inference import OodModel, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
 
+# the per-muscle gain's logarithm is bounded to ±3 (a factor of 20) in networks trained here
+GAIN_BOUND = 3.0
+
 
 @dataclass
 class TrainSummary:
@@ -88,7 +91,12 @@ def _device(device: str) -> str:
 
 
 def _loss(
-    pred: torch.Tensor, batch: dict[str, torch.Tensor], k: int, config: DecompositionConfig, area: float
+    pred: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    k: int,
+    config: DecompositionConfig,
+    area: float,
+    log_variance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     target, valid = batch["target"], batch["valid"]
     mask = valid if pred.shape[1] == k else torch.cat([valid, valid], dim=1)
@@ -102,9 +110,17 @@ def _loss(
     scale = config.map_scale_mm * area / 1000.0
     sums = pred.sum(dim=(2, 3)) * scale
     truth = target.sum(dim=(2, 3)) * scale
-    rel = (sums - truth).abs() / truth.clamp(min=1.0)
-    rel = (rel * mask).sum() / mask.sum().clamp(min=1)
-    return maps_loss + config.volume_loss_weight * rel
+    signed = (sums - truth) / truth.clamp(min=1.0)
+    rel = (signed.abs() * mask).sum() / mask.sum().clamp(min=1)
+    loss = maps_loss + config.volume_loss_weight * rel
+    if log_variance is not None and config.aleatoric_weight:
+        # Gaussian negative log-likelihood of the relative volume error under the predicted
+        # variance. The error is detached: this term teaches the variance head how wrong the
+        # volumes are for images like this one, and never pulls the volumes themselves.
+        error = signed[:, :k].detach()
+        nll = 0.5 * (error.square() * torch.exp(-log_variance) + log_variance)
+        loss = loss + config.aleatoric_weight * (nll * valid).sum() / valid.sum().clamp(min=1)
+    return loss
 
 
 def learning_rate(epoch: int, epochs: int, peak: float) -> float:
@@ -171,6 +187,8 @@ def train_decomposition(
         depth=config.depth,
         dropout=config.dropout,
         mass_head=config.mass_head,
+        aleatoric=config.aleatoric_weight > 0,
+        gain_bound=GAIN_BOUND,
     ).to(device)
     model: torch.nn.Module = network
     if world > 1:
@@ -223,8 +241,8 @@ def train_decomposition(
         for batch in bar:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                pred = model(batch["image"])
-            loss = _loss(pred.float(), batch, k, config, grid.pixel_area_mm2)
+                pred, log_variance = model(batch["image"], with_variance=True)
+            loss = _loss(pred.float(), batch, k, config, grid.pixel_area_mm2, log_variance.float())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -401,6 +419,8 @@ def _metadata(
             "mass_head": config.mass_head,
             "global_gain": True,
             "coordinates": True,
+            "aleatoric": config.aleatoric_weight > 0,
+            "gain_bound": GAIN_BOUND,
         },
         "map_scale_mm": config.map_scale_mm,
         "mc_samples": config.mc_samples,

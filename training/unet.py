@@ -3,9 +3,18 @@
 Dropout sits in the bottleneck and every decoder level but the full-resolution one, so sampling it
 gives a distribution of maps. The encoder has none: :meth:`BayesianUNet.mc_forward` runs it once
 and the decoder ``T`` times in one batched pass.
+
+Dropout's spread is the model's own (epistemic) uncertainty. What the image itself leaves open (a
+muscle's edge hidden behind another, fat and muscle of similar density) is a second, per-image
+uncertainty: with ``aleatoric=True`` a small head on the pooled bottleneck predicts, per muscle, the
+log-variance of the relative volume error. A volume's sd then combines both (see
+``xraymuscle.inference``).
 """
 
 from __future__ import annotations
+
+import math
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -40,11 +49,17 @@ class BayesianUNet(nn.Module):
         Also predict K mass maps from the same decoder.
     global_gain
         Multiply each output map by a gain computed from the pooled bottleneck features.
+    gain_bound
+        Softly bound the gain's logarithm to ``±gain_bound`` (``b·tanh(z/b)``), so that an early
+        step at a high learning rate cannot blow the maps up; ``None``: unbounded.
     coordinates
         Give the encoder each pixel's position (two coordinate channels) beside the image.
+    aleatoric
+        Also predict, per muscle, the log-variance of the relative volume error.
 
     Forward returns ``(B, K, H, W)`` maps, or ``(B, 2K, H, W)`` (volume maps then mass maps) with a
-    mass head; all non-negative.
+    mass head; all non-negative. With ``with_variance=True`` it returns ``(maps, log_variance)``,
+    the second ``(B, K)`` (zeros without an aleatoric head: no variance of its own).
     """
 
     def __init__(
@@ -57,6 +72,8 @@ class BayesianUNet(nn.Module):
         mass_head: bool = True,
         global_gain: bool = True,
         coordinates: bool = True,
+        aleatoric: bool = False,
+        gain_bound: float | None = None,
     ) -> None:
         super().__init__()
         if out_channels < 1 or depth < 2 or base_channels < 1 or not 0 <= dropout < 1:
@@ -69,6 +86,7 @@ class BayesianUNet(nn.Module):
         self.widths = widths
         self.out_channels = out_channels
         self.mass_head = mass_head
+        self.gain_bound = gain_bound
         self.coordinates = coordinates
         first = 3 if coordinates else 1
         self.encoder = nn.ModuleList(
@@ -87,6 +105,18 @@ class BayesianUNet(nn.Module):
         if self.gain is not None:
             nn.init.zeros_(self.gain.weight)
             nn.init.zeros_(self.gain.bias)
+        # A small MLP, not a linear map: how wrong a volume is tends to grow with how far the image
+        # lies from the typical one in either direction, which no linear function of features gives.
+        self.log_variance = (
+            nn.Sequential(nn.Linear(widths[-1], 32), nn.ReLU(inplace=True), nn.Linear(32, out_channels))
+            if aleatoric
+            else None
+        )
+        if self.log_variance is not None:
+            last = self.log_variance[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.constant_(last.bias, 2 * math.log(0.15))  # start at 15 % sd
         assert self.head.bias is not None
         nn.init.constant_(self.head.bias, -3.0)  # start near empty maps (softplus(-3) ≈ 0.05)
 
@@ -115,14 +145,31 @@ class BayesianUNet(nn.Module):
             return self.dropout(x)
         return x * masks[site].to(device=x.device, dtype=x.dtype)
 
-    def decode(self, feats: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    @property
+    def aleatoric(self) -> bool:
+        return self.log_variance is not None
+
+    def decode(
+        self,
+        feats: list[torch.Tensor],
+        masks: list[torch.Tensor] | None = None,
+        *,
+        with_variance: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Maps from encoder features (dropout active in training mode or when sampling).
 
         ``masks`` (one ``(B, C, 1, 1)`` tensor per dropout site, see :meth:`dropout_channels`)
-        replace the random channel dropout with given draws.
+        replace the random channel dropout with given draws. ``with_variance`` also returns the
+        ``(B, K)`` log-variance of each relative volume error (zeros without an aleatoric head).
         """
         x = self._drop(self.bottleneck(feats[-1]), masks, 0)
-        gain = None if self.gain is None else torch.exp(self.gain(x.mean(dim=(2, 3))))[:, :, None, None]
+        pooled = x.mean(dim=(2, 3))
+        gain = None
+        if self.gain is not None:
+            log_gain = self.gain(pooled)
+            if self.gain_bound is not None:
+                log_gain = self.gain_bound * torch.tanh(log_gain / self.gain_bound)
+            gain = torch.exp(log_gain)[:, :, None, None]
         last = len(self.decoder) - 1
         levels = zip(self.up, self.decoder, reversed(feats[:-1]), strict=True)
         for level, (up, block, skip) in enumerate(levels):
@@ -132,15 +179,28 @@ class BayesianUNet(nn.Module):
             if level < last:
                 x = self._drop(x, masks, level + 1)
         maps = F.softplus(self.head(x))
-        return maps if gain is None else maps * gain
+        maps = maps if gain is None else maps * gain
+        if not with_variance:
+            return maps
+        if self.log_variance is None:
+            return maps, pooled.new_zeros(pooled.shape[0], self.out_channels)
+        return maps, self.log_variance(pooled).clamp(-12.0, 4.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @overload
+    def forward(self, x: torch.Tensor, *, with_variance: Literal[False] = ...) -> torch.Tensor: ...
+    @overload
+    def forward(
+        self, x: torch.Tensor, *, with_variance: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def forward(
+        self, x: torch.Tensor, *, with_variance: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"input must be (B, 1, H, W), not {tuple(x.shape)}")
         step = 2 ** (self.depth - 1)
         if x.shape[-1] % step or x.shape[-2] % step:
             raise ValueError(f"input height and width must divide by {step}, not {tuple(x.shape[-2:])}")
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), with_variance=with_variance)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled bottleneck features ``(B, C)`` (deterministic), for the out-of-distribution score."""
@@ -169,12 +229,28 @@ class BayesianUNet(nn.Module):
             masks.append((keep.float() / (1.0 - p)).reshape(samples * len(seeds), c, 1, 1))
         return masks
 
+    @overload
+    def mc_forward(
+        self,
+        x: torch.Tensor,
+        samples: int,
+        seeds: list[int] | None = ...,
+        *,
+        with_variance: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+    @overload
+    def mc_forward(
+        self, x: torch.Tensor, samples: int, seeds: list[int] | None = ..., *, with_variance: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
     @torch.no_grad()
-    def mc_forward(self, x: torch.Tensor, samples: int, seeds: list[int] | None = None) -> torch.Tensor:
+    def mc_forward(
+        self, x: torch.Tensor, samples: int, seeds: list[int] | None = None, *, with_variance: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``(T, B, C, H, W)`` maps from ``samples`` dropout draws; the encoder runs once.
 
         With ``seeds`` (one per image), each image's draws come from its own seed
-        (:meth:`dropout_masks`); without, from the global random state.
+        (:meth:`dropout_masks`); without, from the global random state. ``with_variance`` also
+        returns the ``(T, B, K)`` log-variances of the draws.
         """
         was_training = self.training
         self.eval()
@@ -182,6 +258,10 @@ class BayesianUNet(nn.Module):
         self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
         repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
         masks = None if seeds is None else self.dropout_masks(seeds, samples)
-        out = self.decode(repeated, masks)
+        out = self.decode(repeated, masks, with_variance=True)
         self.train(was_training)
-        return out.reshape(samples, x.shape[0], *out.shape[1:])
+        maps, log_variance = out
+        maps = maps.reshape(samples, x.shape[0], *maps.shape[1:])
+        if not with_variance:
+            return maps
+        return maps, log_variance.reshape(samples, x.shape[0], -1)

@@ -1,8 +1,10 @@
 """Monte Carlo inference: volumes (and masses) with their spread, from images on the model's grid.
 
 Each image's maps are drawn ``T`` times with dropout on; a volume is a map's integral, and its
-mean and standard deviation over the draws are the estimate and its raw uncertainty (scaled later
-by the calibration stored in the model).
+mean over the draws is the estimate. Its raw uncertainty is the spread over the draws (what the
+model does not know) combined, for a network with an aleatoric head, with the per-image variance
+that head predicts (what the image cannot show): ``sd² = sd_draws² + mean_t(σ²_rel,t) · volume²``.
+The calibration stored in the model scales it later.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class McResult:
 
     ``maps`` is ``(N, K, S, S)`` in mm (mean over draws) and ``map_sd`` its spread, also in mm.
     ``features`` are the pooled bottleneck features used by the out-of-distribution score.
+    ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
+    without an aleatoric head).
     """
 
     volume: np.ndarray
@@ -31,6 +35,7 @@ class McResult:
     maps: np.ndarray
     map_sd: np.ndarray
     features: np.ndarray
+    volume_sd_draws: np.ndarray
 
 
 def mc_predict(
@@ -52,7 +57,7 @@ def mc_predict(
     two copies of one file, agree exactly).
     """
     out: dict[str, list[np.ndarray]] = {
-        "v": [], "vs": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
+        "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
     }  # fmt: skip
     network = network.to(device)
     _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, seed, out)
@@ -65,6 +70,7 @@ def mc_predict(
         maps=np.concatenate(out["maps"]) if out["maps"] else empty,
         map_sd=np.concatenate(out["sd"]) if out["sd"] else empty,
         features=np.concatenate(out["f"]),
+        volume_sd_draws=np.concatenate(out["vd"]),
     )
 
 
@@ -84,13 +90,21 @@ def _draw(
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device)
         seeds = [image_seed(img, seed) for img in images[start : start + batch]]
-        draws = network.mc_forward(x, samples, seeds).float() * map_scale_mm  # (T, B, C, S, S) in mm
+        draws, log_variance = network.mc_forward(x, samples, seeds, with_variance=True)
+        draws = draws.float() * map_scale_mm  # (T, B, C, S, S) in mm
         sums = draws.sum(dim=(-1, -2)) * pixel_area_mm2 / 1000.0  # (T, B, C): ml (or g)
-        out["v"].append(sums[:, :, :k].mean(0).cpu().numpy())
-        out["vs"].append(sums[:, :, :k].std(0).cpu().numpy())
-        if network.mass_head:
-            out["m"].append(sums[:, :, k:].mean(0).cpu().numpy())
-            out["ms"].append(sums[:, :, k:].std(0).cpu().numpy())
+        # the predicted relative variance (zero without an aleatoric head), averaged over draws
+        relative = torch.exp(log_variance.float()).mean(0) if network.aleatoric else None
+        for key, spread, part in (("v", "vs", sums[:, :, :k]), ("m", "ms", sums[:, :, k:])):
+            if part.shape[-1] == 0:
+                continue
+            mean, var = part.mean(0), part.var(0)
+            out[key].append(mean.cpu().numpy())
+            if key == "v":
+                out["vd"].append(var.sqrt().cpu().numpy())
+            if relative is not None:
+                var = var + relative * mean.square()
+            out[spread].append(var.sqrt().cpu().numpy())
         if keep_maps:
             out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
             out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())

@@ -75,6 +75,8 @@ def build_network(architecture: dict[str, Any], n_muscles: int) -> BayesianUNet:
         mass_head=bool(architecture["mass_head"]),
         global_gain=bool(architecture.get("global_gain", False)),
         coordinates=bool(architecture.get("coordinates", False)),
+        aleatoric=bool(architecture.get("aleatoric", False)),
+        gain_bound=None if architecture.get("gain_bound") is None else float(architecture["gain_bound"]),
     )
 
 
