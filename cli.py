@@ -101,7 +101,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("xraymuscle-demo"),
     n: Annotated[int, typer.Option("--n", help="Number of phantom cases (the last four are held out).")] = 24,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 12,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 30,
     adapt: Annotated[
         bool, typer.Option("--adapt/--no-adapt", help="Also run the short domain-adaptation step.")
     ] = True,

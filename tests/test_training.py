@@ -274,3 +274,17 @@ def test_training_set_keeps_read_samples_in_memory(drr: Path, tmp_path: Path) ->
     assert all(torch.equal(first[key], again[key]) for key in first)
     with pytest.raises(InputError, match="missing"):
         uncached[0]
+
+
+def test_uncertain_threshold_flags_the_intended_share_of_images() -> None:
+    from training.decomposition import cv_thresholds
+
+    rng = np.random.default_rng(0)
+    k = 14
+    typical = rng.uniform(0.05, 0.3, k)  # each muscle its own typical CV
+    draw = lambda n: typical * np.exp(rng.normal(0.0, 0.3, (n, k)))  # noqa: E731
+    thresholds = np.array(cv_thresholds(draw(4000), np.ones((4000, k), bool), rate=0.02))
+    flagged = (draw(40000) > thresholds).any(axis=1).mean()
+    assert 0.015 < flagged < 0.025  # about 2 % of images, not about K × 1 %
+    few = cv_thresholds(draw(3), np.ones((3, k), bool))
+    assert few == [0.5] * k  # too few validation images: a fixed, lenient threshold

@@ -58,7 +58,7 @@ def _read_png(path: Path) -> np.ndarray | None:
 
 
 def run_demo(
-    out: Path, *, n: int = 24, seed: int = 0, views: int = 4, epochs: int = 12, adapt: bool = True
+    out: Path, *, n: int = 24, seed: int = 0, views: int = 4, epochs: int = 30, adapt: bool = True
 ) -> str:
     """Run the pipeline on ``n`` phantoms (the last four held out); return a summary as text.
 
