@@ -238,9 +238,17 @@ def test_real_radiographs_dicom_and_jpeg(real_xray_dir: Path) -> None:
 
 def test_huge_dicom_refused_from_its_header(tmp_path: Path) -> None:
     """A DICOM that says it holds 20000 × 20000 pixels is refused before its pixel data is read."""
-    path = write_dx(tmp_path / "huge.dcm", ramp(16, 16))
+    import tracemalloc
+
+    path = write_dx(tmp_path / "huge.dcm", ramp(1024, 1024))  # 2 MB of pixel data on disk
     ds = pydicom.dcmread(path)
     ds.Rows = ds.Columns = 20000
     ds.save_as(path)
-    with pytest.raises(InputError, match="20000 x 20000 pixels is too large"):
-        read_radiograph(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="20000 x 20000 pixels is too large"):
+            read_radiograph(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # the pixel data stayed on disk

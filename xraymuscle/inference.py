@@ -94,17 +94,14 @@ def _draw(
         draws = draws.float() * map_scale_mm  # (T, B, C, S, S) in mm
         sums = draws.sum(dim=(-1, -2)) * pixel_area_mm2 / 1000.0  # (T, B, C): ml (or g)
         # the predicted relative variance (zero without an aleatoric head), averaged over draws
-        relative = torch.exp(log_variance.float()).mean(0) if network.aleatoric else None
-        for key, spread, part in (("v", "vs", sums[:, :, :k]), ("m", "ms", sums[:, :, k:])):
-            if part.shape[-1] == 0:
-                continue
+        relative = torch.exp(log_variance.float()).mean(0) * float(network.aleatoric)
+        parts = [("v", "vs", sums[:, :, :k])] + ([("m", "ms", sums[:, :, k:])] if network.mass_head else [])
+        for key, spread, part in parts:
             mean, var = part.mean(0), part.var(0)
             out[key].append(mean.cpu().numpy())
+            out[spread].append((var + relative * mean.square()).sqrt().cpu().numpy())
             if key == "v":
                 out["vd"].append(var.sqrt().cpu().numpy())
-            if relative is not None:
-                var = var + relative * mean.square()
-            out[spread].append(var.sqrt().cpu().numpy())
         if keep_maps:
             out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
             out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())

@@ -243,18 +243,14 @@ def _read_dicom(path: Path) -> Radiograph:
 
 def _decode_dicom(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
     try:
-        # the header first: a huge image is refused before its pixel data is read into memory
-        head = pydicom.dcmread(str(path), stop_before_pixels=True)
-        rows, cols = int(head.get("Rows", 0) or 0), int(head.get("Columns", 0) or 0)
-        if rows * cols > MAX_PIXELS:
-            raise InputError(
-                f"image of {cols} x {rows} pixels is too large (limit {MAX_PIXELS} pixels)", path
-            )
-        ds = pydicom.dcmread(str(path))
+        # large elements (the pixel data) are read only when used: a huge image is refused from
+        # its header before its pixels come into memory
+        ds = pydicom.dcmread(str(path), defer_size="1 MB")
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        if isinstance(exc, InputError):
-            raise
         raise InputError(f"not a readable DICOM file ({exc})", path) from None
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > MAX_PIXELS:
+        raise InputError(f"image of {cols} x {rows} pixels is too large (limit {MAX_PIXELS} pixels)", path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError("DICOM file has no pixel data", path)
     try:
