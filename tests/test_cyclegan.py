@@ -65,6 +65,48 @@ def test_generator_and_discriminator_shapes() -> None:
     assert translate(g, odd).shape == (37, 51)
 
 
+def test_skip_generator_starts_as_the_identity_and_learns_a_correction() -> None:
+    torch.manual_seed(0)
+    g = ResnetGenerator(4, 1, global_skip=True, upsample="resize")
+    x = torch.rand(2, 1, 32, 40) * 1.8 - 0.9
+    with torch.no_grad():
+        assert torch.allclose(g(x), x, atol=1e-5)  # untrained: the input comes through unchanged
+    target = torch.tanh(torch.atanh(x) + 0.4)  # a brighter exposure: the correction must learn it
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    with torch.no_grad():
+        first = float(torch.nn.functional.l1_loss(g(x), target))
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.l1_loss(g(x), target)
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * first
+    with pytest.raises(ValueError, match="upsample"):
+        ResnetGenerator(4, 1, upsample="bilinear")
+
+
+def test_cyclegan_folder_without_the_newer_architecture_keys_loads(gan_run: Path, tmp_path: Path) -> None:
+    """Run folders written before global_skip/upsample existed hold a plain transposed-conv generator."""
+    from safetensors.torch import save_file
+
+    from training.checkpoint import module_state
+
+    old = tmp_path / "old_run"
+    old.mkdir()
+    meta = json.loads((gan_run / "cyclegan.json").read_text())
+    arch = meta["architecture"]
+    assert arch["global_skip"] is True and arch["upsample"] == "resize"  # the recipe's defaults
+    del arch["global_skip"], arch["upsample"]
+    (old / "cyclegan.json").write_text(json.dumps(meta))
+    plain = ResnetGenerator(int(arch["base_channels"]), int(arch["residual_blocks"]))
+    save_file(module_state(plain), str(old / "generator_drr_to_real.safetensors"))
+    generator, _ = load_generator(old)
+    assert isinstance(generator, ResnetGenerator) and not generator.global_skip
+    x = torch.rand(1, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(generator(x), plain.eval()(x))
+
+
 def test_image_pool_mixes_old_and_new() -> None:
     pool = ImagePool(2, np.random.default_rng(0))
     first = pool.query(torch.zeros(2, 1, 4, 4))

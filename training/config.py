@@ -108,6 +108,8 @@ class CycleGanConfig(_Recipe):
     crop_size: int = 128
     base_channels: int = 16
     residual_blocks: int = 6
+    global_skip: bool = True
+    upsample: str = "resize"
     disc_channels: int = 32
     disc_layers: int = 3
     batch_size: int = 4
@@ -127,6 +129,7 @@ class CycleGanConfig(_Recipe):
             "crop_size": self.crop_size >= 32 and self.crop_size % 4 == 0,
             "base_channels": self.base_channels >= 1,
             "residual_blocks": self.residual_blocks >= 0,
+            "upsample": self.upsample in ("transpose", "resize"),
             "disc_channels": self.disc_channels >= 1,
             "disc_layers": 1 <= self.disc_layers <= 5,
             "batch_size": self.batch_size >= 1,

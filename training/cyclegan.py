@@ -1,8 +1,10 @@
 """The CycleGAN that translates DRRs into the look of real radiographs, and back.
 
 Generators: ResNet style (a 7×7 convolution, two stride-2 convolutions down, residual blocks, two
-transposed convolutions up, a 7×7 convolution to one channel and tanh), instance normalisation,
-reflection padding; grey images in [−1, 1]. Discriminators: PatchGAN (4×4 convolutions, stride 2,
+upsampling steps, a 7×7 convolution to one channel and tanh), instance normalisation, reflection
+padding; grey images in [−1, 1]. The recipes use a global skip (the generator learns a correction
+of its input, starting from the identity) and resize-convolution upsampling; see
+:class:`ResnetGenerator`. Discriminators: PatchGAN (4×4 convolutions, stride 2,
 leaky ReLU; with 3 layers each output sees a 70×70-pixel patch). Losses: least squares
 adversarial, cycle (L1, λ ≈ 10), identity (L1) and the gradient-consistency loss
 ``1 − GC(x, G(x))`` (:mod:`training.gradient_consistency`) in both directions, which keeps the
@@ -68,10 +70,27 @@ class _Residual(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """Grey image → grey image of the same size (sides divisible by 4), values in [−1, 1]."""
+    """Grey image → grey image of the same size (sides divisible by 4), values in [−1, 1].
 
-    def __init__(self, base_channels: int = 16, residual_blocks: int = 6) -> None:
+    ``global_skip`` makes the network a correction of its input: the output is
+    ``tanh(atanh(x) + body(x))``, and the last convolution starts at zero, so an untrained generator
+    is the identity and training only has to learn the change of style, not to redraw the anatomy
+    (without it, a short run gives blurred translations). ``upsample="resize"`` enlarges by nearest
+    neighbour and a 3×3 convolution instead of transposed convolutions, which leave a checkerboard.
+    """
+
+    def __init__(
+        self,
+        base_channels: int = 16,
+        residual_blocks: int = 6,
+        *,
+        global_skip: bool = False,
+        upsample: str = "transpose",
+    ) -> None:
         super().__init__()
+        if upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample must be 'transpose' or 'resize', not {upsample!r}")
+        self.global_skip = global_skip
         c = base_channels
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -87,16 +106,25 @@ class ResnetGenerator(nn.Module):
             ]
         layers += [_Residual(c * 4) for _ in range(residual_blocks)]
         for k in (4, 2):
-            layers += [
-                nn.ConvTranspose2d(c * k, c * k // 2, 3, stride=2, padding=1, output_padding=1),
-                nn.InstanceNorm2d(c * k // 2),
-                nn.ReLU(inplace=True),
-            ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 1, 7), nn.Tanh()]
+            if upsample == "transpose":
+                layers += [nn.ConvTranspose2d(c * k, c * k // 2, 3, stride=2, padding=1, output_padding=1)]
+            else:
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.ReflectionPad2d(1),
+                    nn.Conv2d(c * k, c * k // 2, 3),
+                ]
+            layers += [nn.InstanceNorm2d(c * k // 2), nn.ReLU(inplace=True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 1, 7)]
+        if not global_skip:
+            layers += [nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if not self.global_skip:
+            return self.net(x)
+        inside = 1.0 - 1e-3  # atanh(±1) is infinite
+        return torch.tanh(torch.atanh(x.clamp(-inside, inside)) + self.net(x))
 
 
 class PatchDiscriminator(nn.Module):
@@ -151,6 +179,8 @@ def _architecture(config: CycleGanConfig) -> dict[str, Any]:
         "generator": "resnet",
         "base_channels": config.base_channels,
         "residual_blocks": config.residual_blocks,
+        "global_skip": config.global_skip,
+        "upsample": config.upsample,
         "discriminator": "patchgan",
         "disc_channels": config.disc_channels,
         "disc_layers": config.disc_layers,
@@ -207,8 +237,15 @@ def train_cyclegan(
         raise InputError("output folder is not empty; give --resume to go on with it, or a new --out", out)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    g_ab = ResnetGenerator(config.base_channels, config.residual_blocks).to(device)
-    g_ba = ResnetGenerator(config.base_channels, config.residual_blocks).to(device)
+    g_ab, g_ba = (
+        ResnetGenerator(
+            config.base_channels,
+            config.residual_blocks,
+            global_skip=config.global_skip,
+            upsample=config.upsample,
+        ).to(device)
+        for _ in range(2)
+    )
     d_a = PatchDiscriminator(config.disc_channels, config.disc_layers).to(device)
     d_b = PatchDiscriminator(config.disc_channels, config.disc_layers).to(device)
     betas = (config.beta1, 0.999)
@@ -439,7 +476,12 @@ def load_generator(
     if not weights.is_file():
         raise InputError(f"missing the generator {GENERATORS[direction]}", folder)
     arch = meta["architecture"]
-    generator = ResnetGenerator(int(arch["base_channels"]), int(arch["residual_blocks"]))
+    generator = ResnetGenerator(  # folders from before global_skip/upsample existed lack both keys
+        int(arch["base_channels"]),
+        int(arch["residual_blocks"]),
+        global_skip=bool(arch.get("global_skip", False)),
+        upsample=str(arch.get("upsample", "transpose")),
+    )
     try:
         generator.load_state_dict(load_file(str(weights)))
     except (RuntimeError, OSError, ValueError) as exc:
