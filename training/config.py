@@ -119,7 +119,7 @@ class CycleGanConfig(_Recipe):
     beta1: float = 0.5
     decay_from: float = 0.5
     cycle_weight: float = 10.0
-    identity_weight: float = 5.0
+    identity_weight: float = 0.0  # off with the global skip (it holds the generators at the identity)
     gc_weight: float = 1.0
     pool_size: int = 50
     seed: int = 0
