@@ -2,11 +2,11 @@
 
 Generators: ResNet style (a 7×7 convolution, two stride-2 convolutions down, residual blocks, two
 upsampling steps, a 7×7 convolution to one channel and tanh), instance normalisation, reflection
-padding; grey images in [−1, 1]. The recipes use a global skip (the generator learns a correction
-of its input, starting from the identity) and resize-convolution upsampling; see
-:class:`ResnetGenerator`. Discriminators: PatchGAN (4×4 convolutions, stride 2,
-leaky ReLU; with 3 layers each output sees a 70×70-pixel patch). Losses: least squares
-adversarial, cycle (L1, λ ≈ 10), identity (L1) and the gradient-consistency loss
+padding; grey images in [−1, 1]. The CPU recipe adds a global skip (the generator learns a
+correction of its input) and resize-convolution upsampling; see :class:`ResnetGenerator`.
+Discriminators: PatchGAN (4×4 convolutions, stride 2, leaky ReLU; with 3 layers each output sees a
+70×70-pixel patch). Losses: least squares adversarial, cycle (L1, λ ≈ 10), identity (L1; off in
+the CPU recipe) and the gradient-consistency loss
 ``1 − GC(x, G(x))`` (:mod:`training.gradient_consistency`) in both directions, which keeps the
 anatomy's edges where they were. An image pool of earlier fakes feeds the discriminators. Adam,
 a constant learning rate then a linear decay to zero. Mixed precision (bf16) on CUDA.
@@ -73,10 +73,12 @@ class ResnetGenerator(nn.Module):
     """Grey image → grey image of the same size (sides divisible by 4), values in [−1, 1].
 
     ``global_skip`` makes the network a correction of its input: the output is
-    ``tanh(atanh(x) + body(x))``, and the last convolution starts at zero, so an untrained generator
-    is the identity and training only has to learn the change of style, not to redraw the anatomy
-    (without it, a short run gives blurred translations). ``upsample="resize"`` enlarges by nearest
-    neighbour and a 3×3 convolution instead of transposed convolutions, which leave a checkerboard.
+    ``tanh(atanh(x) + body(x))``, so the input's anatomy passes through and training only has to
+    learn the change of style, not to redraw the image (without it, a short run gives blurred
+    translations). The body starts from the usual random weights: a body that starts at zero sits
+    where the L1 cycle and identity losses have a kink, and in a measured run it never left it.
+    ``upsample="resize"`` enlarges by nearest neighbour and a 3×3 convolution instead of transposed
+    convolutions, which leave a checkerboard.
     """
 
     def __init__(
