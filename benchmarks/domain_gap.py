@@ -2,6 +2,7 @@
 gradient-consistency loss, all evaluated on clinical-style radiographs of held-out phantoms.
 
     python benchmarks/domain_gap.py --work DIR [--train 120] [--style 60] [--test 30] [--views 2]
+        [--epochs N] [--gan-epochs N]   (the README's figures: --epochs 50 --gan-epochs 20)
 
 Three phantom cohorts (different seeds): A, the training cohort (plain DRRs with maps); B, the
 "real" domain (its DRRs made clinical-style by :mod:`xraymuscle.clinical_style` and written as
@@ -15,8 +16,8 @@ for evaluation). Then:
 
 Also evaluated, for reference: a perfect adaptation (the network trained on clinical-style images
 of cohort A itself, the best any translation of A could give) and the plain model on plain DRRs of
-C (no gap at all). Prints the
-per-muscle Pearson r and MAPE of the three rows and the training times; writes ``domain_gap.json``.
+C (no gap at all). Prints the per-muscle Pearson r and MAPE of the three rows and the two
+references, and the training times; writes ``domain_gap.json``.
 Each step is skipped when its output exists, so a stopped run resumes.
 """
 
