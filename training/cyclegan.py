@@ -189,6 +189,17 @@ def _architecture(config: CycleGanConfig) -> dict[str, Any]:
     }
 
 
+def _generator(arch: Mapping[str, Any]) -> ResnetGenerator:
+    """A generator from an ``architecture`` block; folders from before ``global_skip`` and
+    ``upsample`` existed lack both keys and hold the classic generator."""
+    return ResnetGenerator(
+        int(arch["base_channels"]),
+        int(arch["residual_blocks"]),
+        global_skip=bool(arch.get("global_skip", False)),
+        upsample=str(arch.get("upsample", "transpose")),
+    )
+
+
 @dataclass
 class CycleGanSummary:
     """What a training run did."""
@@ -239,15 +250,7 @@ def train_cyclegan(
         raise InputError("output folder is not empty; give --resume to go on with it, or a new --out", out)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    g_ab, g_ba = (
-        ResnetGenerator(
-            config.base_channels,
-            config.residual_blocks,
-            global_skip=config.global_skip,
-            upsample=config.upsample,
-        ).to(device)
-        for _ in range(2)
-    )
+    g_ab, g_ba = (_generator(_architecture(config)).to(device) for _ in range(2))
     d_a = PatchDiscriminator(config.disc_channels, config.disc_layers).to(device)
     d_b = PatchDiscriminator(config.disc_channels, config.disc_layers).to(device)
     betas = (config.beta1, 0.999)
@@ -478,12 +481,7 @@ def load_generator(
     if not weights.is_file():
         raise InputError(f"missing the generator {GENERATORS[direction]}", folder)
     arch = meta["architecture"]
-    generator = ResnetGenerator(  # folders from before global_skip/upsample existed lack both keys
-        int(arch["base_channels"]),
-        int(arch["residual_blocks"]),
-        global_skip=bool(arch.get("global_skip", False)),
-        upsample=str(arch.get("upsample", "transpose")),
-    )
+    generator = _generator(arch)
     try:
         generator.load_state_dict(load_file(str(weights)))
     except (RuntimeError, OSError, ValueError) as exc:
