@@ -444,7 +444,9 @@ def _save_generators(
         "architecture": _architecture(config),
         "config": config.to_dict(),
         "generators": GENERATORS,
-        "intensity": "each image's 0.5th-99.5th percentiles mapped to [-1, 1]",
+        "intensity": (
+            "each image's 0.5th-99.5th percentiles (collimation bands left out, set to -1) mapped to [-1, 1]"
+        ),
         "pixel_spacing_mm": spacing,
         "drr_dataset": str(Path(data.root).resolve()),
         "real_domain": {

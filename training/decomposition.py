@@ -433,7 +433,11 @@ def _metadata(
     return {
         "muscles": data.muscles,
         "input": {"size": grid.size, "pixel_spacing_mm": grid.spacing_mm, "plane": "isocentre"},
-        "normalisation": {"method": "percentile", "percentiles": list(NORMALISE_PERCENTILES)},
+        "normalisation": {
+            "method": "percentile",
+            "percentiles": list(NORMALISE_PERCENTILES),
+            "collimation": "bands set to 0, outside the percentiles",
+        },
         "architecture": {
             "name": "bayesian_unet",
             "base_channels": config.base_channels,

@@ -1,7 +1,8 @@
 """The two image domains of the CycleGAN: DRRs and real radiographs, unpaired, as random crops.
 
 Both domains are brought to the DRR dataset's pixel spacing (at the isocentre plane) and to one
-intensity range: each image's 0.5th–99.5th percentiles map to [−1, 1]. A real radiograph whose
+intensity range: each image's 0.5th–99.5th percentiles map to [−1, 1] (collimation bands, left
+out of the percentiles, to −1: :func:`xraymuscle.model_grid.normalise`). A real radiograph whose
 spacing is known (DICOM) is resampled to the DRRs' spacing (a detector-plane spacing first
 divided by the DRR geometry's magnification); one whose spacing is unknown (PNG, JPEG, TIFF) is
 assumed to show the same field as a DRR: its shorter side is scaled to the DRRs' shorter side.

@@ -9,14 +9,24 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from xraymuscle.collimation import collimation_mask
+
 NORMALISE_PERCENTILES = (0.5, 99.5)
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Map the image's 0.5th–99.5th percentiles to 0–1 (clipped), float32."""
+    """Map the exposed field's 0.5th–99.5th percentiles to 0–1 (clipped), float32.
+
+    Collimation bands (:mod:`xraymuscle.collimation`) take no part in the percentiles and are set
+    to 0, the value of air: what lies under them is unknown, and a DRR shows nothing bright
+    there. An image without such bands (every DRR) is normalised over all its pixels.
+    """
     image = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(image, NORMALISE_PERCENTILES)
-    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+    outside = collimation_mask(image)
+    lo, hi = np.percentile(image[~outside], NORMALISE_PERCENTILES)
+    out = np.clip((image - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+    out[outside] = 0.0
+    return out
 
 
 def fit_to_grid(array: np.ndarray, scale: float, size: int) -> np.ndarray:
