@@ -9,8 +9,10 @@ import pytest
 
 from xraymuscle.clinical_style import ClinicalStyle, clinical_style
 from xraymuscle.collimation import collimation_mask, exposed_field
+from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.model_grid import normalise
+from xraymuscle.prepare import GridTarget, prepare
 
 
 def anatomy(h: int = 120, w: int = 100, seed: int = 0) -> np.ndarray:
@@ -78,3 +80,23 @@ def test_the_clinical_style_simulators_collimation_is_found(tiny_drr: Path) -> N
         c_h, c_w = int(0.1 * h), int(0.1 * w)
         assert exposed_field(styled) == (c_h, h - c_h, c_w, w - c_w)
         assert exposed_field(image) == (0, h, 0, w)  # the DRR itself has none
+
+
+def test_prepare_fills_bands_before_a_small_field_is_padded(tmp_path: Path) -> None:
+    """A field smaller than the grid is padded with dark pixels, which would hide the bands."""
+    inner = anatomy(100, 90, seed=3)
+    banded = collimate(inner, 8, 0, 7, 0)
+    target = GridTarget(size=128, spacing_mm=2.68, magnification=1.0)
+    images = {}
+    for name, image in (("clean", inner), ("banded", banded)):
+        write_dx(tmp_path / f"{name}.dcm", image, pixel_spacing_mm=2.0)
+        prepared = prepare(tmp_path / f"{name}.dcm", target)
+        assert prepared.status == "ok" and prepared.image is not None, prepared.reason
+        images[name] = prepared.image
+    clean, banded_grid = images["clean"], images["banded"]
+    # the field (75 x 67 pixels on the grid) sits in dark padding; the bands add no bright pixels
+    assert (banded_grid >= 0.99).sum() <= (clean >= 0.99).sum() + 10
+    assert np.median(banded_grid[:, 30:97][26 : 26 + 5]) < 0.05  # the top band, now as dark as air
+    inside = (clean > 0) & (banded_grid > 0.05)  # the exposed field
+    assert inside.sum() > 3000
+    assert np.mean(np.abs(clean[inside] - banded_grid[inside])) < 0.03

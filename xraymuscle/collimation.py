@@ -54,3 +54,18 @@ def collimation_mask(image: np.ndarray) -> np.ndarray:
     mask = np.ones(np.shape(image), bool)
     mask[top:bottom, left:right] = False
     return mask
+
+
+def fill_collimation(image: np.ndarray) -> np.ndarray:
+    """The image with its collimation bands set to the exposed field's 0.5th percentile.
+
+    For an image about to be padded: padding puts dark pixels outside the bands, so that
+    :func:`exposed_field` can no longer reach them from the edge. So filled, the bands become the
+    darkest of the field and normalise to 0, as found bands do.
+    """
+    mask = collimation_mask(image)
+    if not mask.any():
+        return image
+    out = np.array(image, dtype=np.float32)
+    out[mask] = np.percentile(out[~mask], 0.5)
+    return out

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xraymuscle.collimation import fill_collimation
 from xraymuscle.errors import InputError
-from xraymuscle.model_grid import fit_to_grid, normalise
+from xraymuscle.model_grid import fit_to_grid, normalise, resample
 from xraymuscle.radiograph import Radiograph, read_radiograph
 
 if TYPE_CHECKING:
@@ -105,8 +106,9 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
             prepared, f"field of view {min(h, w) * spacing:.0f} mm is too small for a hip radiograph"
         )
     scale = spacing / target.spacing_mm
-    grid = fit_to_grid(radiograph.pixels[None].astype(np.float32), scale, target.size)[0]
-    prepared.image = normalise(grid)
+    # collimation bands are filled before a field smaller than the grid is padded (and hides them)
+    image = fill_collimation(resample(radiograph.pixels[None].astype(np.float32), scale)[0])
+    prepared.image = normalise(fit_to_grid(image[None], 1.0, target.size)[0])
     return prepared
 
 
