@@ -28,9 +28,8 @@ def exposed_field(image: np.ndarray) -> tuple[int, int, int, int]:
     """The exposed rectangle ``(top, bottom, left, right)`` (bottom and right exclusive)."""
     image = np.asarray(image, dtype=np.float32)
     h, w = image.shape
-    lo, hi = np.percentile(image, (0.5, 99.5))
-    tolerance = TOLERANCE * max(float(hi - lo), 1e-6)
-    bright = float(np.percentile(image, BRIGHT_PERCENTILE))
+    lo, bright, hi = (float(v) for v in np.percentile(image, (0.5, BRIGHT_PERCENTILE, 99.5)))
+    tolerance = TOLERANCE * max(hi - lo, 1e-6)
 
     def band(line: np.ndarray) -> bool:
         median = float(np.median(line))

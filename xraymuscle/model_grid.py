@@ -19,7 +19,7 @@ def normalise(image: np.ndarray) -> np.ndarray:
 
     Collimation bands (:mod:`xraymuscle.collimation`) take no part in the percentiles and are set
     to 0, the value of air: what lies under them is unknown, and a DRR shows nothing bright
-    there. An image without such bands (every DRR) is normalised over all its pixels.
+    there. An image without such bands (a DRR has none) is normalised over all its pixels.
     """
     image = np.asarray(image, dtype=np.float32)
     outside = collimation_mask(image)
