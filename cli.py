@@ -130,6 +130,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (overrides the recipe).")] = None,
     device: DeviceOpt = "auto",
+    max_minutes: Annotated[
+        float | None,
+        typer.Option("--max-minutes", help="Stop after the first epoch past this wall time (best kept)."),
+    ] = None,
 ) -> None:
     """Train the Bayesian decomposition network on a DRR dataset; writes a model folder."""
     from training.config import DecompositionConfig
@@ -144,6 +148,7 @@ def train(
         epochs=epochs,
         resume=resume,
         device=_pick_device(device),
+        max_minutes=max_minutes,
         echo=typer.echo,
     )
     cal = summary.calibration

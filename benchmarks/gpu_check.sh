@@ -2,10 +2,18 @@
 # The device check: the CUDA tests and the GPU benchmarks, in a few minutes, results under $OUT.
 #
 # Runs on a GPU machine whose python3 already has PyTorch with CUDA, NumPy, SciPy, OpenCV, PyYAML,
-# safetensors, Pillow, PyArrow, Matplotlib, tqdm and Typer. The one missing package the checks need,
-# pydicom (pure Python), goes in .gpu-wheels/ (ignored by git) and is carried along:
-#     pip download --no-deps --only-binary=:all: -d .gpu-wheels pydicom==3.0.2
-#     run(command="bash benchmarks/gpu_check.sh", carry=[".gpu-wheels"])
+# safetensors, Pillow, PyArrow, Matplotlib, tqdm and Typer. The missing packages the checks need go
+# in .gpu-wheels/ (ignored by git) as wheels for that machine's Python and are carried along:
+# pydicom, and for the training stage albumentations with its needs (albucore, pydantic,
+# pydantic_core, annotated-types, typing-inspection, stringzilla, simsimd):
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#         -d .gpu-wheels pydicom==3.0.2 albumentations==2.0.8 ...
+# The training stage runs when DRR datasets travel too (the machine lacks the CT and spectrum
+# libraries that phantoms and DRRs are made with), compact copies made here by
+#     python benchmarks/travel_dataset.py DRR_TRAIN .gpu-data/train --cases 160 --views 2
+#     python benchmarks/travel_dataset.py DRR_TEST .gpu-data/test
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".gpu-wheels", ".gpu-data"])
+# At most 8 files come back from $OUT: the training stage's outputs come as one archive.
 set -uo pipefail
 OUT="${OUT:-gpu-check-out}"
 mkdir -p "$OUT"
@@ -24,10 +32,37 @@ fi
 } 2>&1 | tee "$OUT/environment.txt"
 # CUDA tests (the project's conftest needs no SimpleITK for these).
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -o filterwarnings= tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.txt"
+# The GPU training recipe (configs/train/decomposition_gpu.yaml) on the carried datasets: two
+# learning rates side by side on the one GPU (the recipe's and the CPU recipe's 0.01), each stopped
+# after TRAIN_MINUTES, then evaluated on the held-out set. The CPU recipe on the same datasets is
+# the peer, trained on a CPU machine. Run before the timed benchmarks, which then have the machine.
+if [ -f .gpu-data/train/dataset.json ] && [ -f .gpu-data/test/dataset.json ]; then
+    W=/tmp/gpu-training
+    MINUTES="${TRAIN_MINUTES:-2.5}"
+    LIMIT=$(awk "BEGIN { print int($MINUTES * 60 + 120) }")
+    rm -rf "$W" && mkdir -p "$W"
+    for lr in 0.003 0.01; do
+        sed -e "s/^learning_rate: .*/learning_rate: $lr/" -e "s/^loader_workers: .*/loader_workers: 6/" \
+            configs/train/decomposition_gpu.yaml > "$W/recipe_lr$lr.yaml"
+        timeout "$LIMIT" "$PY" -c "from cli import app; app()" train --data .gpu-data/train \
+            --out "$W/model_lr$lr" --config "$W/recipe_lr$lr.yaml" --device "${TRAIN_DEVICE:-cuda}" --max-minutes "$MINUTES" \
+            > "$W/train_lr$lr.log" 2>&1 &
+    done
+    wait
+    for lr in 0.003 0.01; do
+        echo "learning rate $lr:"
+        grep -v "batch/s" "$W/train_lr$lr.log" | tail -3
+        timeout 120 "$PY" -c "from cli import app; app()" evaluate --model "$W/model_lr$lr" \
+            --data .gpu-data/test --out "$W/eval_lr$lr" --device "${TRAIN_DEVICE:-cuda}" 2>&1 | tail -1
+        # the weights (31 MB) stay behind; metadata, history, metrics and plots come back
+        rm -f "$W/model_lr$lr/model.safetensors" "$W/model_lr$lr"/checkpoint/*.safetensors
+    done 2>&1 | tee "$W/summary.txt"
+    tar -czf "$OUT/gpu_training.tar.gz" -C "$W" .
+fi
 # DRR views per second, batched, with the CPU kernel measured in the same run.
-timeout 200 "$PY" benchmarks/drr_gpu_bench.py --json "$OUT/drr_gpu_bench.json" 2>&1 | tee "$OUT/drr_gpu_bench.txt"
+timeout 120 "$PY" benchmarks/drr_gpu_bench.py --json "$OUT/drr_gpu_bench.json" 2>&1 | tee "$OUT/drr_gpu_bench.txt"
 # Screening throughput on the GPU, predict measured in the same run as the peer.
-timeout 200 "$PY" benchmarks/screen_bench.py --base benchmarks/data/screen_base.npz --n "${SCREEN_N:-1000}" \
+timeout 180 "$PY" benchmarks/screen_bench.py --base benchmarks/data/screen_base.npz --n "${SCREEN_N:-1000}" \
     --size 1024 --device cuda --batch 64 --peer-n 100 --work /tmp --json "$OUT/screen_gpu_bench.json" 2>&1 \
     | tee "$OUT/screen_gpu_bench.txt"
 echo "results in $OUT"

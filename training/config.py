@@ -79,6 +79,7 @@ class DecompositionConfig(_Recipe):
     mc_samples: int = 10
     val_fraction: float = 0.1
     seed: int = 0
+    loader_workers: int = 0  # processes preparing batches (augmentation); 0: in the training process
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def _checks(self) -> dict[str, bool]:
@@ -97,6 +98,7 @@ class DecompositionConfig(_Recipe):
             "aleatoric_weight": self.aleatoric_weight >= 0,
             "mc_samples": self.mc_samples >= 2,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
+            "loader_workers": self.loader_workers >= 0,
         }
         return checks
 

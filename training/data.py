@@ -30,6 +30,7 @@ __all__ = [
     "fit_to_grid",
     "normalise",
     "twin_order",
+    "worker_init",
 ]
 
 
@@ -89,6 +90,18 @@ class DrrTrainingSet(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def preload(self) -> None:
+        """Read every sample into the cache now (before worker processes fork and share it)."""
+        for i in range(len(self)):
+            if i not in self._cache and self._cache_left > 0:
+                self.raw(i)
+
+    def reseed(self, seed: int) -> None:
+        """New random streams for flips and the augmentation pipeline (one per loader process)."""
+        self.rng = np.random.default_rng(seed)
+        if self.augment is not None:
+            self.pipeline = _pipeline(self.augment, seed)
+
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image ``(S, S)``, maps ``(2K|K, S, S)`` in mm and validity ``(K,)``, before augmentation."""
         cached = self._cache.get(i)
@@ -138,6 +151,17 @@ class DrrTrainingSet(Dataset):
             "valid": torch.from_numpy(valid),
             "volume": torch.from_numpy(volume.astype(np.float32)),
         }
+
+
+def worker_init(worker_id: int) -> None:
+    """``DataLoader`` hook: each loader process draws its own augmentations.
+
+    Its seed comes from the loader's seeded generator, so a run is reproducible for a given
+    number of processes, and no two processes repeat each other's flips and warps.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, DrrTrainingSet):
+        info.dataset.reseed(int(info.seed % 2**32))
 
 
 class _Intensity(A.ImageOnlyTransform):

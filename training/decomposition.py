@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 import zlib
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from training.checkpoint import load_checkpoint, module_state, read_info, save_checkpoint
 from training.config import DecompositionConfig
-from training.data import NORMALISE_PERCENTILES, DrrTrainingSet, GridSpec, collect
+from training.data import NORMALISE_PERCENTILES, DrrTrainingSet, GridSpec, collect, worker_init
 from training.unet import BayesianUNet
 from xraymuscle import __version__
 from xraymuscle.atomic import write_text_atomic
@@ -152,10 +153,16 @@ def train_decomposition(
     epochs: int | None = None,
     resume: bool = False,
     device: str = "auto",
+    max_minutes: float | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> TrainSummary:
-    """Train on the DRR dataset at ``data_dir``; write the model folder to ``out``."""
+    """Train on the DRR dataset at ``data_dir``; write the model folder to ``out``.
+
+    ``max_minutes`` (this run's wall time, for a job with a time limit) ends training after the
+    first epoch that passes it; the best epoch so far is calibrated and written as usual, and the
+    checkpoint keeps the last epoch so that ``resume`` goes on from there.
+    """
     start_time = time.perf_counter()
     rank, world = _distributed()
     device = _device(device)
@@ -222,17 +229,27 @@ def train_decomposition(
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=config.seed)
+    if config.loader_workers > 0:
+        train_set.preload()  # read once here; the loader processes share the cache
     loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        num_workers=0,
+        num_workers=config.loader_workers,
+        persistent_workers=config.loader_workers > 0,
+        worker_init_fn=worker_init if config.loader_workers > 0 else None,
+        # forked processes share the preloaded cache instead of each receiving a pickled copy
+        multiprocessing_context=_fork() if config.loader_workers > 0 else None,
+        pin_memory=device.startswith("cuda"),
         drop_last=len(train_set) > config.batch_size,
         generator=torch.Generator().manual_seed(config.seed),
     )
+    if max_minutes is not None and max_minutes <= 0:
+        raise InputError(f"--max-minutes must be positive, not {max_minutes}")
     use_amp = device.startswith("cuda")
     earlier_seconds = summary.seconds
+    last_epoch = first_epoch
     for epoch in range(first_epoch, n_epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -269,6 +286,11 @@ def train_decomposition(
             summary.seconds = earlier_seconds + time.perf_counter() - start_time
             _save_checkpoint(checkpoint, network, optimiser, config, summary, epoch + 1)
         summary.epochs_run += 1
+        last_epoch = epoch + 1
+        timed_out = max_minutes is not None and _out_of_time(start_time, max_minutes, world, device)
+        if timed_out and last_epoch < n_epochs:
+            echo(f"stopping after epoch {last_epoch} of {n_epochs}: --max-minutes {max_minutes:g} reached")
+            break
     if world > 1:
         import torch.distributed as dist
 
@@ -276,15 +298,34 @@ def train_decomposition(
         dist.destroy_process_group()
     if rank != 0:
         return summary
+    last_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
     network.load_state_dict(load_file(str(_tmp_best(out))))
     summary.calibration = _calibrate(network, train_set, val_set, config, grid, device)
     summary.seconds = earlier_seconds + time.perf_counter() - start_time
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
     save_model(out, network, meta)
-    # the folder was replaced whole: put the checkpoint and the log back beside the model
-    _save_checkpoint(checkpoint, network, optimiser, config, summary, n_epochs)
+    # the folder was replaced whole: put the checkpoint (the last epoch's weights, from which a
+    # resumed run goes on) and the log back beside the model
+    network.load_state_dict(last_state)
+    _save_checkpoint(checkpoint, network, optimiser, config, summary, last_epoch)
     write_text_atomic(Path(out) / "history.json", json.dumps(summary.history, indent=1))
     return summary
+
+
+def _out_of_time(start: float, max_minutes: float, world: int, device: str) -> bool:
+    """Whether this run has used its time; in a distributed run rank 0 decides for all."""
+    stop = time.perf_counter() - start > 60.0 * max_minutes
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(stop)], device=device)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item() > 0)
+    return stop
+
+
+def _fork() -> str | None:
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 def _tmp_best(out: Path) -> Path:
