@@ -68,6 +68,21 @@ def views_per_second(scene: Scene, geo: Geometry, batch: int, device: str, kerne
     return batch / (time.perf_counter() - start)
 
 
+def profile(scene: Scene, geo: Geometry, batch: int) -> None:
+    """Print the operators that take the most time in one batched render on CUDA."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    centre = scene.centroid()
+    rng = np.random.default_rng(batch)
+    poses = [Pose(*rng.uniform(-1, 1, 6) * [5, 3, 5, 15, 10, 15]) for _ in range(batch)]
+    matrices = np.stack([geo.projection_matrix(centre, p.matrix(centre)) for p in poses])
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        render(scene, geo, matrices, device="cuda", kernel="torch")
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+
+
 def deepdrr_edges(scene: Scene, geo: Geometry) -> dict[str, object]:
     """Largest distance (pixels) between bone edges in our image and DeepDRR's, same geometry."""
     try:
@@ -107,6 +122,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--profile", action="store_true", help="where the largest batch's time goes")
     args = parser.parse_args()
     hu, labels, affine = synthetic_ct()
     groups = [LabelGroup(f"muscle_{g}", (g,)) for g in range(1, 9)]
@@ -122,6 +138,8 @@ def main() -> None:
             results[f"cuda_views_per_s_batch_{batch}"] = rate
             ratio = rate / results["cpu_opencv_views_per_s"]  # type: ignore[operator]
             print(f"CUDA ({results['gpu']}), batch {batch}: {rate:.0f} views/s ({ratio:.0f}x the CPU kernel)")
+        if args.profile:
+            profile(scene, geo, max(args.batches))
         results["deepdrr"] = deepdrr_edges(scene, geo)
         print(f"DeepDRR geometry check: {results['deepdrr']}")
     else:

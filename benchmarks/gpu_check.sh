@@ -60,7 +60,7 @@ if [ -f .gpu-data/train/dataset.json ] && [ -f .gpu-data/test/dataset.json ]; th
     tar -czf "$OUT/gpu_training.tar.gz" -C "$W" .
 fi
 # DRR views per second, batched, with the CPU kernel measured in the same run.
-timeout 120 "$PY" benchmarks/drr_gpu_bench.py --json "$OUT/drr_gpu_bench.json" 2>&1 | tee "$OUT/drr_gpu_bench.txt"
+timeout 120 "$PY" benchmarks/drr_gpu_bench.py ${DRR_PROFILE:+--profile} --json "$OUT/drr_gpu_bench.json" 2>&1 | tee "$OUT/drr_gpu_bench.txt"
 # Screening throughput on the GPU, predict measured in the same run as the peer.
 timeout 180 "$PY" benchmarks/screen_bench.py --base benchmarks/data/screen_base.npz --n "${SCREEN_N:-1000}" \
     --size 1024 --device cuda --batch 64 --peer-n 100 --work /tmp --json "$OUT/screen_gpu_bench.json" 2>&1 \
