@@ -80,7 +80,12 @@ def profile(scene: Scene, geo: Geometry, batch: int) -> None:
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         render(scene, geo, matrices, device="cuda", kernel="torch")
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    table = prof.key_averages()
+    for key in ("self_device_time_total", "self_cpu_time_total"):
+        try:
+            print(table.table(sort_by=key, row_limit=10, max_name_column_width=36))
+        except (KeyError, AttributeError, ValueError) as exc:  # the key's name differs between versions
+            print(f"no table sorted by {key}: {exc}")
 
 
 def deepdrr_edges(scene: Scene, geo: Geometry) -> dict[str, object]:
@@ -138,14 +143,14 @@ def main() -> None:
             results[f"cuda_views_per_s_batch_{batch}"] = rate
             ratio = rate / results["cpu_opencv_views_per_s"]  # type: ignore[operator]
             print(f"CUDA ({results['gpu']}), batch {batch}: {rate:.0f} views/s ({ratio:.0f}x the CPU kernel)")
-        if args.profile:
-            profile(scene, geo, max(args.batches))
         results["deepdrr"] = deepdrr_edges(scene, geo)
         print(f"DeepDRR geometry check: {results['deepdrr']}")
     else:
         print("no CUDA GPU here: only the CPU figure")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.profile and torch.cuda.is_available():
+        profile(scene, geo, max(args.batches))
 
 
 if __name__ == "__main__":
