@@ -137,13 +137,33 @@ def source_position(projection: np.ndarray) -> np.ndarray:
 
 def pixel_rays(projection: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Unit direction (LPS) of the ray through every pixel centre, shape ``(rows, cols, 3)``."""
-    m = np.asarray(projection, dtype=np.float64)[:, :3]
     v, u = np.mgrid[0:rows, 0:cols].astype(np.float64)
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)
-    directions = pix @ np.linalg.inv(m).T
+    return rays_through(projection, np.stack([u, v], axis=-1))
+
+
+def rays_through(projection: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Unit directions (LPS) of the rays through detector points ``(..., 2)`` (col, row)."""
+    m = np.asarray(projection, dtype=np.float64)[:, :3]
+    pixels = np.asarray(pixels, dtype=np.float64)
+    directions = pixels @ np.linalg.inv(m)[:, :2].T + np.linalg.inv(m)[:, 2]
     # Orient every ray from the source towards the detector (positive depth).
     directions *= np.sign(np.linalg.det(m))
     return directions / np.linalg.norm(directions, axis=-1, keepdims=True)
+
+
+def border_pixels(rows: int, cols: int) -> np.ndarray:
+    """Centres ``(n, 2)`` (col, row) of the pixels on the detector's edge.
+
+    The angle between the rays and a fixed direction has no maximum inside the detector (its
+    level sets on the detector plane are conics around one minimum), so its largest value over
+    all pixels is found on these.
+    """
+    u, v = np.arange(cols, dtype=np.float64), np.arange(rows, dtype=np.float64)
+    top = np.stack([u, np.zeros(cols)], axis=-1)
+    bottom = np.stack([u, np.full(cols, rows - 1.0)], axis=-1)
+    left = np.stack([np.zeros(rows), v], axis=-1)
+    right = np.stack([np.full(rows, cols - 1.0), v], axis=-1)
+    return np.concatenate([top, bottom, left, right])
 
 
 def project_points(projection: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

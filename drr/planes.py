@@ -21,12 +21,13 @@ Weights (derivation in the DRR dataset contract): a ray through a pixel with sol
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from drr.geometry import Geometry, pixel_rays, source_position
+from drr.geometry import Geometry, border_pixels, rays_through, source_position
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ def check_source_outside(projection: np.ndarray, index_to_world: np.ndarray, sha
 
 def depth_axis_for(projection: np.ndarray, geometry: Geometry, index_to_world: np.ndarray) -> int:
     """The array axis most nearly parallel to the ray through the detector centre."""
-    rays = pixel_rays(projection, geometry.rows, geometry.cols)
-    central = rays[geometry.rows // 2, geometry.cols // 2]
+    central = rays_through(projection, np.array([geometry.cols // 2, geometry.rows // 2]))
     directions, _ = axis_directions(index_to_world)
     return int(np.argmax(np.abs(directions @ central)))
 
@@ -97,12 +97,12 @@ def plan_layout(
     corners = _grid_corners(index_to_world, shape)
     nearest = np.inf
     steepest = 0.0
+    edge = border_pixels(geometry.rows, geometry.cols)  # the steepest ray is on the edge
     for projection in projections:
         source = source_position(projection)
         h = np.abs((corners - source) @ directions[depth_axis])
         nearest = min(nearest, float(h.min()))
-        rays = pixel_rays(projection, geometry.rows, geometry.cols)
-        cos_phi = np.abs(rays @ directions[depth_axis])
+        cos_phi = np.abs(rays_through(projection, edge) @ directions[depth_axis])
         steepest = max(steepest, float(np.sqrt(1.0 - cos_phi**2).max() / cos_phi.min()))
     # A detector pixel's footprint on the plane nearest the source (the smallest one), mm.
     footprint = geometry.pixel_spacing * nearest / geometry.sid
@@ -171,14 +171,38 @@ def pixel_factors(
     """Per-pixel factors ``(rows, cols)``: ``1/cosφ`` for line integrals and the map factor.
 
     The map factor is ``cosθ / (D² cos³φ) · (sid/sod)²`` (1/mm²), giving isocentre thickness.
+    ``cosφ`` (the ray's angle to the planes' normal) is worked out without the rays themselves:
+    with ``r = M⁻¹·(u, v, 1)`` the ray through pixel ``(u, v)``, ``r·n`` is linear in the pixel
+    and ``|r|²`` quadratic, so a few passes over the detector give it.
     """
-    rays = pixel_rays(projection, geometry.rows, geometry.cols)
     directions, _ = axis_directions(index_to_world)
-    cos_phi = np.abs(rays @ directions[depth_axis])
+    inverse = np.linalg.inv(np.asarray(projection, dtype=np.float64)[:, :3])
+    u, v, detector = _detector_terms(geometry)
+    linear = directions[depth_axis] @ inverse  # r·n = linear · (u, v, 1)
+    gram = inverse.T @ inverse  # |r|² = (u, v, 1) gram (u, v, 1)ᵀ
+    dot = linear[0] * u + linear[1] * v + linear[2]
+    norm2 = (
+        gram[0, 0] * u * u
+        + gram[1, 1] * v * v
+        + 2.0 * gram[0, 1] * u * v
+        + 2.0 * gram[0, 2] * u
+        + 2.0 * gram[1, 2] * v
+        + gram[2, 2]
+    )
+    cos_phi = np.abs(dot) / np.sqrt(norm2)
+    map_factor = detector / cos_phi**3
+    return (1.0 / cos_phi).astype(np.float32), map_factor.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _detector_terms(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel columns, rows and the view-independent part ``cosθ/D² · (sid/sod)²`` of the map factor."""
     v, u = np.mgrid[0 : geometry.rows, 0 : geometry.cols].astype(np.float64)
     f = geometry.focal_length_px
     r2 = (u - (geometry.cols - 1) / 2.0) ** 2 + (v - (geometry.rows - 1) / 2.0) ** 2
     cos_theta = f / np.sqrt(f**2 + r2)
     distance = geometry.sid / cos_theta
-    map_factor = cos_theta / (distance**2 * cos_phi**3) * geometry.magnification**2
-    return (1.0 / cos_phi).astype(np.float32), map_factor.astype(np.float32)
+    detector = cos_theta / distance**2 * geometry.magnification**2
+    for array in (u, v, detector):
+        array.setflags(write=False)
+    return u, v, detector

@@ -105,3 +105,33 @@ def test_preset_errors(tmp_path: Path) -> None:
         load_preset(bad)
     with pytest.raises(ValueError, match="positive number of pixels"):
         load_preset(config_file("geometry", "hip_ap"), image_size=0)
+
+
+def test_per_view_factors_agree_with_every_pixels_ray() -> None:
+    """The projector's shortcuts (central ray, border pixels, 1/cosφ without the rays) against rays
+    computed for every pixel, over strongly tilted views."""
+    from drr.geometry import border_pixels, rays_through
+    from drr.planes import axis_directions, depth_axis_for, pixel_factors
+
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-100.0, -120.0, -150.0]
+    directions, _ = axis_directions(affine)
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        pose = Pose(*rng.uniform(-1, 1, 6) * [40, 30, 40, 15, 10, 15])
+        matrix = GEO.projection_matrix(ISO, pose.matrix(ISO))
+        rays = pixel_rays(matrix, GEO.rows, GEO.cols)
+        pixels = np.array([[0.0, 0.0], [7.0, 3.0], [GEO.cols - 1.0, GEO.rows - 1.0]])
+        np.testing.assert_allclose(rays_through(matrix, pixels), rays[[0, 3, -1], [0, 7, -1]], atol=1e-12)
+        axis = depth_axis_for(matrix, GEO, affine)
+        assert axis == int(np.argmax(np.abs(directions @ rays[GEO.rows // 2, GEO.cols // 2])))
+        cos_phi = np.abs(rays @ directions[axis])
+        edge = np.abs(rays_through(matrix, border_pixels(GEO.rows, GEO.cols)) @ directions[axis])
+        assert edge.min() == pytest.approx(cos_phi.min(), rel=1e-12)  # the steepest ray is on the edge
+        line, volume = pixel_factors(matrix, GEO, affine, axis)
+        np.testing.assert_allclose(line, 1.0 / cos_phi, rtol=1e-6)
+        v, u = np.mgrid[0 : GEO.rows, 0 : GEO.cols]
+        f = GEO.focal_length_px
+        cos_theta = f / np.sqrt(f**2 + (u - (GEO.cols - 1) / 2) ** 2 + (v - (GEO.rows - 1) / 2) ** 2)
+        expected = cos_theta**3 / GEO.sid**2 / cos_phi**3 * GEO.magnification**2
+        np.testing.assert_allclose(volume, expected, rtol=1e-6)
