@@ -288,3 +288,64 @@ def test_uncertain_threshold_flags_the_intended_share_of_images() -> None:
     assert 0.015 < flagged < 0.025  # about 2 % of images, not about K × 1 %
     few = cv_thresholds(draw(3), np.ones((3, k), bool))
     assert few == [0.5] * k  # too few validation images: a fixed, lenient threshold
+
+
+def test_loader_processes_draw_their_own_augmentations(drr: Path) -> None:
+    """Forked loader processes start from copies of one random state; ``worker_init`` reseeds each."""
+    from torch.utils.data import DataLoader
+
+    from training.data import worker_init
+
+    data = DrrDataset.load(drr)
+    augment = AugmentConfig(flip=0.5, rotate_deg=10.0, shift=0.1, gamma=(1.0, 1.0), brightness=0.0,
+                            contrast=0.0, noise_sd=0.0, blur=0.0, clahe=0.0)  # fmt: skip
+    same = DrrTrainingSet(data, [0] * 8, GridSpec(64, 5.36), map_scale_mm=50.0, mass=False, augment=augment)
+    same.preload()
+
+    def images(init: object) -> list[torch.Tensor]:
+        loader = DataLoader(same, batch_size=1, num_workers=2, worker_init_fn=init,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return [batch["image"][0] for batch in loader]
+
+    plain = images(None)  # items 0, 2, ... from one process, 1, 3, ... from the other
+    assert all(torch.equal(plain[i], plain[i + 1]) for i in range(0, 8, 2))
+    seeded = images(worker_init)
+    assert not all(torch.equal(seeded[i], seeded[i + 1]) for i in range(0, 8, 2))  # streams differ
+    assert all(torch.equal(a, b) for a, b in zip(seeded, images(worker_init), strict=True))  # reproducible
+
+
+def test_training_with_loader_processes_and_a_time_limit(drr: Path, tmp_path: Path) -> None:
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 3, "loader_workers": 2})
+    out = tmp_path / "model"
+    lines: list[str] = []
+    summary = train_decomposition(drr, out, recipe, max_minutes=1e-6, progress=False, echo=lines.append)
+    assert summary.epochs_run == 1 and any("--max-minutes" in line for line in lines)
+    assert load_model(out).meta["calibration"]["sd_scale"]
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 1  # the checkpoint is the last epoch, so a resumed run goes on from it
+    resumed = train_decomposition(drr, out, recipe, resume=True, progress=False, echo=lambda s: None)
+    assert resumed.epochs_run == 2 and len(resumed.history) == 3
+    with pytest.raises(InputError, match="max-minutes"):
+        train_decomposition(drr, tmp_path / "other", recipe, max_minutes=0, progress=False, echo=print)
+
+
+def test_travel_copy_keeps_the_contract_and_the_volumes(drr: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "travel_dataset", Path(__file__).resolve().parents[1] / "benchmarks" / "travel_dataset.py"
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    source = DrrDataset.load(drr)
+    n = module.travel_copy(drr, tmp_path / "copy", cases=2, views=1)
+    copy = DrrDataset.load(tmp_path / "copy")
+    assert n == len(copy) == 2 and copy.info["travel"]["dtype"] == "float16"
+    where = {r["sample_id"]: i for i, r in enumerate(source.rows)}
+    for index, row in enumerate(copy.rows):
+        original = source.sample(where[row["sample_id"]])
+        small = copy.sample(index)
+        assert small["maps"].dtype == np.float16 and small["maps"].shape == original["maps"].shape
+        np.testing.assert_allclose(
+            small["maps"].astype(np.float64).sum(axis=(1, 2)), original["maps"].sum(axis=(1, 2)), rtol=1e-3
+        )
