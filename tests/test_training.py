@@ -4,6 +4,7 @@ training writes a model folder that loads without pickle and resumes, and recipe
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +303,7 @@ def test_loader_processes_draw_their_own_augmentations(drr: Path) -> None:
     same = DrrTrainingSet(data, [0] * 8, GridSpec(64, 5.36), map_scale_mm=50.0, mass=False, augment=augment)
     same.preload()
 
-    def images(init: object) -> list[torch.Tensor]:
+    def images(init: Callable[[int], None] | None) -> list[torch.Tensor]:
         loader = DataLoader(same, batch_size=1, num_workers=2, worker_init_fn=init,
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
         return [batch["image"][0] for batch in loader]
