@@ -163,6 +163,8 @@ def train_decomposition(
     first epoch that passes it; the best epoch so far is calibrated and written as usual, and the
     checkpoint keeps the last epoch so that ``resume`` goes on from there.
     """
+    if max_minutes is not None and not max_minutes > 0:
+        raise InputError(f"--max-minutes must be positive, not {max_minutes}")
     start_time = time.perf_counter()
     rank, world = _distributed()
     device = _device(device)
@@ -245,8 +247,6 @@ def train_decomposition(
         drop_last=len(train_set) > config.batch_size,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    if max_minutes is not None and max_minutes <= 0:
-        raise InputError(f"--max-minutes must be positive, not {max_minutes}")
     use_amp = device.startswith("cuda")
     earlier_seconds = summary.seconds
     last_epoch = first_epoch
