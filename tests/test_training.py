@@ -350,3 +350,20 @@ def test_travel_copy_keeps_the_contract_and_the_volumes(drr: Path, tmp_path: Pat
         np.testing.assert_allclose(
             small["maps"].astype(np.float64).sum(axis=(1, 2)), original["maps"].sum(axis=(1, 2)), rtol=1e-3
         )
+
+
+def test_resume_with_other_loader_processes_and_from_a_checkpoint_without_the_setting(
+    drr: Path, tmp_path: Path
+) -> None:
+    """``loader_workers`` says how a run is carried out, not what it learns: resuming may change it,
+    and a checkpoint written before the setting existed still resumes."""
+    out = tmp_path / "model"
+    train_decomposition(drr, out, DecompositionConfig.from_dict({**TINY, "epochs": 3}), epochs=1,
+                        progress=False, echo=lambda s: None)  # fmt: skip
+    state = out / "checkpoint" / "state.json"
+    info = json.loads(state.read_text())
+    del info["config"]["loader_workers"]  # as an earlier version wrote it
+    state.write_text(json.dumps(info))
+    more = DecompositionConfig.from_dict({**TINY, "epochs": 3, "loader_workers": 2})
+    resumed = train_decomposition(drr, out, more, epochs=2, resume=True, progress=False, echo=lambda s: None)
+    assert resumed.epochs_run == 1 and len(resumed.history) == 2

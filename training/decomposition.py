@@ -312,6 +312,14 @@ def train_decomposition(
     return summary
 
 
+# Settings that say how a run is carried out, not what it learns: a run may resume with others.
+_RUN_SETTINGS = ("loader_workers",)
+
+
+def _model_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recipe.items() if k not in _RUN_SETTINGS}
+
+
 def _out_of_time(start: float, max_minutes: float, world: int, device: str) -> bool:
     """Whether this run has used its time; in a distributed run rank 0 decides for all."""
     stop = time.perf_counter() - start > 60.0 * max_minutes
@@ -359,7 +367,8 @@ def _load_checkpoint(
     config: DecompositionConfig,
     summary: TrainSummary,
 ) -> int:
-    if read_info(folder)["config"] != json.loads(json.dumps(config.to_dict())):
+    wanted = _model_settings(json.loads(json.dumps(config.to_dict())))
+    if _model_settings(read_info(folder)["config"]) != wanted:
         raise InputError("the checkpoint was made with another recipe; use a new --out", folder)
     info = load_checkpoint(folder, {"model": network}, {"model": optimiser})
     summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
