@@ -68,6 +68,22 @@ def views_per_second(scene: Scene, geo: Geometry, batch: int, device: str, kerne
     return batch / (time.perf_counter() - start)
 
 
+def geometry_ms_per_view(scene: Scene, geo: Geometry, n: int = 256) -> float:
+    """CPU time (ms) of the per-view geometry a batched render does before any warp."""
+    from drr.planes import depth_axis_for, pixel_factors, plan_layout
+
+    centre = scene.centroid()
+    rng = np.random.default_rng(n)
+    poses = [Pose(*rng.uniform(-1, 1, 6) * [5, 3, 5, 15, 10, 15]) for _ in range(n)]
+    matrices = np.stack([geo.projection_matrix(centre, p.matrix(centre)) for p in poses])
+    start = time.perf_counter()
+    axes = [depth_axis_for(m, geo, scene.index_to_world) for m in matrices]
+    plan_layout(matrices, geo, scene.index_to_world, scene.shape, axes[0], max_shift_px=0.25)
+    for m, axis in zip(matrices, axes, strict=True):
+        pixel_factors(m, geo, scene.index_to_world, axis)
+    return (time.perf_counter() - start) / n * 1000.0
+
+
 def profile(scene: Scene, geo: Geometry, batch: int) -> None:
     """Print the operators that take the most time in one batched render on CUDA."""
     from torch.profiler import ProfilerActivity
@@ -134,6 +150,8 @@ def main() -> None:
     scene = Scene(hu, affine, labels, groups)
     geo = Geometry(sid=1050.0, sod=900.0, rows=256, cols=256, pixel_spacing=400 / 256, name="hip_ap")
     results: dict[str, object] = {"ct": list(hu.shape), "muscles": len(groups)}
+    results["geometry_ms_per_view"] = geometry_ms_per_view(scene, geo)
+    print(f"per-view geometry on the CPU: {results['geometry_ms_per_view']:.2f} ms")
     results["cpu_opencv_views_per_s"] = views_per_second(scene, geo, 1, "cpu", "opencv")
     print(f"CPU, OpenCV kernel, 1 view: {results['cpu_opencv_views_per_s']:.1f} views/s")
     if torch.cuda.is_available():
