@@ -144,8 +144,8 @@ def pixel_rays(projection: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def rays_through(projection: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """Unit directions (LPS) of the rays through detector points ``(..., 2)`` (col, row)."""
     m = np.asarray(projection, dtype=np.float64)[:, :3]
-    pixels = np.asarray(pixels, dtype=np.float64)
-    directions = pixels @ np.linalg.inv(m)[:, :2].T + np.linalg.inv(m)[:, 2]
+    inverse = np.linalg.inv(m)
+    directions = np.asarray(pixels, dtype=np.float64) @ inverse[:, :2].T + inverse[:, 2]
     # Orient every ray from the source towards the detector (positive depth).
     directions *= np.sign(np.linalg.det(m))
     return directions / np.linalg.norm(directions, axis=-1, keepdims=True)
