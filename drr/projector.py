@@ -491,12 +491,12 @@ def render(
             factors_img[v], factors_map[v] = pixel_factors(
                 matrices[v], geometry, scene.index_to_world, int(axis)
             )
-        every = len(views) == n_views
+        index = None if len(views) == n_views else warper.index(views)
         for p, pack in enumerate(packs):
-            sub_acc = acc[:, p] if every else acc[warper.index(views), p]  # a view, or a copy
+            sub_acc = acc[:, p] if index is None else acc[index, p]  # a view, or a copy
             _render_pack(scene, pack, layout, matrices[views], sub_acc, warper, chunk_mb)
-            if not every:
-                acc[warper.index(views), p] = sub_acc
+            if index is not None:
+                acc[index, p] = sub_acc
 
     f_img, f_map = warper.asarray(factors_img), warper.asarray(factors_map)
     materials = warper.zeros((n_views, len(MATERIALS), rows, cols))
@@ -524,7 +524,7 @@ def _render_pack(
     pack: _Pack,
     layout: PlaneLayout,
     matrices: np.ndarray,
-    acc: np.ndarray,
+    acc: Any,
     warper: _Warper,
     chunk_mb: float,
 ) -> None:
