@@ -53,11 +53,16 @@ def synthetic_ct(shape: tuple[int, int, int] = (133, 512, 512)) -> tuple[np.ndar
     return hu, labels, affine
 
 
-def views_per_second(scene: Scene, geo: Geometry, batch: int, device: str, kernel: str) -> float:
+def view_matrices(scene: Scene, geo: Geometry, n: int) -> np.ndarray:
+    """``n`` projection matrices of random poses about the scene's centre (seeded by ``n``)."""
     centre = scene.centroid()
-    rng = np.random.default_rng(batch)
-    poses = [Pose(*rng.uniform(-1, 1, 6) * [5, 3, 5, 15, 10, 15]) for _ in range(batch)]
-    matrices = np.stack([geo.projection_matrix(centre, p.matrix(centre)) for p in poses])
+    rng = np.random.default_rng(n)
+    poses = [Pose(*rng.uniform(-1, 1, 6) * [5, 3, 5, 15, 10, 15]) for _ in range(n)]
+    return np.stack([geo.projection_matrix(centre, p.matrix(centre)) for p in poses])
+
+
+def views_per_second(scene: Scene, geo: Geometry, batch: int, device: str, kernel: str) -> float:
+    matrices = view_matrices(scene, geo, batch)
     render(scene, geo, matrices, device=device, kernel=kernel)  # warm-up, fills the plane cache
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -72,10 +77,7 @@ def geometry_ms_per_view(scene: Scene, geo: Geometry, n: int = 256) -> float:
     """CPU time (ms) of the per-view geometry a batched render does before any warp."""
     from drr.planes import depth_axis_for, pixel_factors, plan_layout
 
-    centre = scene.centroid()
-    rng = np.random.default_rng(n)
-    poses = [Pose(*rng.uniform(-1, 1, 6) * [5, 3, 5, 15, 10, 15]) for _ in range(n)]
-    matrices = np.stack([geo.projection_matrix(centre, p.matrix(centre)) for p in poses])
+    matrices = view_matrices(scene, geo, n)
     start = time.perf_counter()
     axes = [depth_axis_for(m, geo, scene.index_to_world) for m in matrices]
     plan_layout(matrices, geo, scene.index_to_world, scene.shape, axes[0], max_shift_px=0.25)
@@ -89,10 +91,7 @@ def profile(scene: Scene, geo: Geometry, batch: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    centre = scene.centroid()
-    rng = np.random.default_rng(batch)
-    poses = [Pose(*rng.uniform(-1, 1, 6) * [5, 3, 5, 15, 10, 15]) for _ in range(batch)]
-    matrices = np.stack([geo.projection_matrix(centre, p.matrix(centre)) for p in poses])
+    matrices = view_matrices(scene, geo, batch)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         render(scene, geo, matrices, device="cuda", kernel="torch")
         torch.cuda.synchronize()
