@@ -14,7 +14,6 @@ and the same recipe on the DRRs the part owed to the radiograph. ``dataset.json`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,25 +22,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xraymuscle.atomic import write_text_atomic  # noqa: E402
-from xraymuscle.drr_dataset import DrrDataset, read_sample, write_manifest, write_sample  # noqa: E402
+from xraymuscle.drr_dataset import DrrDataset, derive_dataset  # noqa: E402
 
 
 def ideal_copy(src: Path, out: Path) -> int:
-    """Write the copy; returns the number of samples."""
+    """Write the copy (resumable, as every derived dataset); returns the number of samples."""
     data = DrrDataset.load(src)
-    if (out / "dataset.json").exists():
-        raise SystemExit(f"{out}: holds a dataset already; use a new folder")
-    for row in data.rows:
-        arrays = read_sample(data.root / row["file"])
-        meta = arrays.pop("meta")
-        arrays["image"] = arrays["maps"].astype(np.float32).sum(axis=0)
-        write_sample(out, row["sample_id"], arrays, meta)
-    write_manifest(out, data.muscles, data.rows)
-    info = dict(data.info)
-    info["ideal_view"] = {"source": str(Path(src).resolve()), "image": "sum of the muscle maps, mm"}
-    write_text_atomic(out / "dataset.json", json.dumps(info, indent=1))
-    return len(data.rows)
+    files = {row["sample_id"]: data.root / row["file"] for row in data.rows}
+
+    def summed_maps(image: np.ndarray, sample_id: str) -> np.ndarray:
+        maps = np.load(files[sample_id], allow_pickle=False)["maps"]
+        return maps.astype(np.float32).sum(axis=0)
+
+    provenance = {"source": str(Path(src).resolve()), "image": "sum of the muscle maps, mm"}
+    _, samples = derive_dataset(data, out, summed_maps, "ideal_view", provenance, desc="samples")
+    return samples
 
 
 def main() -> None:
