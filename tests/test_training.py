@@ -4,6 +4,7 @@ training writes a model folder that loads without pickle and resumes, and recipe
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY_RECIPE as TINY
 from training.config import AugmentConfig, DecompositionConfig
-from training.data import DrrTrainingSet, GridSpec, fit_to_grid, normalise, twin_order
+from training.data import MATERIAL_SCALE_G_CM2, DrrTrainingSet, GridSpec, fit_to_grid, normalise, twin_order
 from training.decomposition import split_by_case, train_decomposition
 from training.unet import BayesianUNet
 from xraymuscle.drr_dataset import DrrDataset
@@ -356,14 +357,69 @@ def test_resume_with_other_loader_processes_and_from_a_checkpoint_without_the_se
     drr: Path, tmp_path: Path
 ) -> None:
     """``loader_workers`` says how a run is carried out, not what it learns: resuming may change it,
-    and a checkpoint written before the setting existed still resumes."""
+    and a checkpoint written before the settings existed still resumes."""
     out = tmp_path / "model"
     train_decomposition(drr, out, DecompositionConfig.from_dict({**TINY, "epochs": 3}), epochs=1,
                         progress=False, echo=lambda s: None)  # fmt: skip
     state = out / "checkpoint" / "state.json"
     info = json.loads(state.read_text())
     del info["config"]["loader_workers"]  # as an earlier version wrote it
+    del info["config"]["materials_weight"]  # a setting added later: its default is taken
     state.write_text(json.dumps(info))
     more = DecompositionConfig.from_dict({**TINY, "epochs": 3, "loader_workers": 2})
     resumed = train_decomposition(drr, out, more, epochs=2, resume=True, progress=False, echo=lambda s: None)
     assert resumed.epochs_run == 1 and len(resumed.history) == 2
+
+
+def test_materials_head_learns_soft_tissue_and_bone(drr: Path, tmp_path: Path) -> None:
+    """The training-only materials head: its targets are the DRR's soft-tissue and bone line
+    integrals on the grid (mirrored by a flip, never swapped), it learns them, and the model
+    folder records it and loads."""
+    data = DrrDataset.load(drr)
+    grid = GridSpec(64, 5.36)
+    plain = DrrTrainingSet(data, [0], grid, map_scale_mm=50.0, mass=True, materials=True)
+    sample = data.sample(0, keys=("materials",))["materials"]
+    expected = fit_to_grid(sample[[1, 2]].astype(np.float32), plain.scale, 64) / MATERIAL_SCALE_G_CM2
+    item = plain[0]
+    assert item["target"].shape[0] == 2 * len(data.muscles)
+    np.testing.assert_allclose(item["materials"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert float(item["materials"][1].max()) > 0.1  # bone is there
+    flipping = DrrTrainingSet(
+        data, [0], grid, map_scale_mm=50.0, mass=True, materials=True,
+        augment=AugmentConfig(flip=1.0, rotate_deg=0, shift=0, gamma=(1, 1), brightness=0, contrast=0,
+                              noise_sd=0, blur=0, clahe=0),
+    )  # fmt: skip
+    np.testing.assert_allclose(flipping[0]["materials"].numpy(), expected[:, :, ::-1], rtol=1e-5, atol=1e-6)
+
+    def materials_error(network: BayesianUNet) -> float:
+        network.eval()
+        with torch.no_grad():
+            _, _, found = network(item["image"][None], with_materials=True)
+        return float((found[0] - item["materials"]).abs().mean())
+
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 30, "materials_weight": 1.0})
+    torch.manual_seed(recipe.seed)
+    untrained = BayesianUNet(len(data.muscles), base_channels=4, depth=3, materials=2)
+    out = tmp_path / "model"
+    train_decomposition(drr, out, recipe, progress=False, echo=lambda s: None)
+    model = load_model(out)
+    assert model.meta["architecture"]["materials"] == 2
+    # unwired, the head would keep its initial weights (weight decay alone moves them by ~1e-4)
+    assert materials_error(model.network) < 0.8 * materials_error(untrained)
+    assert model.network(item["image"][None]).shape[1] == 2 * len(data.muscles)  # muscles only
+    without = BayesianUNet(len(data.muscles), base_channels=4, depth=3)
+    with pytest.raises(ValueError, match="no materials head"):
+        without(item["image"][None], with_materials=True)
+
+
+def test_materials_recipe_refuses_samples_without_materials(drr: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "drr"
+    shutil.copytree(drr, copy)
+    data = DrrDataset.load(copy)
+    path = copy / data.rows[0]["file"]
+    arrays = dict(np.load(path, allow_pickle=False))
+    del arrays["materials"]
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match="materials") as caught:
+        DrrTrainingSet(data, [0], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False, materials=True)[0]
+    assert path.name in str(caught.value)

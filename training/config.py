@@ -76,6 +76,7 @@ class DecompositionConfig(_Recipe):
     l2_weight: float = 1.0
     volume_loss_weight: float = 0.5
     aleatoric_weight: float = 0.1
+    materials_weight: float = 0.0  # a training-only head for the soft-tissue and bone maps (0: none)
     mc_samples: int = 10
     val_fraction: float = 0.1
     seed: int = 0
@@ -96,6 +97,7 @@ class DecompositionConfig(_Recipe):
             "l1_weight": self.l1_weight >= 0 and self.l1_weight + self.l2_weight > 0,
             "l2_weight": self.l2_weight >= 0,
             "aleatoric_weight": self.aleatoric_weight >= 0,
+            "materials_weight": self.materials_weight >= 0,
             "mc_samples": self.mc_samples >= 2,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
             "loader_workers": self.loader_workers >= 0,

@@ -33,6 +33,11 @@ __all__ = [
     "worker_init",
 ]
 
+# Channels of the dataset's ``materials`` array a materials head learns: soft tissue and bone
+# (air is nothing but the field's edge), and the g/cm² they are divided by (a typical line integral).
+MATERIAL_CHANNELS = (1, 2)
+MATERIAL_SCALE_G_CM2 = 10.0
+
 
 def twin_order(muscles: list[str]) -> list[int]:
     """For every channel, the channel of its left/right twin (itself if it has none)."""
@@ -54,6 +59,8 @@ class DrrTrainingSet(Dataset):
     Each item: ``image (1, S, S)`` normalised; ``target (2K or K, S, S)`` maps (and mass maps)
     divided by ``map_scale_mm``; ``valid (K,)`` 1 where the muscle has labels in that case;
     ``volume (K,)`` the true map integral in ml on this grid (what the network is asked for).
+    With ``materials``, also ``materials (2, S, S)``: the soft-tissue and bone density line
+    integrals divided by ``MATERIAL_SCALE_G_CM2`` (mirrored with the image, never swapped).
 
     Samples read and resampled once are kept in memory, up to ``cache_mb`` megabytes in all
     (every epoch then costs only augmentation); the rest are read from disk each time.
@@ -70,8 +77,10 @@ class DrrTrainingSet(Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         cache_mb: float = 2048.0,
+        materials: bool = False,
     ) -> None:
         self.data = data
+        self.materials = materials
         self.indices = list(indices)
         self.grid = grid
         self.map_scale = map_scale_mm
@@ -103,7 +112,10 @@ class DrrTrainingSet(Dataset):
             self.pipeline = _pipeline(self.augment, seed)
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image ``(S, S)``, maps ``(2K|K, S, S)`` in mm and validity ``(K,)``, before augmentation."""
+        """Image ``(S, S)``, maps ``(2K|K [+2], S, S)`` and validity ``(K,)``, before augmentation.
+
+        Maps in mm, mass maps in mm·g/cm³, then (with ``materials``) soft tissue and bone in g/cm².
+        """
         cached = self._cache.get(i)
         if cached is None:
             cached = self._read(i)
@@ -115,7 +127,8 @@ class DrrTrainingSet(Dataset):
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         row = self.data.rows[self.indices[i]]
-        keys = ("image", "maps", "mass_maps") if self.mass else ("image", "maps")
+        keys: tuple[str, ...] = ("image", "maps", "mass_maps") if self.mass else ("image", "maps")
+        keys += ("materials",) if self.materials else ()
         sample = self.data.sample(self.indices[i], keys=keys)
         k = len(self.data.muscles)
         if sample["maps"].ndim != 3 or sample["maps"].shape[0] != k:
@@ -124,6 +137,16 @@ class DrrTrainingSet(Dataset):
                 self.data.root / row["file"],
             )
         stack = [sample["image"][None], sample["maps"]] + ([sample["mass_maps"]] if self.mass else [])
+        if self.materials:
+            found = sample.get("materials")
+            if found is None or found.ndim != 3 or found.shape[0] <= max(MATERIAL_CHANNELS):
+                shape = None if found is None else found.shape
+                raise InputError(
+                    f"the recipe learns material maps, but the sample's materials are {shape}, "
+                    "expected (3, H, W)",
+                    self.data.root / row["file"],
+                )
+            stack.append(found[list(MATERIAL_CHANNELS)])
         fitted = fit_to_grid(np.concatenate(stack).astype(np.float32), self.scale, self.grid.size)
         valid = np.array([math.isfinite(row[f"volume_ml__{m}"]) for m in self.data.muscles], np.float32)
         return fitted[0], fitted[1:], valid
@@ -136,6 +159,7 @@ class DrrTrainingSet(Dataset):
                 image = image[:, ::-1]
                 k = len(self.twins)
                 order = self.twins + ([t + k for t in self.twins] if self.mass else [])
+                order += list(range(len(order), len(maps)))  # material maps: mirrored only
                 maps = maps[order, :, ::-1]
                 valid = valid[self.twins]
             out = self.pipeline(
@@ -145,12 +169,16 @@ class DrrTrainingSet(Dataset):
         maps = np.ascontiguousarray(maps, dtype=np.float32)
         k = len(self.data.muscles)
         volume = maps[:k].sum(axis=(1, 2)) * self.grid.pixel_area_mm2 / 1000.0
-        return {
+        n_maps = k * (2 if self.mass else 1)
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
-            "target": torch.from_numpy(maps / self.map_scale),
+            "target": torch.from_numpy(maps[:n_maps] / self.map_scale),
             "valid": torch.from_numpy(valid),
             "volume": torch.from_numpy(volume.astype(np.float32)),
         }
+        if self.materials:
+            item["materials"] = torch.from_numpy(np.ascontiguousarray(maps[n_maps:] / MATERIAL_SCALE_G_CM2))
+        return item
 
 
 def worker_init(worker_id: int) -> None:

@@ -7,6 +7,9 @@ alone is minimised by the median map, which for a thin muscle whose position var
 leaving the intensity-sum term to spread the volume thinly over the image; the mean map that the
 squared error asks for integrates to the mean volume. With a variance head, the Gaussian negative
 log-likelihood of each relative volume error (detached) under its predicted variance is added.
+With ``materials_weight``, a training-only head also learns the DRR's soft-tissue and bone density
+line integrals (L1 and squared error): the network is taught to take the whole radiograph apart,
+the bone over the muscles included, not the muscles alone.
 Validation after every epoch (per-muscle volume MAPE and Pearson r, dropout off); the best epoch
 is kept. At the end, on the validation set with dropout on: the per-muscle scale that makes the
 95 % interval cover 95 %, the coefficient-of-variation threshold for ``uncertain``, and the
@@ -38,7 +41,14 @@ from tqdm.auto import tqdm
 
 from training.checkpoint import load_checkpoint, module_state, read_info, save_checkpoint
 from training.config import DecompositionConfig
-from training.data import NORMALISE_PERCENTILES, DrrTrainingSet, GridSpec, collect, worker_init
+from training.data import (
+    MATERIAL_CHANNELS,
+    NORMALISE_PERCENTILES,
+    DrrTrainingSet,
+    GridSpec,
+    collect,
+    worker_init,
+)
 from training.unet import BayesianUNet
 from xraymuscle import __version__
 from xraymuscle.atomic import write_text_atomic
@@ -103,6 +113,7 @@ def _loss(
     config: DecompositionConfig,
     area: float,
     log_variance: torch.Tensor | None = None,
+    materials: torch.Tensor | None = None,
 ) -> torch.Tensor:
     target, valid = batch["target"], batch["valid"]
     mask = valid if pred.shape[1] == k else torch.cat([valid, valid], dim=1)
@@ -126,6 +137,9 @@ def _loss(
         error = signed[:, :k].detach()
         nll = 0.5 * (error.square() * torch.exp(-log_variance) + log_variance)
         loss = loss + config.aleatoric_weight * (nll * valid).sum() / valid.sum().clamp(min=1)
+    if materials is not None and config.materials_weight:
+        diff = materials - batch["materials"]
+        loss = loss + config.materials_weight * (diff.abs().mean() + diff.square().mean())
     return loss
 
 
@@ -190,9 +204,10 @@ def train_decomposition(
         train_idx, val_idx = split_by_case(data, config.val_fraction, config.seed)
     k = len(data.muscles)
     grid = _grid(data, config)
+    learn_materials = config.materials_weight > 0
     train_set = DrrTrainingSet(
         data, train_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head,
-        augment=config.augment, seed=config.seed + rank,
+        augment=config.augment, seed=config.seed + rank, materials=learn_materials,
     )  # fmt: skip
     val_set = DrrTrainingSet(val_data, val_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head)
     network = BayesianUNet(
@@ -203,6 +218,7 @@ def train_decomposition(
         mass_head=config.mass_head,
         aleatoric=config.aleatoric_weight > 0,
         gain_bound=GAIN_BOUND,
+        materials=len(MATERIAL_CHANNELS) if learn_materials else 0,
     ).to(device)
     model: torch.nn.Module = network
     if world > 1:
@@ -262,9 +278,16 @@ def train_decomposition(
         )
         for batch in bar:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            materials = None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                pred, log_variance = model(batch["image"], with_variance=True)
-            loss = _loss(pred.float(), batch, k, config, grid.pixel_area_mm2, log_variance.float())
+                if learn_materials:
+                    pred, log_variance, materials = model(batch["image"], with_materials=True)
+                else:
+                    pred, log_variance = model(batch["image"], with_variance=True)
+            loss = _loss(
+                pred.float(), batch, k, config, grid.pixel_area_mm2, log_variance.float(),
+                None if materials is None else materials.float(),
+            )  # fmt: skip
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -368,7 +391,11 @@ def _load_checkpoint(
     summary: TrainSummary,
 ) -> int:
     wanted = _model_settings(json.loads(json.dumps(config.to_dict())))
-    if _model_settings(read_info(folder)["config"]) != wanted:
+    try:  # settings added since the checkpoint was written take their defaults
+        saved = json.loads(json.dumps(DecompositionConfig.from_dict(read_info(folder)["config"]).to_dict()))
+    except (ValueError, TypeError):
+        saved = None
+    if saved is None or _model_settings(saved) != wanted:
         raise InputError("the checkpoint was made with another recipe; use a new --out", folder)
     info = load_checkpoint(folder, {"model": network}, {"model": optimiser})
     summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
@@ -498,6 +525,7 @@ def _metadata(
             "coordinates": True,
             "aleatoric": config.aleatoric_weight > 0,
             "gain_bound": GAIN_BOUND,
+            "materials": len(MATERIAL_CHANNELS) if config.materials_weight > 0 else 0,
         },
         "map_scale_mm": config.map_scale_mm,
         "mc_samples": config.mc_samples,

@@ -56,10 +56,16 @@ class BayesianUNet(nn.Module):
         Give the encoder each pixel's position (two coordinate channels) beside the image.
     aleatoric
         Also predict, per muscle, the log-variance of the relative volume error.
+    materials
+        Number of material maps a training-only head predicts beside the muscles (the DRR's
+        soft-tissue and bone density line integrals): teaching the network to take the whole
+        radiograph apart, bone included, rather than the muscles alone. 0: no such head.
 
     Forward returns ``(B, K, H, W)`` maps, or ``(B, 2K, H, W)`` (volume maps then mass maps) with a
     mass head; all non-negative. With ``with_variance=True`` it returns ``(maps, log_variance)``,
-    the second ``(B, K)`` (zeros without an aleatoric head: no variance of its own).
+    the second ``(B, K)`` (zeros without an aleatoric head: no variance of its own). With
+    ``with_materials=True`` (training) it returns ``(maps, log_variance, materials)``, the last
+    ``(B, materials, H, W)``, non-negative.
     """
 
     def __init__(
@@ -74,12 +80,13 @@ class BayesianUNet(nn.Module):
         coordinates: bool = True,
         aleatoric: bool = False,
         gain_bound: float | None = None,
+        materials: int = 0,
     ) -> None:
         super().__init__()
-        if out_channels < 1 or depth < 2 or base_channels < 1 or not 0 <= dropout < 1:
+        if out_channels < 1 or depth < 2 or base_channels < 1 or not 0 <= dropout < 1 or materials < 0:
             raise ValueError(
                 f"invalid network settings: out_channels={out_channels}, depth={depth}, "
-                f"base_channels={base_channels}, dropout={dropout}"
+                f"base_channels={base_channels}, dropout={dropout}, materials={materials}"
             )
         widths = [base_channels * 2**level for level in range(depth)]
         self.depth = depth
@@ -99,6 +106,7 @@ class BayesianUNet(nn.Module):
         )
         self.decoder = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth - 1))])
         self.head = nn.Conv2d(widths[0], out_channels * (2 if mass_head else 1), 1)
+        self.materials_head = nn.Conv2d(widths[0], materials, 1) if materials else None
         # A global path: pooled bottleneck features set a per-channel gain on the maps, so the
         # network can express "this muscle is larger" without moving every boundary pixel.
         self.gain = nn.Linear(widths[-1], out_channels * (2 if mass_head else 1)) if global_gain else None
@@ -119,6 +127,9 @@ class BayesianUNet(nn.Module):
             nn.init.constant_(last.bias, 2 * math.log(0.15))  # start at 15 % sd
         assert self.head.bias is not None
         nn.init.constant_(self.head.bias, -3.0)  # start near empty maps (softplus(-3) ≈ 0.05)
+        if self.materials_head is not None:
+            assert self.materials_head.bias is not None
+            nn.init.constant_(self.materials_head.bias, -1.0)  # softplus(-1) ≈ 0.3: thin tissue
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Skip features of every level and the bottleneck input (no dropout here)."""
@@ -155,13 +166,17 @@ class BayesianUNet(nn.Module):
         masks: list[torch.Tensor] | None = None,
         *,
         with_variance: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        with_materials: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Maps from encoder features (dropout active in training mode or when sampling).
 
         ``masks`` (one ``(B, C, 1, 1)`` tensor per dropout site, see :meth:`dropout_channels`)
         replace the random channel dropout with given draws. ``with_variance`` also returns the
-        ``(B, K)`` log-variance of each relative volume error (zeros without an aleatoric head).
+        ``(B, K)`` log-variance of each relative volume error (zeros without an aleatoric head);
+        ``with_materials`` returns the variance and then the material maps.
         """
+        if with_materials and self.materials_head is None:
+            raise ValueError("this network has no materials head")
         x = self._drop(self.bottleneck(feats[-1]), masks, 0)
         pooled = x.mean(dim=(2, 3))
         gain = None
@@ -180,11 +195,15 @@ class BayesianUNet(nn.Module):
                 x = self._drop(x, masks, level + 1)
         maps = F.softplus(self.head(x))
         maps = maps if gain is None else maps * gain
-        if not with_variance:
+        if not (with_variance or with_materials):
             return maps
         if self.log_variance is None:
-            return maps, pooled.new_zeros(pooled.shape[0], self.out_channels)
-        return maps, self.log_variance(pooled).clamp(-12.0, 4.0)
+            log_variance = pooled.new_zeros(pooled.shape[0], self.out_channels)
+        else:
+            log_variance = self.log_variance(pooled).clamp(-12.0, 4.0)
+        if self.materials_head is None or not with_materials:
+            return maps, log_variance
+        return maps, log_variance, F.softplus(self.materials_head(x))
 
     @overload
     def forward(self, x: torch.Tensor, *, with_variance: Literal[False] = ...) -> torch.Tensor: ...
@@ -192,15 +211,19 @@ class BayesianUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, *, with_variance: Literal[True]
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
     def forward(
-        self, x: torch.Tensor, *, with_variance: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, *, with_variance: bool = ..., with_materials: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def forward(
+        self, x: torch.Tensor, *, with_variance: bool = False, with_materials: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"input must be (B, 1, H, W), not {tuple(x.shape)}")
         step = 2 ** (self.depth - 1)
         if x.shape[-1] % step or x.shape[-2] % step:
             raise ValueError(f"input height and width must divide by {step}, not {tuple(x.shape[-2:])}")
-        return self.decode(self.encode(x), with_variance=with_variance)
+        return self.decode(self.encode(x), with_variance=with_variance, with_materials=with_materials)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled bottleneck features ``(B, C)`` (deterministic), for the out-of-distribution score."""
@@ -260,7 +283,7 @@ class BayesianUNet(nn.Module):
         masks = None if seeds is None else self.dropout_masks(seeds, samples)
         out = self.decode(repeated, masks, with_variance=True)
         self.train(was_training)
-        maps, log_variance = out
+        maps, log_variance = out[0], out[1]
         maps = maps.reshape(samples, x.shape[0], *maps.shape[1:])
         if not with_variance:
             return maps

@@ -77,6 +77,7 @@ def build_network(architecture: dict[str, Any], n_muscles: int) -> BayesianUNet:
         coordinates=bool(architecture.get("coordinates", False)),
         aleatoric=bool(architecture.get("aleatoric", False)),
         gain_bound=None if architecture.get("gain_bound") is None else float(architecture["gain_bound"]),
+        materials=int(architecture.get("materials", 0)),
     )
 
 
