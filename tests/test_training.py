@@ -418,8 +418,12 @@ def test_materials_recipe_refuses_samples_without_materials(drr: Path, tmp_path:
     data = DrrDataset.load(copy)
     path = copy / data.rows[0]["file"]
     arrays = dict(np.load(path, allow_pickle=False))
-    del arrays["materials"]
+    materials = arrays.pop("materials")
     np.savez(path, **arrays)
     with pytest.raises(InputError, match="materials") as caught:
+        DrrTrainingSet(data, [0], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False, materials=True)[0]
+    assert path.name in str(caught.value)
+    np.savez(path, **arrays, materials=materials[:2])  # air and soft tissue, no bone
+    with pytest.raises(InputError, match=r"expected \(3, H, W\)") as caught:
         DrrTrainingSet(data, [0], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False, materials=True)[0]
     assert path.name in str(caught.value)

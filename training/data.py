@@ -138,11 +138,10 @@ class DrrTrainingSet(Dataset):
             )
         stack = [sample["image"][None], sample["maps"]] + ([sample["mass_maps"]] if self.mass else [])
         if self.materials:
-            found = sample.get("materials")
-            if found is None or found.ndim != 3 or found.shape[0] <= max(MATERIAL_CHANNELS):
-                shape = None if found is None else found.shape
+            found = sample["materials"]  # a sample without them was refused by the reader
+            if found.ndim != 3 or found.shape[0] <= max(MATERIAL_CHANNELS):
                 raise InputError(
-                    f"the recipe learns material maps, but the sample's materials are {shape}, "
+                    f"the recipe learns material maps, but the sample's materials are {found.shape}, "
                     "expected (3, H, W)",
                     self.data.root / row["file"],
                 )
