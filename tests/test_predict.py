@@ -20,6 +20,8 @@ from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.metrics import icc_2_1, volume_metrics
 from xraymuscle.model import load_model
+from xraymuscle.paths import default_model_dir
+from xraymuscle.phantom.cohort import make_cohort
 
 runner = CliRunner()
 
@@ -150,3 +152,31 @@ def test_predict_refuses_a_broken_model(trained: tuple[Path, Path], tmp_path: Pa
     )
     assert result.exit_code == 2 and "--pixel-spacing must be a positive" in result.output
     assert load_model(model_dir).notice
+
+
+def test_the_shipped_model_works_out_of_the_box(tmp_path: Path) -> None:
+    """Item 7: small, says it was trained on phantoms, and `predict` without --model measures a
+    new phantom's radiograph (rendered as the training cohort was) close to its true volumes."""
+    folder = default_model_dir()
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 2**20
+    model = load_model(folder)
+    assert "phantom" in model.notice.lower() and len(model.muscles) == 14
+    cohort = make_cohort(1, tmp_path / "cohort", seed=7, spacing=3.0, progress=False)
+    drr = tmp_path / "drr"
+    rendered = runner.invoke(app, ["generate-drr", "--cohort", str(cohort), "--out", str(drr), "--views", "1",
+                                   "--image-size", "128", "--label-source", "phantom"])  # fmt: skip
+    assert rendered.exit_code == 0, rendered.output
+    data = DrrDataset.load(drr)
+    image = write_dx(
+        tmp_path / "drr.dcm", data.sample(0)["image"], pixel_spacing_mm=data.info["pixel_spacing_mm"]
+    )
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", str(image), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] in ("ok", "uncertain") and row["notice"] == model.notice
+    truth = data.rows[0]
+    # the large muscles, measured to about 6 % on held-out phantoms (README)
+    for muscle in ("gluteus_maximus_left", "quadriceps_right"):
+        assert float(row[f"volume_ml__{muscle}"]) == pytest.approx(truth[f"volume_ml__{muscle}"], rel=0.15)
