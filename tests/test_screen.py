@@ -243,9 +243,14 @@ def test_ray_gives_the_same_table_and_resumes(study, screened, tmp_path: Path) -
     summary = screen_study(folder, out, ray=True, batch=4, report=False, progress=False, echo=str)
     assert summary.processed == len(expected) - len(first)
     rows = _rows(out / "results.csv")
-    keys = ("image", "status", "reason", "volume_ml__gluteus_medius_right", "patient_pseudonym")
-    got = [[r[k] for k in keys if k != "patient_pseudonym"] for r in rows]
-    assert got == [[r[k] for k in keys if k != "patient_pseudonym"] for r in reference]
+    keys = ("image", "status", "reason")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in reference]
+    # the same numbers up to the last printed digit: batches of other sizes may sum in another order
+    volume = "volume_ml__gluteus_medius_right"
+    for got, want in zip(rows, reference, strict=True):
+        assert (got[volume] == want[volume] == "") or float(got[volume]) == pytest.approx(
+            float(want[volume]), abs=2e-3
+        )
     assert len({r["patient_pseudonym"] for r in rows if r["patient_pseudonym"]}) == 6  # one salt
 
 
