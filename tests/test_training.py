@@ -340,14 +340,15 @@ def test_travel_copy_keeps_the_contract_and_the_volumes(drr: Path, tmp_path: Pat
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     source = DrrDataset.load(drr)
-    n = module.travel_copy(drr, tmp_path / "copy", cases=2, views=1)
+    n = module.travel_copy(drr, tmp_path / "copy", cases=2, views=1, materials=True)
     copy = DrrDataset.load(tmp_path / "copy")
     assert n == len(copy) == 2 and copy.info["travel"]["dtype"] == "float16"
     where = {r["sample_id"]: i for i, r in enumerate(source.rows)}
     for index, row in enumerate(copy.rows):
-        original = source.sample(where[row["sample_id"]])
-        small = copy.sample(index)
+        original = source.sample(where[row["sample_id"]], keys=("maps", "materials"))
+        small = copy.sample(index, keys=("maps", "materials"))
         assert small["maps"].dtype == np.float16 and small["maps"].shape == original["maps"].shape
+        np.testing.assert_allclose(small["materials"], original["materials"], rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(
             small["maps"].astype(np.float64).sum(axis=(1, 2)), original["maps"].sum(axis=(1, 2)), rtol=1e-3
         )
