@@ -35,7 +35,8 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -o filterwarnin
 # The GPU training recipe (configs/train/decomposition_gpu.yaml) on the carried datasets: two
 # learning rates side by side on the one GPU (the recipe's and the CPU recipe's 0.01), each stopped
 # after TRAIN_MINUTES, then evaluated on the held-out set. The CPU recipe on the same datasets is
-# the peer, trained on a CPU machine. Run before the timed benchmarks, which then have the machine.
+# the peer, trained on a CPU machine (its materials head needs copies made with --materials, or
+# materials_weight 0). Run before the timed benchmarks, which then have the machine.
 if [ -f .gpu-data/train/dataset.json ] && [ -f .gpu-data/test/dataset.json ]; then
     W=/tmp/gpu-training
     MINUTES="${TRAIN_MINUTES:-3}"
