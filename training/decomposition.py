@@ -390,12 +390,11 @@ def _load_checkpoint(
     config: DecompositionConfig,
     summary: TrainSummary,
 ) -> int:
-    wanted = _model_settings(json.loads(json.dumps(config.to_dict())))
-    try:  # settings added since the checkpoint was written take their defaults
-        saved = json.loads(json.dumps(DecompositionConfig.from_dict(read_info(folder)["config"]).to_dict()))
+    try:  # read as a recipe: settings added since the checkpoint was written take their defaults
+        saved = DecompositionConfig.from_dict(read_info(folder)["config"]).to_dict()
     except (ValueError, TypeError):
         saved = None
-    if saved is None or _model_settings(saved) != wanted:
+    if saved is None or _model_settings(saved) != _model_settings(config.to_dict()):
         raise InputError("the checkpoint was made with another recipe; use a new --out", folder)
     info = load_checkpoint(folder, {"model": network}, {"model": optimiser})
     summary.best_epoch, summary.best_mape = info["best_epoch"], info["best_mape"]
