@@ -264,8 +264,9 @@ def evaluate(
     mean = metrics["mean"]
     typer.echo(
         f"mean over muscles: r {mean['pcc']:.3f}, ICC {mean['icc']:.3f}, MAPE {mean['mape']:.2f} %, "
-        f"MAE {mean['mae_ml']:.1f} ml, Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f}, "
-        f"95 % coverage {100 * mean['coverage95']:.0f} %; details in {out}"
+        f"MAE {mean['mae_ml']:.1f} ml, Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f} "
+        f"(ceiling {mean['spearman_ceiling']:.2f}), 95 % coverage {100 * mean['coverage95']:.0f} %; "
+        f"details in {out}"
     )
 
 

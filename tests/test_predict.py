@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
 import pytest
+from scipy import stats
 from typer.testing import CliRunner
 
 from cli import app
@@ -18,7 +20,7 @@ from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
-from xraymuscle.metrics import icc_2_1, volume_metrics
+from xraymuscle.metrics import icc_2_1, spearman_ceiling, volume_metrics
 from xraymuscle.model import load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.phantom.cohort import make_cohort
@@ -48,6 +50,18 @@ def test_metrics_against_hand_values() -> None:
     # absolute agreement: a constant offset between raters lowers ICC(2,1) below 1
     a = np.array([9, 6, 8, 7, 10, 6.0])
     assert icc_2_1(a, a + 2) < icc_2_1(a, a)
+    assert math.isnan(row["spearman_ceiling"])  # one sd for every case ranks nothing
+
+
+def test_spearman_ceiling_is_what_exact_sds_reach() -> None:
+    rng = np.random.default_rng(5)
+    sd = np.exp(rng.normal(0.0, 0.35, 100))
+    direct = np.mean([stats.spearmanr(sd, np.abs(rng.normal(0.0, sd)))[0] for _ in range(400)])
+    assert spearman_ceiling(sd) == pytest.approx(direct, abs=0.03)
+    assert 0.25 < spearman_ceiling(sd) < 0.42
+    # sds that hardly differ rank errors no better than chance; widely different ones rank them well
+    assert abs(spearman_ceiling(np.exp(rng.normal(0.0, 1e-3, 100)))) < 0.03
+    assert spearman_ceiling(np.exp(rng.normal(0.0, 1.5, 100))) > 0.6
 
 
 def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path: Path) -> None:
@@ -58,6 +72,7 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"muscles", "mean"}
     keys = {"pcc", "icc", "mae_ml", "mape", "bias_ml", "spearman_sd_abs_error", "coverage95"}
+    keys |= {"spearman_ceiling"}
     assert keys <= set(metrics["muscles"]["gluteus_medius_left"]) and keys <= set(metrics["mean"])
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))

@@ -19,7 +19,9 @@ from xraymuscle.inference import mc_predict
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import LoadedModel, load_model
 
-METRIC_KEYS = ("n", "pcc", "icc", "mae_ml", "mape", "bias_ml", "spearman_sd_abs_error", "coverage95")
+METRIC_KEYS = (
+    "n", "pcc", "icc", "mae_ml", "mape", "bias_ml", "spearman_sd_abs_error", "spearman_ceiling", "coverage95"
+)  # fmt: skip
 
 
 def evaluate_model(

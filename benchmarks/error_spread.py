@@ -1,0 +1,96 @@
+"""How much the sizes of a model's errors differ from case to case, and so how well any sd can rank them.
+
+    python benchmarks/error_spread.py EVALUATION_DIR [--draws 2000]
+
+Reads the ``predictions.csv`` that ``xraymuscle evaluate`` writes. Spearman(sd, |error|) can only be
+high when the errors' own standard deviations differ a good deal between cases. Two figures bound it:
+
+* the **ceiling of the model's sds**: the mean Spearman they would reach were each sd exactly its
+  error's standard deviation (``xraymuscle.metrics.spearman_ceiling``);
+* the **spread the errors allow**: if each error is ``N(0, σ²)`` with ``log σ`` spread by ``w``, the
+  errors' pooled excess kurtosis grows with ``w`` (about ``12·w²``). For several ``w`` the script
+  prints the Spearman that exact sds would reach and how often errors drawn that way are as
+  light-tailed as the observed ones (a small share: the errors vary less than that ``w``).
+
+The views of one body share most of their error (the body, not the view, decides it), so the
+kurtosis is taken over cases: each case's error is the mean over its views, centred and scaled per
+muscle before pooling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from xraymuscle.metrics import spearman_ceiling
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Per muscle: the truth, volume, sd and case of each row of an evaluation's ``predictions.csv``."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise SystemExit(f"{path}: no rows")
+    muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
+    cases = np.array([r["case_id"] for r in rows])
+    out = {}
+    for m in muscles:
+        cols = {"true": f"true_ml__{m}", "volume": f"volume_ml__{m}", "sd": f"volume_sd_ml__{m}"}
+        values = {k: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for k, c in cols.items()}
+        ok = np.isfinite(values["true"]) & np.isfinite(values["volume"]) & (values["true"] > 0)
+        out[m] = {**{k: v[ok] for k, v in values.items()}, "case": cases[ok]}
+    return out
+
+
+def case_means(values: np.ndarray, cases: np.ndarray) -> np.ndarray:
+    """The mean of ``values`` over each case's views, one value per case."""
+    _, index = np.unique(cases, return_inverse=True)
+    return np.bincount(index, weights=values) / np.bincount(index)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("evaluation", type=Path, help="an `xraymuscle evaluate` output folder")
+    parser.add_argument("--draws", type=int, default=2000)
+    args = parser.parse_args()
+    table = read_predictions(args.evaluation / "predictions.csv")
+    print(f"{'muscle':24s} {'n':>4s} {'rho(sd,|e|)':>11s} {'ceiling':>7s} {'sd(log sd)':>10s}")
+    observed, ceilings, pooled = [], [], []
+    for m, v in table.items():
+        err = v["volume"] - v["true"]
+        rho = float(stats.spearmanr(v["sd"], np.abs(err))[0])
+        ceiling = spearman_ceiling(v["sd"])
+        observed.append(rho)
+        ceilings.append(ceiling)
+        per_case = case_means(err, v["case"])
+        pooled.append((per_case - per_case.mean()) / per_case.std())
+        print(f"{m:24s} {len(err):4d} {rho:11.2f} {ceiling:7.2f} {np.std(np.log(v['sd'])):10.2f}")
+    print(f"{'mean':24s} {'':4s} {np.mean(observed):11.2f} {np.mean(ceilings):7.2f}")
+    kurtosis = float(stats.kurtosis(np.concatenate(pooled)))
+    sizes = [len(x) for x in pooled]
+    print(f"\npooled excess kurtosis of the errors, {sum(sizes)} muscle-cases: {kurtosis:.2f} ", end="")
+    print("(0 for errors of one common sd)")
+    print(f"{'log-sd spread w':>16s} {'Spearman if exact':>18s} {'share as light-tailed':>22s}")
+    rng = np.random.default_rng(0)
+    for w in (0.1, 0.2, 0.3, 0.35, 0.4):
+        kurt, rho = [], []
+        for _ in range(args.draws):
+            parts = []
+            for n in sizes:
+                sigma = np.exp(rng.normal(0.0, w, n))
+                e = rng.normal(0.0, sigma)
+                parts.append((e - e.mean()) / e.std())
+            rho.append(stats.spearmanr(sigma, np.abs(e))[0])
+            kurt.append(stats.kurtosis(np.concatenate(parts)))
+        share = float(np.mean(np.asarray(kurt) <= kurtosis))
+        print(f"{w:16.2f} {np.mean(rho):18.2f} {share:22.3f}")
+
+
+if __name__ == "__main__":
+    main()
