@@ -7,6 +7,8 @@ high when the errors' own standard deviations differ a good deal between cases. 
 
 * the **ceiling of the model's sds**: the mean Spearman they would reach were each sd exactly its
   error's standard deviation (``xraymuscle.metrics.spearman_ceiling``);
+* the **share of the error that the body decides**: the correlation between the errors of two views
+  of one case (near 1: another view of the same body would be wrong the same way);
 * the **spread the errors allow**: if each error is ``N(0, σ²)`` with ``log σ`` spread by ``w``, the
   errors' pooled excess kurtosis grows with ``w`` (about ``12·w²``). For several ``w`` the script
   prints the Spearman that exact sds would reach and how often errors drawn that way are as
@@ -52,6 +54,15 @@ def case_means(values: np.ndarray, cases: np.ndarray) -> np.ndarray:
     return np.bincount(index, weights=values) / np.bincount(index)
 
 
+def view_pairs(err: np.ndarray, cases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The errors of the first two views of each case that has two or more."""
+    views: dict[str, list[int]] = {}
+    for i, c in enumerate(cases):
+        views.setdefault(str(c), []).append(i)
+    pairs = [rows[:2] for rows in views.values() if len(rows) >= 2]
+    return np.array([err[i] for i, _ in pairs]), np.array([err[j] for _, j in pairs])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,8 +71,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2000)
     args = parser.parse_args()
     table = read_predictions(args.evaluation / "predictions.csv")
-    print(f"{'muscle':24s} {'n':>4s} {'rho(sd,|e|)':>11s} {'ceiling':>7s} {'sd(log sd)':>10s}")
-    observed, ceilings, pooled = [], [], []
+    head = f"{'muscle':24s} {'n':>4s} {'rho(sd,|e|)':>11s} {'ceiling':>7s} {'sd(log sd)':>10s}"
+    print(head + f" {'r(e, e) of two views':>21s}")
+    observed, ceilings, pooled, shared = [], [], [], []
     for m, v in table.items():
         err = v["volume"] - v["true"]
         rho = float(stats.spearmanr(v["sd"], np.abs(err))[0])
@@ -70,8 +82,13 @@ def main() -> None:
         ceilings.append(ceiling)
         per_case = case_means(err, v["case"])
         pooled.append((per_case - per_case.mean()) / per_case.std())
-        print(f"{m:24s} {len(err):4d} {rho:11.2f} {ceiling:7.2f} {np.std(np.log(v['sd'])):10.2f}")
-    print(f"{'mean':24s} {'':4s} {np.mean(observed):11.2f} {np.mean(ceilings):7.2f}")
+        a, b = view_pairs(err, v["case"])
+        r_views = float(stats.pearsonr(a, b)[0]) if len(a) >= 3 else float("nan")
+        shared.append(r_views)
+        row = f"{m:24s} {len(err):4d} {rho:11.2f} {ceiling:7.2f} {np.std(np.log(v['sd'])):10.2f}"
+        print(row + f" {r_views:21.2f}")
+    mean_row = f"{'mean':24s} {'':4s} {np.mean(observed):11.2f} {np.mean(ceilings):7.2f} {'':10s}"
+    print(mean_row + f" {np.nanmean(shared):21.2f}")
     kurtosis = float(stats.kurtosis(np.concatenate(pooled)))
     sizes = [len(x) for x in pooled]
     print(f"\npooled excess kurtosis of the errors, {sum(sizes)} muscle-cases: {kurtosis:.2f} ", end="")
