@@ -3,7 +3,7 @@
     python benchmarks/error_spread.py EVALUATION_DIR [--draws 2000]
 
 Reads the ``predictions.csv`` that ``xraymuscle evaluate`` writes. Spearman(sd, |error|) can only be
-high when the errors' own standard deviations differ a good deal between cases. Two figures bound it:
+high when the errors' own standard deviations differ a good deal between cases. Three figures bound it:
 
 * the **ceiling of the model's sds**: the mean Spearman they would reach were each sd exactly its
   error's standard deviation (``xraymuscle.metrics.spearman_ceiling``);
@@ -103,7 +103,7 @@ def main() -> None:
                 sigma = np.exp(rng.normal(0.0, w, n))
                 e = rng.normal(0.0, sigma)
                 parts.append((e - e.mean()) / e.std())
-            rho.append(stats.spearmanr(sigma, np.abs(e))[0])
+            rho.append(stats.spearmanr(sigma, np.abs(e))[0])  # over the last muscle's cases
             kurt.append(stats.kurtosis(np.concatenate(parts)))
         share = float(np.mean(np.asarray(kurt) <= kurtosis))
         print(f"{w:16.2f} {np.mean(rho):18.2f} {share:22.3f}")

@@ -71,8 +71,16 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"muscles", "mean"}
-    keys = {"pcc", "icc", "mae_ml", "mape", "bias_ml", "spearman_sd_abs_error", "coverage95"}
-    keys |= {"spearman_ceiling"}
+    keys = {
+        "pcc",
+        "icc",
+        "mae_ml",
+        "mape",
+        "bias_ml",
+        "spearman_sd_abs_error",
+        "spearman_ceiling",
+        "coverage95",
+    }
     assert keys <= set(metrics["muscles"]["gluteus_medius_left"]) and keys <= set(metrics["mean"])
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
