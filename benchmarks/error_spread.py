@@ -10,7 +10,7 @@ high when the errors' own standard deviations differ a good deal between cases. 
 * the **share of the error that the body decides**: the correlation between the errors of two views
   of one case (near 1: another view of the same body would be wrong the same way);
 * the **spread the errors allow**: if each error is ``N(0, σ²)`` with ``log σ`` spread by ``w``, the
-  errors' pooled excess kurtosis grows with ``w`` (about ``12·w²``). For several ``w`` the script
+  errors' pooled excess kurtosis grows with ``w`` (0 at ``w`` = 0). For several ``w`` the script
   prints the Spearman that exact sds would reach and how often errors drawn that way are as
   light-tailed as the observed ones (a small share: the errors vary less than that ``w``).
 
