@@ -107,6 +107,8 @@ def test_recipe_is_checked(tmp_path: Path) -> None:
         DecompositionConfig.load(bad)
     with pytest.raises(ValueError, match="invalid setting"):
         DecompositionConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="cache_mb"):
+        DecompositionConfig(cache_mb=-1)
 
 
 def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) -> None:
@@ -357,17 +359,18 @@ def test_travel_copy_keeps_the_contract_and_the_volumes(drr: Path, tmp_path: Pat
 def test_resume_with_other_loader_processes_and_from_a_checkpoint_without_the_setting(
     drr: Path, tmp_path: Path
 ) -> None:
-    """``loader_workers`` says how a run is carried out, not what it learns: resuming may change it,
-    and a checkpoint written before the settings existed still resumes."""
+    """``loader_workers`` and ``cache_mb`` say how a run is carried out, not what it learns: resuming
+    may change them, and a checkpoint written before the settings existed still resumes."""
     out = tmp_path / "model"
     train_decomposition(drr, out, DecompositionConfig.from_dict({**TINY, "epochs": 3}), epochs=1,
                         progress=False, echo=lambda s: None)  # fmt: skip
     state = out / "checkpoint" / "state.json"
     info = json.loads(state.read_text())
     del info["config"]["loader_workers"]  # as an earlier version wrote it
+    del info["config"]["cache_mb"]
     del info["config"]["materials_weight"]  # a setting added later: its default is taken
     state.write_text(json.dumps(info))
-    more = DecompositionConfig.from_dict({**TINY, "epochs": 3, "loader_workers": 2})
+    more = DecompositionConfig.from_dict({**TINY, "epochs": 3, "loader_workers": 2, "cache_mb": 0})
     resumed = train_decomposition(drr, out, more, epochs=2, resume=True, progress=False, echo=lambda s: None)
     assert resumed.epochs_run == 1 and len(resumed.history) == 2
 

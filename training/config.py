@@ -81,6 +81,7 @@ class DecompositionConfig(_Recipe):
     val_fraction: float = 0.1
     seed: int = 0
     loader_workers: int = 0  # processes preparing batches (augmentation); 0: in the training process
+    cache_mb: float = 2048.0  # memory for training samples kept between epochs; the rest are re-read
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def _checks(self) -> dict[str, bool]:
@@ -101,6 +102,7 @@ class DecompositionConfig(_Recipe):
             "mc_samples": self.mc_samples >= 2,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
             "loader_workers": self.loader_workers >= 0,
+            "cache_mb": self.cache_mb >= 0,
         }
         return checks
 

@@ -208,6 +208,7 @@ def train_decomposition(
     train_set = DrrTrainingSet(
         data, train_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head,
         augment=config.augment, seed=config.seed + rank, materials=learn_materials,
+        cache_mb=config.cache_mb,
     )  # fmt: skip
     val_set = DrrTrainingSet(val_data, val_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head)
     network = BayesianUNet(
@@ -336,7 +337,7 @@ def train_decomposition(
 
 
 # Settings that say how a run is carried out, not what it learns: a run may resume with others.
-_RUN_SETTINGS = ("loader_workers",)
+_RUN_SETTINGS = ("loader_workers", "cache_mb")
 
 
 def _model_settings(recipe: dict[str, Any]) -> dict[str, Any]:
