@@ -129,6 +129,10 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (overrides the recipe).")] = None,
+    cache_mb: Annotated[
+        float | None,
+        typer.Option("--cache-mb", help="Memory for samples kept between epochs, MB (overrides the recipe)."),
+    ] = None,
     device: DeviceOpt = "auto",
     max_minutes: Annotated[
         float | None,
@@ -139,7 +143,7 @@ def train(
     from training.config import DecompositionConfig
     from training.decomposition import train_decomposition
 
-    recipe = _recipe(DecompositionConfig, config, seed=seed)
+    recipe = _recipe(DecompositionConfig, config, seed=seed, cache_mb=cache_mb)
     summary = train_decomposition(
         data,
         out,

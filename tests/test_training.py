@@ -195,6 +195,25 @@ def test_distributed_training_on_two_processes(drr: Path, tmp_path: Path) -> Non
     assert load_model(out).muscles == DrrDataset.load(drr).muscles
 
 
+def test_train_command_takes_run_settings_and_refuses_bad_ones(drr: Path, tmp_path: Path) -> None:
+    """``train --cache-mb`` overrides the recipe's and is recorded; a negative one is refused
+    with the recipe's name, exit code 2, and no model folder."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "epochs": 1}.items()) + "\n")
+    runner = CliRunner()
+    base = ["train", "--data", str(drr), "--config", str(recipe), "--device", "cpu"]
+    done = runner.invoke(app, [*base, "--out", str(tmp_path / "m"), "--cache-mb", "0"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["recipe"]["cache_mb"] == 0
+    refused = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--cache-mb", "-5"])
+    assert refused.exit_code == 2 and "cache_mb" in refused.output and "tiny.yaml" in refused.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_mc_prediction_is_reproducible() -> None:
     from xraymuscle.inference import mc_predict
 
