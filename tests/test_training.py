@@ -174,6 +174,13 @@ def test_dataset_problems_are_reported(drr: Path, tmp_path: Path) -> None:
         DrrTrainingSet(data, [1], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False)[0]
 
 
+def _tiny_recipe_file(folder: Path) -> Path:
+    """The tiny recipe, one epoch, as a YAML file for the ``train`` command."""
+    recipe = folder / "tiny.yaml"
+    recipe.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "epochs": 1}.items()) + "\n")
+    return recipe
+
+
 @pytest.mark.slow
 def test_distributed_training_on_two_processes(drr: Path, tmp_path: Path) -> None:
     import os
@@ -181,8 +188,7 @@ def test_distributed_training_on_two_processes(drr: Path, tmp_path: Path) -> Non
     import subprocess
     import sys
 
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "epochs": 1}.items()) + "\n")
+    recipe = _tiny_recipe_file(tmp_path)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     out = tmp_path / "ddp"
     done = subprocess.run(
@@ -202,8 +208,7 @@ def test_train_command_takes_run_settings_and_refuses_bad_ones(drr: Path, tmp_pa
 
     from cli import app
 
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "epochs": 1}.items()) + "\n")
+    recipe = _tiny_recipe_file(tmp_path)
     runner = CliRunner()
     base = ["train", "--data", str(drr), "--config", str(recipe), "--device", "cpu"]
     done = runner.invoke(app, [*base, "--out", str(tmp_path / "m"), "--cache-mb", "0"])
