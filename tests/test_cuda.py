@@ -61,7 +61,7 @@ def test_mc_inference_on_cuda_matches_cpu() -> None:
         model = load_model(default_model_dir(), device=device)
         results[device] = mc_predict(
             model.network, images, samples=10, pixel_area_mm2=model.pixel_spacing_mm**2,
-            map_scale_mm=float(model.meta["map_scale_mm"]), device=device, batch=6,
+            map_scale_mm=float(model.meta["map_scale_mm"]), device=device, batch=6, twins=model.twins,
         )  # fmt: skip
     np.testing.assert_allclose(results["cuda"].volume, results["cpu"].volume, rtol=2e-3, atol=0.05)
     np.testing.assert_allclose(results["cuda"].volume_sd, results["cpu"].volume_sd, rtol=2e-2, atol=0.05)

@@ -190,16 +190,24 @@ def test_the_shipped_model_works_out_of_the_box(tmp_path: Path) -> None:
                                    "--image-size", "128", "--label-source", "phantom"])  # fmt: skip
     assert rendered.exit_code == 0, rendered.output
     data = DrrDataset.load(drr)
-    image = write_dx(
-        tmp_path / "drr.dcm", data.sample(0)["image"], pixel_spacing_mm=data.info["pixel_spacing_mm"]
+    pixels, spacing = data.sample(0)["image"], data.info["pixel_spacing_mm"]
+    image = write_dx(tmp_path / "drr.dcm", pixels, pixel_spacing_mm=spacing)
+    mirror = write_dx(
+        tmp_path / "mirror.dcm", np.ascontiguousarray(pixels[:, ::-1]), pixel_spacing_mm=spacing
     )
     out = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", str(image), "--out", str(out)])
+    result = runner.invoke(app, ["predict", str(image), str(mirror), "--out", str(out)])
     assert result.exit_code == 0, result.output
     with (out / "predictions.csv").open() as fh:
-        (row,) = list(csv.DictReader(fh))
+        row, mirrored = list(csv.DictReader(fh))
     assert row["status"] in ("ok", "uncertain") and row["notice"] == model.notice
     truth = data.rows[0]
     # the large muscles, measured to about 6 % on held-out phantoms (README)
     for muscle in ("gluteus_maximus_left", "quadriceps_right"):
         assert float(row[f"volume_ml__{muscle}"]) == pytest.approx(truth[f"volume_ml__{muscle}"], rel=0.15)
+    # half its draws are made on the mirrored image: the mirrored radiograph is the same reading
+    # with left and right exchanged (the sides of an AP image are only told by its anatomy)
+    assert model.twins is not None
+    for muscle, twin in zip(model.muscles, [model.muscles[t] for t in model.twins], strict=True):
+        for column in ("volume_ml__", "volume_sd_ml__"):
+            assert float(mirrored[column + twin]) == pytest.approx(float(row[column + muscle]), rel=1e-4)

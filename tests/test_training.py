@@ -123,18 +123,33 @@ def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) 
     assert model.muscles == data.muscles and model.input_size == 64
     assert "phantoms only" in model.notice
     assert set(model.meta["calibration"]) >= {"sd_scale", "cv_threshold", "ood"}
+    assert model.meta["mc_mirror"] and model.twins == twin_order(data.muscles)
     # Weights and checkpoint are safetensors + JSON: nothing to unpickle.
     assert load_file(str(out / "model.safetensors"))
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 1
     with pytest.raises(InputError, match="--resume"):
         train_decomposition(drr, out, recipe, epochs=2, progress=False, echo=lambda s: None)
+    # how the finished network draws its samples may change on resuming (and is recorded)
+    unmirrored = DecompositionConfig.from_dict({**TINY, "epochs": 2, "mc_mirror": False})
     resumed = train_decomposition(
-        drr, out, recipe, epochs=2, resume=True, progress=False, echo=lambda s: None
+        drr, out, unmirrored, epochs=2, resume=True, progress=False, echo=lambda s: None
     )
     assert resumed.epochs_run == 1 and len(resumed.history) == 2
+    assert load_model(out).twins is None
     other = DecompositionConfig.from_dict({**TINY, "epochs": 2, "dropout": 0.3})
     with pytest.raises(InputError, match="another recipe"):
         train_decomposition(drr, out, other, epochs=3, resume=True, progress=False, echo=lambda s: None)
+
+
+def test_with_mirrored_draws_a_left_right_pair_shares_its_calibration(drr: Path, tmp_path: Path) -> None:
+    # validated on all eight samples, enough for per-muscle scales (fewer than five leave them 1)
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 1})
+    train_decomposition(drr, tmp_path / "m", recipe, val_dir=drr, progress=False, echo=lambda s: None)
+    model = load_model(tmp_path / "m")
+    assert model.twins is not None and model.twins != list(range(len(model.muscles)))
+    for key in ("sd_scale", "mass_sd_scale", "cv_threshold"):
+        values = model.meta["calibration"][key]
+        assert len(set(values)) > 1 and values == [values[t] for t in model.twins]
 
 
 def test_model_folder_errors(drr: Path, tmp_path: Path) -> None:
@@ -142,6 +157,9 @@ def test_model_folder_errors(drr: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     train_decomposition(drr, out, recipe, progress=False, echo=lambda s: None)
     meta = json.loads((out / "model.json").read_text())
+    # a folder from before mirrored draws existed was calibrated without them, and is used so
+    (out / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "mc_mirror"}))
+    assert load_model(out).twins is None
     (out / "model.json").write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(InputError, match="model version 99"):
         load_model(out)
@@ -229,6 +247,35 @@ def test_mc_prediction_is_reproducible() -> None:
     b = mc_predict(net, images, samples=5, pixel_area_mm2=1.0, map_scale_mm=10.0)
     np.testing.assert_array_equal(a.volume, b.volume)
     assert (a.volume_sd > 0).all()
+
+
+def test_mirrored_draws_read_the_mirrored_radiograph_with_left_and_right_swapped() -> None:
+    from xraymuscle.inference import mc_predict
+
+    torch.manual_seed(2)
+    twins = twin_order(["a_left", "a_right", "spine", "b_right", "b_left"])
+    net = BayesianUNet(5, base_channels=4, depth=3, dropout=0.3, mass_head=True, aleatoric=True)
+    x = torch.rand(2, 1, 32, 32)
+    mirror = torch.flip(x, dims=[-1])
+    kw = {"pixel_area_mm2": 4.0, "map_scale_mm": 50.0}
+    both = mc_predict(net, x, samples=6, twins=twins, **kw)
+    # half the draws are the plain ones, half those of the mirrored image put back in place
+    plain = mc_predict(net, x, samples=3, **kw)
+    back = mc_predict(net, mirror, samples=3, **kw)
+    np.testing.assert_allclose(both.volume, (plain.volume + back.volume[:, twins]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(
+        both.maps, (plain.maps + np.flip(back.maps[:, twins], -1)) / 2, rtol=1e-4, atol=1e-6
+    )
+    assert both.mass is not None and plain.mass is not None and back.mass is not None
+    np.testing.assert_allclose(both.mass, (plain.mass + back.mass[:, twins]) / 2, rtol=1e-5)
+    # so a mirrored radiograph gets exactly the original's numbers, left and right swapped
+    flipped = mc_predict(net, mirror, samples=6, twins=twins, **kw)
+    np.testing.assert_allclose(flipped.volume[:, twins], both.volume, rtol=1e-5)
+    np.testing.assert_allclose(flipped.volume_sd[:, twins], both.volume_sd, rtol=1e-4)
+    unmirrored = mc_predict(net, mirror, samples=6, **kw)
+    assert not np.allclose(unmirrored.volume[:, twins], both.volume, rtol=1e-3)
+    with pytest.raises(ValueError, match="twins"):
+        mc_predict(net, x, samples=6, twins=[0, 1, 2], **kw)
 
 
 def test_variance_head_and_bounded_gain() -> None:

@@ -78,6 +78,7 @@ class DecompositionConfig(_Recipe):
     aleatoric_weight: float = 0.1
     materials_weight: float = 0.0  # a training-only head for the soft-tissue and bone maps (0: none)
     mc_samples: int = 10
+    mc_mirror: bool = True  # half the dropout draws on the mirrored image, left and right swapped back
     val_fraction: float = 0.1
     seed: int = 0
     loader_workers: int = 0  # processes preparing batches (augmentation); 0: in the training process

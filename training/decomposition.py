@@ -13,7 +13,9 @@ the bone over the muscles included, not the muscles alone.
 Validation after every epoch (per-muscle volume MAPE and Pearson r, dropout off); the best epoch
 is kept. At the end, on the validation set with dropout on: the per-muscle scale that makes the
 95 % interval cover 95 %, the coefficient-of-variation threshold for ``uncertain``, and the
-out-of-distribution statistics; all stored in ``model.json``.
+out-of-distribution statistics; all stored in ``model.json``. With ``mc_mirror`` the draws are
+made as inference makes them (half on the mirrored image) and each left/right pair shares its
+scale and threshold.
 
 Resumable (``checkpoint/`` holds the last epoch's weights and optimiser state as safetensors, and
 its state as JSON), seeded, mixed precision on CUDA, several GPUs through ``torchrun`` (DDP).
@@ -336,8 +338,9 @@ def train_decomposition(
     return summary
 
 
-# Settings that say how a run is carried out, not what it learns: a run may resume with others.
-_RUN_SETTINGS = ("loader_workers", "cache_mb")
+# Settings that say how a run is carried out, not what it learns: a run may resume with others
+# (``mc_mirror`` only changes how the finished network is calibrated and used).
+_RUN_SETTINGS = ("loader_workers", "cache_mb", "mc_mirror")
 
 
 def _model_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -437,15 +440,22 @@ def _calibrate(
     mc = mc_predict(
         network, images, samples=config.mc_samples, pixel_area_mm2=grid.pixel_area_mm2,
         map_scale_mm=config.map_scale_mm, device=device, keep_maps=False,
+        twins=val_set.twins if config.mc_mirror else None,
     )  # fmt: skip
-    scales = sd_scales(mc.volume, mc.volume_sd, truth, valid)
+
+    def paired(a: np.ndarray) -> np.ndarray:
+        """With mirrored draws a muscle and its twin are read alike: their validation cases are
+        pooled, so that a mirrored radiograph gets the original's calibration, sides exchanged."""
+        return np.concatenate([a, a[:, val_set.twins]]) if config.mc_mirror else a
+
+    scales = sd_scales(paired(mc.volume), paired(mc.volume_sd), paired(truth), paired(valid))
     mass_scales = (
-        sd_scales(mc.mass, mc.mass_sd, mass, valid)
+        sd_scales(paired(mc.mass), paired(mc.mass_sd), paired(mass), paired(valid))
         if mc.mass is not None and mc.mass_sd is not None
         else scales
     )
     cv = mc.volume_sd * scales / np.maximum(mc.volume, 1.0)
-    thresholds = cv_thresholds(cv, valid)
+    thresholds = cv_thresholds(paired(cv), paired(valid))
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(train_set), size=min(len(train_set), 400), replace=False)
     train_images = torch.stack(
@@ -529,6 +539,7 @@ def _metadata(
         },
         "map_scale_mm": config.map_scale_mm,
         "mc_samples": config.mc_samples,
+        "mc_mirror": config.mc_mirror,
         "calibration": summary.calibration,
         "training": {
             "data": str(data.root),

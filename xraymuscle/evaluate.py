@@ -85,6 +85,7 @@ def predict_dataset(
         map_scale_mm=float(model.meta["map_scale_mm"]),
         device=device,
         keep_maps=False,
+        twins=model.twins,
     )
     return {
         "pred": mc.volume,

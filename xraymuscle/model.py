@@ -2,7 +2,8 @@
 
 ``model.json`` holds the muscles (channel order), the network's grid (input size and pixel
 spacing at the isocentre plane), the intensity normalisation, the architecture and its settings,
-the map scale, the default number of Monte Carlo samples, the calibration (per-muscle scale of the
+the map scale, the default number of Monte Carlo samples and whether half of them are drawn on
+the mirrored image (``mc_mirror``, false when absent), the calibration (per-muscle scale of the
 raw spread, the coefficient-of-variation threshold for ``uncertain``, the out-of-distribution
 statistics and threshold), the training data's provenance, the recipe, the code version, and a
 ``notice`` that every output made with the model repeats. Loading reads JSON and tensors only:
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.data import twin_order
 from training.unet import BayesianUNet
 from xraymuscle.atomic import atomic_dir
 from xraymuscle.errors import InputError
@@ -56,6 +58,12 @@ class LoadedModel:
     @property
     def notice(self) -> str:
         return str(self.meta.get("notice", ""))
+
+    @property
+    def twins(self) -> list[int] | None:
+        """Each channel's left/right twin when the model draws half its samples on the mirrored
+        image (``mc_mirror``); None for a model calibrated without (every folder made before it)."""
+        return twin_order(self.muscles) if self.meta.get("mc_mirror", False) else None
 
     @functools.cached_property
     def ood(self) -> OodModel:

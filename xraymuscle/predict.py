@@ -107,6 +107,7 @@ def predict_images(
                 pixel_area_mm2=model.pixel_spacing_mm**2,
                 map_scale_mm=float(model.meta["map_scale_mm"]),
                 device=device,
+                twins=model.twins,
             )
             scores = model.ood.score(mc.features)
             for i, p in enumerate(ready):

@@ -87,6 +87,7 @@ class Inference:
                 batch=self.batch,
                 device=self.device,
                 keep_maps=self.overlays != "none",
+                twins=self.model.twins,
             )
             scores = self.model.ood.score(mc.features)
             results = {d.index: (mc, i, float(scores[i])) for i, d in enumerate(ready)}
