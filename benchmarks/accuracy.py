@@ -7,7 +7,8 @@ Steps, each resumable (a rerun skips what is done): a training cohort and a held
 phantoms (different seeds), DRR datasets of both (``hip_ap`` at 128 pixels, the recipe's grid),
 training with ``configs/train/decomposition.yaml`` (validation cases held out of the training
 cohort; calibration on them), then ``evaluate`` on the held-out cohort. The defaults make the
-shipped model: distinct bodies help more than views of the same ones, so many phantoms with two
+shipped model: up to 2400 bodies, distinct bodies help more than views of the same ones (4800
+phantoms with one view each did as well as 2400 with two, README), so many phantoms with two
 views each (2400 for 40 epochs: held-out MAPE 7.2 % with plain dropout draws, 6.9 % with half of
 them mirrored, the recipe's ``mc_mirror``; 1200 for 80 epochs, as many steps: 7.4 % plain). Prints
 the per-muscle table (Pearson r, ICC, MAPE, MAE, bias, Spearman(sd, |error|), 95 % coverage) and
