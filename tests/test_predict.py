@@ -211,3 +211,5 @@ def test_the_shipped_model_works_out_of_the_box(tmp_path: Path) -> None:
     for muscle, twin in zip(model.muscles, [model.muscles[t] for t in model.twins], strict=True):
         for column in ("volume_ml__", "volume_sd_ml__"):
             assert float(mirrored[column + twin]) == pytest.approx(float(row[column + muscle]), rel=1e-4)
+    assert mirrored["status"] == row["status"]
+    assert float(mirrored["ood_score"]) == pytest.approx(float(row["ood_score"]), rel=1e-4)

@@ -272,6 +272,8 @@ def test_mirrored_draws_read_the_mirrored_radiograph_with_left_and_right_swapped
     flipped = mc_predict(net, mirror, samples=6, twins=twins, **kw)
     np.testing.assert_allclose(flipped.volume[:, twins], both.volume, rtol=1e-5)
     np.testing.assert_allclose(flipped.volume_sd[:, twins], both.volume_sd, rtol=1e-4)
+    np.testing.assert_allclose(flipped.features, both.features, rtol=1e-5, atol=1e-7)  # OOD score
+    assert not np.allclose(plain.features, back.features, rtol=1e-3)
     unmirrored = mc_predict(net, mirror, samples=6, **kw)
     assert not np.allclose(unmirrored.volume[:, twins], both.volume, rtol=1e-3)
     with pytest.raises(ValueError, match="twins"):

@@ -56,7 +56,7 @@ from xraymuscle import __version__
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.inference import OodModel, mc_predict, sd_scales
+from xraymuscle.inference import OodModel, image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
 
@@ -463,7 +463,10 @@ def _calibrate(
     )
     train_features = np.concatenate(
         [
-            network.features(train_images[s : s + 32].to(device)).float().cpu().numpy()
+            image_features(network, train_images[s : s + 32].to(device), mirrored=config.mc_mirror)
+            .float()
+            .cpu()
+            .numpy()
             for s in range(0, len(pick), 32)
         ]
     )

@@ -30,7 +30,8 @@ class McResult:
     """Per image and muscle: volume (ml) and mass (g), mean and sd over the draws; mean maps.
 
     ``maps`` is ``(N, K, S, S)`` in mm (mean over draws) and ``map_sd`` its spread, also in mm.
-    ``features`` are the pooled bottleneck features used by the out-of-distribution score.
+    ``features`` are the pooled bottleneck features used by the out-of-distribution score
+    (with ``twins``, averaged with the mirrored image's: see :func:`image_features`).
     ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
     without an aleatoric head).
     """
@@ -130,7 +131,16 @@ def _draw(
         if keep_maps:
             out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
             out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())
-        out["f"].append(network.features(x).float().cpu().numpy())
+        out["f"].append(image_features(network, x, mirrored=bool(pairs)).float().cpu().numpy())
+
+
+def image_features(network: BayesianUNet, x: torch.Tensor, *, mirrored: bool = False) -> torch.Tensor:
+    """Pooled bottleneck features for the out-of-distribution score; ``mirrored`` averages them
+    with the mirrored image's, so that an image and its mirror score alike."""
+    features = network.features(x)
+    if mirrored:
+        features = (features + network.features(torch.flip(x, dims=[-1]))) / 2
+    return features
 
 
 def image_seed(image: torch.Tensor, seed: int = 0) -> int:
