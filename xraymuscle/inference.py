@@ -10,7 +10,8 @@ With ``twins`` (each channel's left/right twin, from a model trained with horizo
 the draws run on the mirrored image and have their maps mirrored back and their left and right
 channels swapped: the mean is then the average of two readings of the same anatomy, and their
 disagreement is part of the spread. For the same number of draws this costs one more encoder pass
-per image, and it lowers the held-out error (see ``configs/train/decomposition.yaml``).
+per image (two, with the out-of-distribution features), and it lowers the held-out error (see
+``configs/train/decomposition.yaml``).
 """
 
 from __future__ import annotations
