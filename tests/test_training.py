@@ -250,7 +250,7 @@ def test_mc_prediction_is_reproducible() -> None:
 
 
 def test_mirrored_draws_read_the_mirrored_radiograph_with_left_and_right_swapped() -> None:
-    from xraymuscle.inference import mc_predict
+    from xraymuscle.inference import image_features, mc_predict
 
     torch.manual_seed(2)
     twins = twin_order(["a_left", "a_right", "spine", "b_right", "b_left"])
@@ -274,10 +274,16 @@ def test_mirrored_draws_read_the_mirrored_radiograph_with_left_and_right_swapped
     np.testing.assert_allclose(flipped.volume_sd[:, twins], both.volume_sd, rtol=1e-4)
     np.testing.assert_allclose(flipped.features, both.features, rtol=1e-5, atol=1e-7)  # OOD score
     assert not np.allclose(plain.features, back.features, rtol=1e-3)
+    # the features come from the draws' own encoder pass, as calibration computes them apart
+    np.testing.assert_allclose(plain.features, net.features(x).numpy(), rtol=1e-5, atol=1e-7)
+    mirrored_features = image_features(net, x, mirrored=True).numpy()
+    np.testing.assert_allclose(both.features, mirrored_features, rtol=1e-5, atol=1e-7)
     unmirrored = mc_predict(net, mirror, samples=6, **kw)
     assert not np.allclose(unmirrored.volume[:, twins], both.volume, rtol=1e-3)
     with pytest.raises(ValueError, match="twins"):
         mc_predict(net, x, samples=6, twins=[0, 1, 2], **kw)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        mc_predict(net, x, samples=1, twins=twins, **kw)
 
 
 def test_variance_head_and_bounded_gain() -> None:

@@ -1,7 +1,7 @@
 """The Bayesian U-Net: radiograph → one non-negative map per muscle, with Monte Carlo dropout.
 
 Dropout sits in the bottleneck and every decoder level but the full-resolution one, so sampling it
-gives a distribution of maps. The encoder has none: :meth:`BayesianUNet.mc_forward` runs it once
+gives a distribution of maps. The encoder has none: :meth:`BayesianUNet.mc_draws` runs it once
 and the decoder ``T`` times in one batched pass.
 
 Dropout's spread is the model's own (epistemic) uncertainty. What the image itself leaves open (a
@@ -252,6 +252,29 @@ class BayesianUNet(nn.Module):
             masks.append((keep.float() / (1.0 - p)).reshape(samples * len(seeds), c, 1, 1))
         return masks
 
+    @torch.no_grad()
+    def mc_draws(
+        self, x: torch.Tensor, samples: int, seeds: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``samples`` dropout draws of every image; the encoder runs once.
+
+        Returns the ``(T, B, C, H, W)`` maps, the ``(T, B, K)`` log-variances of the draws, and
+        the pooled bottleneck features ``(B, F)`` of :meth:`features`, from the same encoder pass.
+        With ``seeds`` (one per image), each image's draws come from its own seed
+        (:meth:`dropout_masks`); without, from the global random state.
+        """
+        was_training = self.training
+        self.eval()
+        feats = self.encode(x)
+        pooled = self.bottleneck(feats[-1]).mean(dim=(2, 3))  # as features(): no dropout yet
+        self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
+        repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
+        masks = None if seeds is None else self.dropout_masks(seeds, samples)
+        out = self.decode(repeated, masks, with_variance=True)
+        self.train(was_training)
+        maps = out[0].reshape(samples, x.shape[0], *out[0].shape[1:])
+        return maps, out[1].reshape(samples, x.shape[0], -1), pooled
+
     @overload
     def mc_forward(
         self,
@@ -265,26 +288,9 @@ class BayesianUNet(nn.Module):
     def mc_forward(
         self, x: torch.Tensor, samples: int, seeds: list[int] | None = ..., *, with_variance: Literal[True]
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
-    @torch.no_grad()
     def mc_forward(
         self, x: torch.Tensor, samples: int, seeds: list[int] | None = None, *, with_variance: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``(T, B, C, H, W)`` maps from ``samples`` dropout draws; the encoder runs once.
-
-        With ``seeds`` (one per image), each image's draws come from its own seed
-        (:meth:`dropout_masks`); without, from the global random state. ``with_variance`` also
-        returns the ``(T, B, K)`` log-variances of the draws.
-        """
-        was_training = self.training
-        self.eval()
-        feats = self.encode(x)
-        self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
-        repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
-        masks = None if seeds is None else self.dropout_masks(seeds, samples)
-        out = self.decode(repeated, masks, with_variance=True)
-        self.train(was_training)
-        maps, log_variance = out[0], out[1]
-        maps = maps.reshape(samples, x.shape[0], *maps.shape[1:])
-        if not with_variance:
-            return maps
-        return maps, log_variance.reshape(samples, x.shape[0], -1)
+        """The maps of :meth:`mc_draws` (and, ``with_variance``, their log-variances)."""
+        maps, log_variance, _ = self.mc_draws(x, samples, seeds)
+        return (maps, log_variance) if with_variance else maps

@@ -10,8 +10,8 @@ With ``twins`` (each channel's left/right twin, from a model trained with horizo
 the draws run on the mirrored image and have their maps mirrored back and their left and right
 channels swapped: the mean is then the average of two readings of the same anatomy, and their
 disagreement is part of the spread. For the same number of draws this costs one more encoder pass
-per image (two, with the out-of-distribution features), and it lowers the held-out error (see
-``configs/train/decomposition.yaml``).
+per image, and it lowers the held-out error (see ``configs/train/decomposition.yaml``). The
+out-of-distribution features come from the same encoder passes (averaged over both images).
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def mc_predict(
     """
     if twins is not None and sorted(twins) != list(range(network.out_channels)):
         raise ValueError(f"twins must order the {network.out_channels} channels, not {list(twins)}")
+    if twins is not None and samples < 2:
+        raise ValueError(f"mirrored draws need at least 2 samples, not {samples}")
     out: dict[str, list[np.ndarray]] = {
         "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
     }  # fmt: skip
@@ -110,14 +112,13 @@ def _draw(
         chunk = images[start : start + batch]
         x = chunk.to(device)
         seeds = [image_seed(img, seed) for img in chunk]
-        draws, log_variance = network.mc_forward(x, samples - mirrored, seeds, with_variance=True)
+        draws, log_variance, features = network.mc_draws(x, samples - mirrored, seeds)
         if mirrored:
             seeds = [image_seed(img, seed) for img in torch.flip(chunk, dims=[-1])]
-            back, back_variance = network.mc_forward(
-                torch.flip(x, dims=[-1]), mirrored, seeds, with_variance=True
-            )
+            back, back_variance, back_features = network.mc_draws(torch.flip(x, dims=[-1]), mirrored, seeds)
             draws = torch.cat([draws, torch.flip(back[:, :, order], dims=[-1])])
             log_variance = torch.cat([log_variance, back_variance[:, :, pairs]])
+            features = (features + back_features) / 2  # as image_features(mirrored=True)
         draws = draws.float() * map_scale_mm  # (T, B, C, S, S) in mm
         sums = draws.sum(dim=(-1, -2)) * pixel_area_mm2 / 1000.0  # (T, B, C): ml (or g)
         # the predicted relative variance (zero without an aleatoric head), averaged over draws
@@ -132,7 +133,7 @@ def _draw(
         if keep_maps:
             out["maps"].append(draws[:, :, :k].mean(0).cpu().numpy())
             out["sd"].append(draws[:, :, :k].std(0).cpu().numpy())
-        out["f"].append(image_features(network, x, mirrored=bool(pairs)).float().cpu().numpy())
+        out["f"].append(features.float().cpu().numpy())
 
 
 def image_features(network: BayesianUNet, x: torch.Tensor, *, mirrored: bool = False) -> torch.Tensor:
