@@ -266,11 +266,17 @@ def evaluate(
 
     metrics = evaluate_model(model, data, out, mc_samples=mc_samples, device=_pick_device(device))
     mean = metrics["mean"]
+    ci = mean["ci95"]
+
+    def span(key: str, fmt: str) -> str:
+        return "" if ci.get(key) is None else f" [{ci[key][0]:{fmt}}, {ci[key][1]:{fmt}}]"
+
     typer.echo(
-        f"mean over muscles: r {mean['pcc']:.3f}, ICC {mean['icc']:.3f}, MAPE {mean['mape']:.2f} %, "
-        f"MAE {mean['mae_ml']:.1f} ml, Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f} "
+        f"mean over muscles: r {mean['pcc']:.3f}{span('pcc', '.3f')}, ICC {mean['icc']:.3f}, "
+        f"MAPE {mean['mape']:.2f}{span('mape', '.2f')} %, MAE {mean['mae_ml']:.1f} ml, "
+        f"Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f}{span('spearman_sd_abs_error', '.2f')} "
         f"(ceiling {mean['spearman_ceiling']:.2f}), 95 % coverage {100 * mean['coverage95']:.0f} %; "
-        f"details in {out}"
+        f"[95 % intervals over {metrics['intervals']['cases']} cases]; details in {out}"
     )
 
 

@@ -1,6 +1,6 @@
 """Accuracy of the decomposition network on held-out phantoms: the CPU recipe, end to end.
 
-    python benchmarks/accuracy.py --work DIR [--train 2400] [--test 50] [--views 2] [--epochs 40]
+    python benchmarks/accuracy.py --work DIR [--train 2400] [--test 200] [--views 2] [--epochs 40]
                                   [--install-default]
 
 Steps, each resumable (a rerun skips what is done): a training cohort and a held-out cohort of
@@ -43,13 +43,35 @@ def cache_mb(samples: int) -> float:
     return float(min(2.1 * samples, memory_mb / 2))
 
 
+def print_table(metrics: dict) -> None:
+    """The per-muscle table of an ``evaluate`` metrics.json, with its bootstrap intervals."""
+    columns = [
+        ("n", "n", 4, "d"), ("pcc", "r", 6, ".3f"), ("icc", "ICC", 6, ".3f"), ("mape", "MAPE%", 6, ".1f"),
+        ("mae_ml", "MAE ml", 7, ".1f"), ("bias_ml", "bias", 7, ".1f"),
+        ("spearman_sd_abs_error", "rho(sd,|e|)", 11, ".2f"), ("spearman_ceiling", "ceiling", 7, ".2f"),
+        ("coverage95", "cov95", 6, ".2f"),
+    ]  # fmt: skip
+    titles = " ".join(f"{title:>{width}s}" for _, title, width, _ in columns)
+    print(f"{'muscle':24s} {titles}   {'r, 95 % CI':>12s}   {'MAPE, 95 %':>10s}")
+    intervals = (("pcc", ".3f"), ("mape", ".1f"))
+    for name, row in [*metrics["muscles"].items(), ("mean", metrics["mean"])]:
+        cells = []
+        for key, _, width, fmt in columns:
+            value = row.get(key)
+            cells.append(f"{'-':>{width}s}" if value is None else f"{value:{width}{fmt}}")
+        ci = row.get("ci95", {})
+        spans = [f"{ci[k][0]:{f}}..{ci[k][1]:{f}}" if ci.get(k) else "-" for k, f in intervals]
+        print(f"{name:24s} " + " ".join(cells), f"  {spans[0]:>12s}   {spans[1]:>10s}")
+    print(f"(intervals: {metrics['intervals']['method']}, {metrics['intervals']['cases']} cases)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--train", type=int, default=2400)
-    parser.add_argument("--test", type=int, default=50)
+    parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--spacing", type=float, default=3.0, help="phantom voxel size, mm")
     parser.add_argument("--epochs", type=int, default=40, help="0: the recipe's own")
@@ -141,19 +163,7 @@ def main() -> None:
     training = meta["training"]
     print(f"\nheld-out: {args.test} phantoms x 2 views; trained on {training['samples']} samples", end=" ")
     print(f"({training['cases']} cases, {args.views} views each), best epoch {training['best_epoch']}")
-    columns = [
-        ("n", "n", 4, "d"), ("pcc", "r", 6, ".3f"), ("icc", "ICC", 6, ".3f"), ("mape", "MAPE%", 6, ".1f"),
-        ("mae_ml", "MAE ml", 7, ".1f"), ("bias_ml", "bias", 7, ".1f"),
-        ("spearman_sd_abs_error", "rho(sd,|e|)", 11, ".2f"), ("spearman_ceiling", "ceiling", 7, ".2f"),
-        ("coverage95", "cov95", 6, ".2f"),
-    ]  # fmt: skip
-    print(f"{'muscle':24s} " + " ".join(f"{title:>{width}s}" for _, title, width, _ in columns))
-    for name, row in [*metrics["muscles"].items(), ("mean", metrics["mean"])]:
-        cells = []
-        for key, _, width, fmt in columns:
-            value = row.get(key)
-            cells.append(f"{'-':>{width}s}" if value is None else f"{value:{width}{fmt}}")
-        print(f"{name:24s} " + " ".join(cells))
+    print_table(metrics)
     cal = meta["calibration"]
     print(
         f"\ncalibration on validation: 95 % coverage {cal['validation_coverage95_raw']:.2f} raw -> "

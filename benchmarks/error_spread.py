@@ -17,6 +17,13 @@ high when the errors' own standard deviations differ a good deal between cases. 
 The views of one body share most of their error (the body, not the view, decides it), so the
 kurtosis is taken over cases: each case's error is the mean over its views, centred and scaled per
 muscle before pooling.
+
+With ``--cohort`` (the held-out phantoms' ``cohort.csv``) it also asks *what* sets an error's size:
+the Spearman correlation, over cases, between the relative absolute error and each of the phantom's
+parameters that a radiograph shows (body size, fat, densities, pose: the value and its distance
+from the cohort's mean, whichever correlates more), against the one it hides, the muscle's own size
+deviation (``|log own scale − mean log scale of the person's muscles|``). An sd can only rank
+errors by what the image shows.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ def main() -> None:
     )
     parser.add_argument("evaluation", type=Path, help="an `xraymuscle evaluate` output folder")
     parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--cohort", type=Path, help="the held-out phantoms' cohort.csv")
     args = parser.parse_args()
     table = read_predictions(args.evaluation / "predictions.csv")
     head = f"{'muscle':24s} {'n':>4s} {'rho(sd,|e|)':>11s} {'ceiling':>7s} {'sd(log sd)':>10s}"
@@ -107,6 +115,55 @@ def main() -> None:
             kurt.append(stats.kurtosis(np.concatenate(parts)))
         share = float(np.mean(np.asarray(kurt) <= kurtosis))
         print(f"{w:16.2f} {np.mean(rho):18.2f} {share:22.3f}")
+    if args.cohort:
+        error_drivers(table, args.cohort)
+
+
+SHOWN = ("body_scale", "height_scale", "fat_mm", "muscle_hu", "fat_hu", "cortical_hu", "cancellous_hu",
+         "noise_sd_hu", "tilt_deg", "rotation_deg", "obliquity_deg")  # fmt: skip
+
+
+def error_drivers(table: dict[str, dict[str, np.ndarray]], cohort: Path) -> None:
+    """Spearman of each case's relative |error| with what the radiograph shows and what it hides."""
+    with cohort.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    params = {}
+    for r in rows:
+        params[r["case_id"]] = {
+            k.removeprefix("param__"): float(v) for k, v in r.items() if k.startswith("param__")
+        }
+    print(
+        f"\nwhat sets the size of an error (Spearman with the relative |error|, over {cohort.name}'s cases)"
+    )
+    print(f"{'muscle':24s} {'strongest shown':>26s} {'by chance':>9s} {'own size (hidden)':>18s}")
+    muscles = list(table)
+    shown_all, chance_all, hidden_all = [], [], []
+    for m, v in table.items():
+        cases, index = np.unique(v["case"], return_inverse=True)
+        if any(str(c) not in params for c in cases):
+            raise SystemExit(f"{cohort}: lacks some cases of the evaluation")
+        err = np.bincount(index, weights=np.abs(v["volume"] / v["true"] - 1)) / np.bincount(index)
+        p = [params[str(c)] for c in cases]
+        shown = [np.array([q[k] for q in p]) for k in SHOWN]
+        shown = [(k, value) for k, x in zip(SHOWN, shown, strict=True) for value in (x, np.abs(x - x.mean()))]
+
+        def strongest(e: np.ndarray, shown: list = shown) -> tuple[str, float]:
+            rhos = [(k, float(stats.spearmanr(value, e)[0])) for k, value in shown]
+            return max(rhos, key=lambda kr: abs(kr[1]))
+
+        best, best_rho = strongest(err)
+        rng = np.random.default_rng(0)
+        chance = float(np.mean([abs(strongest(rng.permutation(err))[1]) for _ in range(50)]))
+        person = np.array([np.mean([np.log(q[f"muscle_scale__{o}"]) for o in muscles]) for q in p])
+        own = np.array([np.log(q[f"muscle_scale__{m}"]) for q in p]) - person
+        hidden = float(stats.spearmanr(np.abs(own - own.mean()), err)[0])
+        shown_all.append(abs(best_rho))
+        chance_all.append(chance)
+        hidden_all.append(hidden)
+        print(f"{m:24s} {best:>19s} {best_rho:6.2f} {chance:9.2f} {hidden:18.2f}")
+    means = (np.mean(shown_all), np.mean(chance_all), np.mean(hidden_all))
+    print(f"{'mean':24s} {'|rho|':>19s} {means[0]:6.2f} {means[1]:9.2f} {means[2]:18.2f}")
+    print("(by chance: the strongest |rho| of the same parameters with the errors shuffled, mean of 50)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
-from xraymuscle.metrics import icc_2_1, spearman_ceiling, volume_metrics
+from xraymuscle.metrics import case_intervals, icc_2_1, spearman_ceiling, volume_metrics
 from xraymuscle.model import load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.phantom.cohort import make_cohort
@@ -64,13 +64,58 @@ def test_spearman_ceiling_is_what_exact_sds_reach() -> None:
     assert spearman_ceiling(np.exp(rng.normal(0.0, 1.5, 100))) > 0.6
 
 
+def test_case_intervals_match_a_slow_resampling_of_cases() -> None:
+    """The weighted bootstrap equals rebuilding each resample by hand, a case's views together."""
+    rng = np.random.default_rng(3)
+    cases = [f"c{i // 2}" for i in range(30)] + ["lone"]  # 15 cases of two views and one of one
+    truth = rng.uniform(50, 300, (31, 2))
+    truth[1::2] = truth[0:-1:2] * rng.uniform(0.97, 1.03, (15, 2))  # a case's views agree closely
+    sd = truth * rng.uniform(0.03, 0.12, truth.shape)
+    pred = truth + rng.normal(0, sd)
+    shared = (pred[0:-1:2] - truth[0:-1:2]) * rng.uniform(0.9, 1.1, (15, 2))
+    pred[1::2] = truth[1::2] + shared  # the body, not the view, decides the error
+    valid = np.ones_like(truth, bool)
+    valid[4, 1] = False
+    resamples = 40
+    iv = case_intervals(pred, truth, valid, ["a", "b"], cases, sd=sd, resamples=resamples, level=0.8, seed=7)
+    labels, index = np.unique(cases, return_inverse=True)
+    draws = np.random.default_rng(7)
+    figures = []
+    for _ in range(resamples):
+        rows = np.concatenate(
+            [np.flatnonzero(index == g) for g in draws.integers(0, len(labels), len(labels))]
+        )
+        per_muscle = []
+        for j in range(2):
+            r = rows[valid[rows, j]]
+            p, t, s = pred[r, j], truth[r, j], sd[r, j]
+            err = np.abs(p - t)
+            r_vol, r_sd = stats.pearsonr(p, t)[0], stats.spearmanr(s, err)[0]
+            per_muscle.append([r_vol, 100 * np.mean(err / t), r_sd, np.mean(err <= 1.96 * s)])
+        figures.append(per_muscle)
+    values = np.array(figures)  # (resamples, muscles, keys)
+    keys = ["pcc", "mape", "spearman_sd_abs_error", "coverage95"]
+    for i, key in enumerate(keys):
+        assert iv["muscles"]["b"][key] == pytest.approx(np.percentile(values[:, 1, i], [10, 90]), rel=1e-9)
+        assert iv["mean"][key] == pytest.approx(
+            np.percentile(values[:, :, i].mean(axis=1), [10, 90]), rel=1e-9
+        )
+    assert iv["cases"] == 16
+    # views that share their errors are not independent samples: resampled by case, the interval is wider
+    by_view = case_intervals(pred, truth, valid, ["a", "b"], [str(i) for i in range(31)], resamples=400)
+    by_case = case_intervals(pred, truth, valid, ["a", "b"], cases, resamples=400)
+    width = {name: np.diff(t["mean"]["mape"])[0] for name, t in (("view", by_view), ("case", by_case))}
+    assert width["case"] > 1.2 * width["view"]
+
+
 def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path: Path) -> None:
     drr, model = trained
     out = tmp_path / "eval"
     result = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(drr), "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"muscles", "mean"}
+    assert set(metrics) == {"muscles", "mean", "intervals"}
+    assert metrics["intervals"]["cases"] == len({row["case_id"] for row in DrrDataset.load(drr).rows})
     keys = {
         "pcc",
         "icc",
@@ -85,6 +130,12 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert rows[-1]["muscle"] == "mean" and len(rows) == 15
+    for row, name in zip(rows, [*metrics["muscles"], "mean"], strict=True):
+        ci = (metrics["mean"] if name == "mean" else metrics["muscles"][name])["ci95"]
+        for key in ("pcc", "mape", "spearman_sd_abs_error", "coverage95"):
+            if ci[key] is not None:
+                assert float(row[f"{key}_low"]) == pytest.approx(ci[key][0], rel=1e-5)
+                assert ci[key][0] <= ci[key][1]
     for name in ("predicted_vs_true.png", "bland_altman.png", "uncertainty_vs_error.png"):
         assert cv2.imread(str(out / name)) is not None
 

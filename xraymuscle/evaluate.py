@@ -16,7 +16,7 @@ from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.inference import mc_predict
-from xraymuscle.metrics import volume_metrics
+from xraymuscle.metrics import INTERVAL_KEYS, case_intervals, volume_metrics
 from xraymuscle.model import LoadedModel, load_model
 
 METRIC_KEYS = (
@@ -46,19 +46,23 @@ def evaluate_model(
     result = predict_dataset(model, data, mc_samples=mc_samples, device=device)
     scales = np.asarray(model.meta["calibration"]["sd_scale"])
     sd = result["sd"] * scales
-    metrics = volume_metrics(result["pred"], result["truth"], result["valid"], data.muscles, sd=sd)
+    cases = [row["case_id"] for row in data.rows]
+    metrics = _with_intervals(
+        volume_metrics(result["pred"], result["truth"], result["valid"], data.muscles, sd=sd),
+        case_intervals(result["pred"], result["truth"], result["valid"], data.muscles, cases, sd=sd),
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(_clean(metrics), indent=1))
     write_text_atomic(out / "metrics.csv", _metrics_csv(metrics))
     if result["mass"] is not None:
         mass_scales = np.asarray(model.meta["calibration"].get("mass_sd_scale", scales))
-        mass_metrics = volume_metrics(
-            result["mass"],
-            result["mass_truth"],
-            result["valid"],
-            data.muscles,
-            sd=result["mass_sd"] * mass_scales,
+        mass_sd = result["mass_sd"] * mass_scales
+        mass_metrics = _with_intervals(
+            volume_metrics(result["mass"], result["mass_truth"], result["valid"], data.muscles, sd=mass_sd),
+            case_intervals(
+                result["mass"], result["mass_truth"], result["valid"], data.muscles, cases, sd=mass_sd
+            ),
         )
         write_text_atomic(out / "mass_metrics.json", json.dumps(_clean(mass_metrics), indent=1))
     write_text_atomic(out / "predictions.csv", _predictions_csv(data, result, sd))
@@ -99,6 +103,18 @@ def predict_dataset(
     }
 
 
+def _with_intervals(metrics: dict[str, Any], intervals: dict[str, Any]) -> dict[str, Any]:
+    """Each row gains ``ci95`` (``{key: [low, high]}``), and the table an ``intervals`` block saying how."""
+    for name, row in metrics["muscles"].items():
+        row["ci95"] = intervals["muscles"][name]
+    metrics["mean"]["ci95"] = intervals["mean"]
+    metrics["intervals"] = {
+        "method": "percentile bootstrap over cases (all views of a case together)",
+        **{k: intervals[k] for k in ("level", "resamples", "cases")},
+    }
+    return metrics
+
+
 def _clean(value: Any) -> Any:
     """NaN → None, so the JSON is standard."""
     if isinstance(value, dict):
@@ -111,10 +127,15 @@ def _clean(value: Any) -> Any:
 def _metrics_csv(metrics: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["muscle", *METRIC_KEYS])
+    bounds = [f"{k}_{end}" for k in INTERVAL_KEYS for end in ("low", "high")]
+    writer.writerow(["muscle", *METRIC_KEYS, *bounds])
     rows = [*metrics["muscles"].items(), ("mean", metrics["mean"])]
     for name, row in rows:
-        writer.writerow([name, *(_fmt(row.get(k)) for k in METRIC_KEYS)])
+        ci = row.get("ci95", {})
+        ends = [ci.get(k) or [None, None] for k in INTERVAL_KEYS]
+        writer.writerow(
+            [name, *(_fmt(row.get(k)) for k in METRIC_KEYS), *(_fmt(v) for end in ends for v in end)]
+        )
     return buf.getvalue()
 
 
