@@ -4,6 +4,7 @@ Per muscle: n, Pearson r, ICC(2,1) (two-way random effects, absolute agreement, 
 MAE (ml), MAPE (%), bias (ml, predicted − true), and with a predicted sd: the Spearman correlation
 between sd and absolute error, its ceiling (what that correlation would be on average were each
 sd exactly its error's standard deviation), and the coverage of the 95 % interval ``mean ± 1.96·sd``.
+``case_intervals`` gives bootstrap intervals of these figures, resampling whole cases.
 """
 
 from __future__ import annotations
