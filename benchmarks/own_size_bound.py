@@ -8,20 +8,20 @@ only as far as the muscle's outline can be told from its neighbours'. This bench
 reader who saw every *other* muscle exactly would know: a linear fit (in log volume, 5-fold
 cross-validated over the cases of the given ``cohort.csv`` tables) of each muscle's volume on the
 exact volumes of the other muscles (its twin on the other side left out: the two share the
-factor), body size, fat and pose, and its position jitter. The
-Pearson r it reaches is a ceiling for any reader that cannot see the muscle's own size factor; the
-second column adds that factor, the third is the network's figure to set beside them (from an
-``evaluate`` metrics.json given with ``--metrics``). Measured figures: README, accuracy section.
+factor), body size, fat and pose, and its position jitter. The population model is log-linear, so
+the Pearson r of that fit is about the best a reader that cannot see the muscle's own factor can
+do; the second column adds the factor, the third is the network's figure to set beside them (from
+an ``evaluate`` metrics.json given with ``--metrics``). Measured figures: README, accuracy section.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 BODY = ["body_scale", "height_scale", "fat_mm", "tilt_deg", "rotation_deg", "obliquity_deg"]
 
@@ -45,19 +45,29 @@ def main() -> None:
     parser.add_argument("cohorts", type=Path, nargs="+", help="cohort.csv tables written by `phantom`")
     parser.add_argument("--metrics", type=Path, help="an `evaluate` metrics.json to set beside")
     args = parser.parse_args()
-    table = pd.concat([pd.read_csv(p) for p in args.cohorts], ignore_index=True)
-    muscles = [c.removeprefix("volume_ml__") for c in table.columns if c.startswith("volume_ml__")]
+    rows = []
+    for path in args.cohorts:
+        with path.open(newline="") as fh:
+            rows += list(csv.DictReader(fh))
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) for r in rows])
+
+    def columns(names: list[str]) -> np.ndarray:
+        return np.column_stack([column(n) for n in names])
+
+    muscles = [c.removeprefix("volume_ml__") for c in rows[0] if c.startswith("volume_ml__")]
     network = json.loads(args.metrics.read_text())["muscles"] if args.metrics else {}
-    body = table[[f"param__{k}" for k in BODY]].to_numpy()
-    print(f"{len(table)} phantoms; Pearson r of each muscle's volume, 5-fold cross-validated")
+    body = columns([f"param__{k}" for k in BODY])
+    print(f"{len(rows)} phantoms; Pearson r of each muscle's volume, 5-fold cross-validated")
     print(f"{'muscle':24s} {'others exact':>12s} {'+ own size':>10s} {'network':>8s}")
     for m in muscles:
-        volume = table[f"volume_ml__{m}"].to_numpy()
+        volume = column(f"volume_ml__{m}")
         kind = m.rsplit("_", 1)[0]  # its twin on the other side shares the own factor: left out too
-        others = np.log(table[[f"volume_ml__{o}" for o in muscles if o.rsplit("_", 1)[0] != kind]].to_numpy())
-        jitter = table[[c for c in table.columns if c.startswith(f"param__jitter__{m}__")]].to_numpy()
+        others = np.log(columns([f"volume_ml__{o}" for o in muscles if o.rsplit("_", 1)[0] != kind]))
+        jitter = columns([c for c in rows[0] if c.startswith(f"param__jitter__{m}__")])
         seen = np.column_stack([others, body, jitter])
-        own = np.log(table[f"param__muscle_scale__{m}"].to_numpy())
+        own = np.log(column(f"param__muscle_scale__{m}"))
         r_seen = cross_validated_r(seen, volume)
         r_own = cross_validated_r(np.column_stack([seen, own]), volume)
         r_net = network.get(m, {}).get("pcc")
