@@ -12,7 +12,7 @@ phantoms with one view each did as well as 2400 with two, README), so many phant
 views each (2400 for 40 epochs: MAPE 7.2 % on the first 50 held-out phantoms with plain dropout
 draws, 6.9 % with half of them mirrored, the recipe's ``mc_mirror``, and 7.5 % on all 200; 1200 for
 80 epochs, as many steps: 7.4 % plain on the 50). The held-out cohort is 200 phantoms: on 50 a
-muscle's r is known only to about ±0.04. Prints the per-muscle table (Pearson r, ICC, MAPE, MAE,
+muscle's r is known only to ±0.01–0.11. Prints the per-muscle table (Pearson r, ICC, MAPE, MAE,
 bias, Spearman(sd, |error|), 95 % coverage, and the bootstrap intervals of r and MAPE over held-out
 bodies) and the training time.
 ``--install-default`` copies the model into the package as the shipped default model.

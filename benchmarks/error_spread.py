@@ -139,21 +139,18 @@ def error_drivers(table: dict[str, dict[str, np.ndarray]], cohort: Path) -> None
     muscles = list(table)
     shown_all, chance_all, hidden_all = [], [], []
     for m, v in table.items():
-        cases, index = np.unique(v["case"], return_inverse=True)
+        cases = np.unique(v["case"])
         if any(str(c) not in params for c in cases):
             raise SystemExit(f"{cohort}: lacks some cases of the evaluation")
-        err = np.bincount(index, weights=np.abs(v["volume"] / v["true"] - 1)) / np.bincount(index)
+        err = case_means(np.abs(v["volume"] / v["true"] - 1), v["case"])
         p = [params[str(c)] for c in cases]
-        shown = [np.array([q[k] for q in p]) for k in SHOWN]
-        shown = [(k, value) for k, x in zip(SHOWN, shown, strict=True) for value in (x, np.abs(x - x.mean()))]
-
-        def strongest(e: np.ndarray, shown: list = shown) -> tuple[str, float]:
-            rhos = [(k, float(stats.spearmanr(value, e)[0])) for k, value in shown]
-            return max(rhos, key=lambda kr: abs(kr[1]))
-
-        best, best_rho = strongest(err)
+        shown = []
+        for k in SHOWN:
+            x = np.array([q[k] for q in p])
+            shown += [(k, x), (k, np.abs(x - x.mean()))]
+        best, best_rho = _strongest(err, shown)
         rng = np.random.default_rng(0)
-        chance = float(np.mean([abs(strongest(rng.permutation(err))[1]) for _ in range(50)]))
+        chance = float(np.mean([abs(_strongest(rng.permutation(err), shown)[1]) for _ in range(50)]))
         person = np.array([np.mean([np.log(q[f"muscle_scale__{o}"]) for o in muscles]) for q in p])
         own = np.array([np.log(q[f"muscle_scale__{m}"]) for q in p]) - person
         hidden = float(stats.spearmanr(np.abs(own - own.mean()), err)[0])
@@ -164,6 +161,12 @@ def error_drivers(table: dict[str, dict[str, np.ndarray]], cohort: Path) -> None
     means = (np.mean(shown_all), np.mean(chance_all), np.mean(hidden_all))
     print(f"{'mean':24s} {'|rho|':>19s} {means[0]:6.2f} {means[1]:9.2f} {means[2]:18.2f}")
     print("(by chance: the strongest |rho| of the same parameters with the errors shuffled, mean of 50)")
+
+
+def _strongest(err: np.ndarray, shown: list[tuple[str, np.ndarray]]) -> tuple[str, float]:
+    """The parameter whose Spearman with ``err`` is largest in size, and that Spearman."""
+    rhos = [(k, float(stats.spearmanr(value, err)[0])) for k, value in shown]
+    return max(rhos, key=lambda kr: abs(kr[1]))
 
 
 if __name__ == "__main__":

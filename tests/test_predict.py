@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,7 @@ from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.evaluate import _metrics_csv, _with_intervals
 from xraymuscle.metrics import case_intervals, icc_2_1, spearman_ceiling, volume_metrics
 from xraymuscle.model import load_model
 from xraymuscle.paths import default_model_dir
@@ -130,14 +132,32 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert rows[-1]["muscle"] == "mean" and len(rows) == 15
+    _assert_intervals_in_csv(metrics, rows)  # four cases: too few for intervals, the cells stay empty
+    # and with enough cases, the intervals reach the CSV
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(50, 300, (40, 2))
+    pred, sd = truth * rng.normal(1.0, 0.05, truth.shape), truth * 0.05
+    valid, cases = np.ones_like(truth, bool), [str(i // 2) for i in range(40)]
+    table = _with_intervals(
+        volume_metrics(pred, truth, valid, ["a", "b"], sd=sd),
+        case_intervals(pred, truth, valid, ["a", "b"], cases, sd=sd),
+    )
+    _assert_intervals_in_csv(table, list(csv.DictReader(io.StringIO(_metrics_csv(table)))))
+    assert all(v is not None for v in table["mean"]["ci95"].values())
+    for name in ("predicted_vs_true.png", "bland_altman.png", "uncertainty_vs_error.png"):
+        assert cv2.imread(str(out / name)) is not None
+
+
+def _assert_intervals_in_csv(metrics: dict, rows: list[dict[str, str]]) -> None:
     for row, name in zip(rows, [*metrics["muscles"], "mean"], strict=True):
         ci = (metrics["mean"] if name == "mean" else metrics["muscles"][name])["ci95"]
         for key in ("pcc", "mape", "spearman_sd_abs_error", "coverage95"):
-            if ci[key] is not None:
+            if ci[key] is None:
+                assert row[f"{key}_low"] == row[f"{key}_high"] == ""
+            else:
                 assert float(row[f"{key}_low"]) == pytest.approx(ci[key][0], rel=1e-5)
+                assert float(row[f"{key}_high"]) == pytest.approx(ci[key][1], rel=1e-5)
                 assert ci[key][0] <= ci[key][1]
-    for name in ("predicted_vs_true.png", "bland_altman.png", "uncertainty_vs_error.png"):
-        assert cv2.imread(str(out / name)) is not None
 
 
 def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Path) -> None:
