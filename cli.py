@@ -84,13 +84,26 @@ def phantom(
     spacing: Annotated[float, typer.Option("--spacing", help="Isotropic voxel size, mm.")] = 2.0,
     preview: Annotated[bool, typer.Option("--preview", help="Write a preview PNG per case.")] = False,
     catalog: CatalogOpt = "hip",
+    layering: Annotated[
+        str,
+        typer.Option(
+            "--layering",
+            help="Overlapping muscles: carve (the deeper keeps the overlap) or additive (outer pushed out).",
+        ),
+    ] = "carve",
 ) -> None:
     """Write a cohort of synthetic pelvis CTs with muscle labels, and its cohort.csv."""
     from xraymuscle.catalog import MuscleCatalog
     from xraymuscle.phantom.cohort import make_cohort
 
     csv_path = make_cohort(
-        n, out, seed=seed, spacing=spacing, preview=preview, catalog=MuscleCatalog.load(catalog)
+        n,
+        out,
+        seed=seed,
+        spacing=spacing,
+        preview=preview,
+        catalog=MuscleCatalog.load(catalog),
+        layering=layering,
     )
     typer.echo(f"wrote {n} cases and {csv_path}")
 

@@ -1,9 +1,10 @@
 """Phantom cohort: time per case by voxel size, and each muscle's volume range across seeds.
 
-    python benchmarks/phantom_bench.py [--seeds 20] [--spacing 2.0]
+    python benchmarks/phantom_bench.py [--seeds 20] [--spacing 2.0] [--layering carve]
 
-Prints seconds per case at 4, 3 and the chosen spacing (the ratios show how the cost grows as
-voxels shrink) and, at the chosen spacing, min / mean / max volume per muscle over the seeds.
+Prints seconds per case at 4, 3 and the chosen spacing for both muscle layerings (the ratios show
+how the cost grows as voxels shrink, and what additive layering costs over carving) and, at the
+chosen spacing and layering, min / mean / max volume per muscle over the seeds.
 """
 
 from __future__ import annotations
@@ -14,41 +15,47 @@ import time
 import numpy as np
 
 from xraymuscle.catalog import MuscleCatalog
-from xraymuscle.phantom.anatomy import build_phantom, sample_params
+from xraymuscle.phantom.anatomy import MUSCLE_LAYERINGS, build_phantom, sample_params
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--spacing", type=float, default=2.0)
+    parser.add_argument("--layering", choices=MUSCLE_LAYERINGS, default="carve")
     args = parser.parse_args()
     catalog = MuscleCatalog.load()
-    timing = {}
+    timing: dict[float, dict[str, float]] = {}
     for spacing in sorted({4.0, 3.0, args.spacing}, reverse=True):
-        times = []
-        for seed in range(3):
-            params = sample_params(np.random.default_rng([seed, 0]))
-            start = time.perf_counter()
-            build_phantom(params, spacing)
-            times.append(time.perf_counter() - start)
-        timing[spacing] = float(np.median(times))
-    base = timing[4.0]
-    print(f"{'spacing mm':>10s} {'s/case':>8s} {'x 4 mm':>8s}")
+        timing[spacing] = {}
+        for layering in MUSCLE_LAYERINGS:
+            times = []
+            for seed in range(3):
+                params = sample_params(np.random.default_rng([seed, 0]))
+                start = time.perf_counter()
+                build_phantom(params, spacing, layering)
+                times.append(time.perf_counter() - start)
+            timing[spacing][layering] = float(np.median(times))
+    base = timing[4.0]["carve"]
+    print(f"{'spacing mm':>10s} {'carve s':>8s} {'x 4 mm':>8s} {'additive s':>11s} {'x carve':>8s}")
     for spacing, t in timing.items():
-        print(f"{spacing:10.1f} {t:8.2f} {t / base:8.2f}")
+        print(
+            f"{spacing:10.1f} {t['carve']:8.2f} {t['carve'] / base:8.2f} "
+            f"{t['additive']:11.2f} {t['additive'] / t['carve']:8.2f}"
+        )
 
     vols: dict[str, list[float]] = {m: [] for m in catalog.muscles}
     per_case = []
     for seed in range(args.seeds):
         params = sample_params(np.random.default_rng([seed, 0]))
         start = time.perf_counter()
-        ct, labels = build_phantom(params, args.spacing)
+        ct, labels = build_phantom(params, args.spacing, args.layering)
         per_case.append(time.perf_counter() - start)
         counts = np.bincount(labels.array.ravel(), minlength=len(catalog.muscles) + 1)
         for value, muscle in enumerate(catalog.muscles, start=1):
             vols[muscle].append(counts[value] * ct.voxel_volume_mm3 / 1000)
     print(
-        f"\n{args.seeds} seeds at {args.spacing} mm: "
+        f"\n{args.seeds} seeds at {args.spacing} mm, {args.layering}: "
         f"{np.mean(per_case):.2f} s/case mean, {np.max(per_case):.2f} max"
     )
     print(f"{'muscle':24s} {'min':>7s} {'mean':>7s} {'max':>7s} {'min/mean':>9s} {'max/mean':>9s}  (ml)")

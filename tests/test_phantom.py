@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from drr.materials import density_from_hu
 from xraymuscle.catalog import MuscleCatalog
+from xraymuscle.errors import InputError
 from xraymuscle.phantom.anatomy import MUSCLE_LABELS, OTHER_LABELS, build_phantom, sample_params
 from xraymuscle.phantom.cohort import make_cohort
 from xraymuscle.volume import read_ct_and_labels
@@ -137,6 +139,62 @@ def test_cohort_resumes_without_redrawing(tmp_path: Path) -> None:
     assert (out / "phantom_0001" / "case.json").is_file()
     rows = read_rows(out / "cohort.csv")
     assert len(rows) == 3 and len({r["case_id"] for r in rows}) == 3
+
+
+def _muscle_ml(labels, value: int | list[int]) -> float:
+    return float(np.isin(labels.array, value).sum()) * SPACING**3 / 1000
+
+
+def test_additive_layering_adds_a_deep_muscles_growth() -> None:
+    """Growing the gluteus minimus: carving takes part of it from the medius; additive layering does not."""
+    params = sample_params(np.random.default_rng([7, 0]))
+    grown = copy.deepcopy(params)
+    grown.muscle_scale["gluteus_minimus_left"] *= 1.3
+    minimus, medius = MUSCLE_LABELS["gluteus_minimus"][0], MUSCLE_LABELS["gluteus_medius"][0]
+    every = [v for pair in MUSCLE_LABELS.values() for v in pair]
+    change = {}
+    for layering in ("carve", "additive"):
+        before, after = (
+            build_phantom(params, SPACING, layering)[1],
+            build_phantom(grown, SPACING, layering)[1],
+        )
+        change[layering] = {
+            name: _muscle_ml(after, value) - _muscle_ml(before, value)
+            for name, value in (("minimus", minimus), ("medius", medius), ("all", every))
+        }
+    for layering, d in change.items():
+        assert d["minimus"] > 10, layering  # the minimus itself grows either way
+    carve, additive = change["carve"], change["additive"]
+    assert carve["medius"] < -0.2 * carve["minimus"]  # carved out of the medius
+    assert carve["all"] < 0.8 * carve["minimus"]
+    assert abs(additive["medius"]) < 0.05 * additive["minimus"]  # the medius pushed out, kept
+    assert additive["all"] == pytest.approx(additive["minimus"], rel=0.05)
+
+
+def test_additive_layering_keeps_the_anatomy(tmp_path: Path) -> None:
+    """The same case, additive: same skeleton, every muscle at least as large, recorded and resumable."""
+    params = sample_params(np.random.default_rng([7, 0]))
+    carved = build_phantom(params, SPACING)[1]
+    additive = build_phantom(params, SPACING, "additive")[1]
+    assert additive.array.shape == carved.array.shape
+    for name in ("femur_left", "hip_right", "sacrum"):
+        value = OTHER_LABELS[name]
+        np.testing.assert_array_equal(additive.array == value, carved.array == value)
+    for left, right in MUSCLE_LABELS.values():
+        for value in (left, right):  # a muscle only loses voxels to the fat planes, as before
+            assert _muscle_ml(additive, value) >= 0.97 * _muscle_ml(carved, value)
+    out = tmp_path / "c"
+    make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="additive")
+    first = (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns
+    assert read_rows(out / "cohort.csv")[0]["layering"] == "additive"
+    make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="additive")
+    assert (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns == first  # kept
+    make_cohort(1, out, seed=7, spacing=SPACING, progress=False)  # another layering: redrawn
+    assert read_rows(out / "cohort.csv")[0]["layering"] == "carve"
+    with pytest.raises(InputError, match="--layering"):
+        make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="overlap")
+    with pytest.raises(ValueError, match="layering"):
+        build_phantom(params, SPACING, "overlap")
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ building is deterministic given the parameters (:func:`build_phantom`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import cv2
 import numpy as np
@@ -53,6 +55,8 @@ OTHER_LABELS = {
     "skin": 32,
     "intermuscular_fat": 33,
 }
+# Ways of sharing the space where two muscles' solids overlap (``build_phantom(layering=...)``).
+MUSCLE_LAYERINGS = ("carve", "additive")
 # Deep muscles claim their voxels first where two solids meet.
 MUSCLE_PRIORITY = (
     "iliopsoas",
@@ -292,7 +296,9 @@ def _bone_depth(grid: Grid, p: PhantomParams, side: int) -> tuple[np.ndarray, np
     return femur, hip
 
 
-def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, Volume]:
+def build_phantom(
+    params: PhantomParams, spacing: float = 2.0, layering: str = "carve"
+) -> tuple[Volume, Volume]:
     """Render one case as a CT (HU, float32) and a label map (uint16) on an isotropic grid.
 
     Parameters
@@ -301,9 +307,18 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
         The drawn case (:func:`sample_params`).
     spacing
         Voxel size in mm.
+    layering
+        How muscles that overlap as drawn share the space (:data:`MUSCLE_LAYERINGS`). ``carve``: a
+        deeper muscle keeps the overlap, so a superficial muscle loses whatever its deeper neighbour
+        grows into, and the two muscles' sum hides part of that growth. ``additive``: every muscle
+        keeps the volume it would have beside the skeleton alone; where a deeper muscle already
+        lies, its outline is enlarged until it has that volume (it is pushed outwards), so muscle
+        volumes add up, as they do in a body.
     """
     if not spacing > 0:
         raise ValueError(f"spacing must be positive, not {spacing}")
+    if layering not in MUSCLE_LAYERINGS:
+        raise ValueError(f"layering must be one of {MUSCLE_LAYERINGS}, not {layering!r}")
     p, b, h = params, params.body_scale, params.height_scale
     margin = p.fat_mm + 25
     grid = Grid.covering(
@@ -359,6 +374,7 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
     canvas.hu[inside] = np.where(vert[inside] < cortex_mm, p.cortical_hu * 0.85, p.cancellous_hu)
 
     # --- muscles, deep ones first
+    free_of_muscle = canvas.labels == 0 if layering == "additive" else None  # the skeleton's gaps
     for muscle in MUSCLE_PRIORITY:
         for side, tag, label in (
             (1, "left", MUSCLE_LABELS[muscle][0]),
@@ -367,25 +383,21 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
             key = f"{muscle}_{tag}"
             area = _AXIS_SIZE[muscle] * np.sqrt(p.muscle_scale[key])  # semi-axes by sqrt: area by the factor
             jx, jy = p.jitter[key]
-            muscle_hu = p.muscle_hu + p.muscle_hu_offset[key]
-            for chain in _MUSCLE_FRAMES[muscle]:
-                frames = [
-                    Keyframe(
-                        z * h,
-                        side * (cx * b + jx),
-                        cy * b + jy,
-                        ax * b * area,
-                        ay * b * area,
-                        side * ang,
-                    )
-                    for z, cx, cy, ax, ay, ang in chain
-                ]
-                wob = np.c_[
+            wobbles = [
+                np.c_[
                     wobble_rng.uniform(0, 0.07, 3),
                     wobble_rng.uniform(0, 2 * np.pi, 3),
                     wobble_rng.uniform(-1, 1, 3),
                 ]
-                canvas.claim(swept_ellipse(grid, frames, wobble=wob), label, muscle_hu)
+                for _ in _MUSCLE_FRAMES[muscle]
+            ]
+
+            solids = partial(_muscle_solids, grid, muscle, side, area, (jx, jy), (b, h), wobbles)
+            fields = solids(1.0)
+            if free_of_muscle is not None:
+                fields = _displace(canvas, solids, fields, int((_union(grid, fields) & free_of_muscle).sum()))
+            for fld in fields:
+                canvas.claim(fld, label, p.muscle_hu + p.muscle_hu_offset[key])
     for side in (
         1,
         -1,
@@ -475,6 +487,70 @@ def build_phantom(params: PhantomParams, spacing: float = 2.0) -> tuple[Volume, 
     ct, labels = _crop_to_body(*_pose(ct, labels, p), margin_mm=8.0)
     ct.array = _ct_texture(ct.array, p.noise_sd_hu, wobble_rng)
     return ct, labels
+
+
+def _muscle_solids(
+    grid: Grid,
+    muscle: str,
+    side: int,
+    area: float,
+    jitter: tuple[float, float],
+    scales: tuple[float, float],
+    wobbles: list[np.ndarray],
+    inflate: float,
+) -> list[Field | None]:
+    """One side's muscle as solids (a chain each), semi-axes ``area * inflate`` times the keyframes'."""
+    (jx, jy), (b, h), axes = jitter, scales, area * inflate
+    return [
+        swept_ellipse(
+            grid,
+            [
+                Keyframe(z * h, side * (cx * b + jx), cy * b + jy, ax * b * axes, ay * b * axes, side * ang)
+                for z, cx, cy, ax, ay, ang in chain
+            ],
+            wobble=wob,
+        )
+        for chain, wob in zip(_MUSCLE_FRAMES[muscle], wobbles, strict=True)
+    ]
+
+
+def _union(grid: Grid, fields: list[Field | None]) -> np.ndarray:
+    """The full-grid mask inside any of ``fields``."""
+    inside = np.zeros(grid.shape, bool)
+    for fld in fields:
+        if fld is not None:
+            inside[fld.box] |= fld.depth > 0
+    return inside
+
+
+def _displace(
+    canvas: _Canvas,
+    solids: Callable[[float], list[Field | None]],
+    fields: list[Field | None],
+    target: int,
+) -> list[Field | None]:
+    """Enlarge a muscle's cross-sections until it claims ``target`` free voxels (within 0.2 %).
+
+    ``solids(f)`` draws the muscle with its semi-axes multiplied by ``f``; ``fields`` is ``solids(1)``.
+    The claimed volume grows about as ``f²``, a little faster where the enlargement spills past the
+    muscles it wraps, so the steps by ``√(target / claimed)`` settle in a few draws.
+    """
+    free = canvas.labels == 0
+
+    def claimed(flds: list[Field | None]) -> int:
+        return int((_union(canvas.grid, flds) & free).sum())
+
+    inflate, count = 1.0, claimed(fields)
+    best, best_gap = fields, abs(count - target)
+    for _ in range(8):
+        if best_gap <= max(1, target // 500) or count == 0:
+            break
+        inflate *= float(np.clip(np.sqrt(target / count), 0.8, 1.25))
+        fields = solids(inflate)
+        count = claimed(fields)
+        if abs(count - target) < best_gap:
+            best, best_gap = fields, abs(count - target)
+    return best
 
 
 def _fat_planes(canvas: _Canvas, fat_hu: float) -> None:

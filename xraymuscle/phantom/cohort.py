@@ -23,7 +23,7 @@ from xraymuscle.atomic import atomic_dir, write_text_atomic
 from xraymuscle.catalog import MuscleCatalog
 from xraymuscle.errors import InputError
 from xraymuscle.measure import muscle_volumes
-from xraymuscle.phantom.anatomy import build_phantom, label_names, sample_params
+from xraymuscle.phantom.anatomy import MUSCLE_LAYERINGS, build_phantom, label_names, sample_params
 from xraymuscle.preview import montage, overlay_masks, titled, window, write_png
 from xraymuscle.volume import Volume
 
@@ -36,13 +36,20 @@ def case_id(index: int) -> str:
 
 
 def make_case(
-    seed: int, index: int, out_dir: Path, *, spacing: float, catalog: MuscleCatalog, preview: bool
+    seed: int,
+    index: int,
+    out_dir: Path,
+    *,
+    spacing: float,
+    catalog: MuscleCatalog,
+    preview: bool,
+    layering: str = "carve",
 ) -> dict[str, Any]:
     """Draw, build and write one case; return its cohort row."""
     rng = np.random.default_rng([seed, index])
     params = sample_params(rng)
     start = time.perf_counter()
-    ct, labels = build_phantom(params, spacing)
+    ct, labels = build_phantom(params, spacing, layering)
     seconds = time.perf_counter() - start
     cid = case_id(index)
     row: dict[str, Any] = {
@@ -54,7 +61,8 @@ def make_case(
     truth = muscle_volumes(ct, labels, catalog, LABEL_SOURCE)
     row.update({f"volume_ml__{m}": round(v["volume_ml"], 3) for m, v in truth.items()})
     row.update({f"mass_g__{m}": round(v["mass_g"], 3) for m, v in truth.items()})
-    row.update({"seed": seed, "index": index, "spacing_mm": spacing, "build_seconds": round(seconds, 3)})
+    row.update({"seed": seed, "index": index, "spacing_mm": spacing, "layering": layering})
+    row["build_seconds"] = round(seconds, 3)
     row.update({f"param__{k}": v for k, v in params.flat().items()})
     with atomic_dir(out_dir / cid) as tmp:
         # labels fit in 8 bits, and the CT's integer HU in 16: small files, exact values
@@ -86,15 +94,20 @@ def make_cohort(
     preview: bool = False,
     catalog: MuscleCatalog | None = None,
     progress: bool = True,
+    layering: str = "carve",
 ) -> Path:
     """Write ``n`` phantom cases and ``cohort.csv`` under ``out``; return the CSV's path.
 
-    Cases already complete under ``out`` with the same seed and spacing are kept, not redrawn.
+    ``layering`` is how overlapping muscles share the space (:func:`build_phantom`); it is
+    recorded in each row (``layering``). Cases already complete under ``out`` with the same seed,
+    spacing and layering are kept, not redrawn (a case written before the column existed was carved).
     """
     if n < 1:
         raise InputError(f"--n must be at least 1, not {n}")
     if not spacing > 0 or spacing > 10:
         raise InputError(f"--spacing must be in (0, 10] mm, not {spacing}")
+    if layering not in MUSCLE_LAYERINGS:
+        raise InputError(f"--layering must be one of {', '.join(MUSCLE_LAYERINGS)}, not {layering!r}")
     catalog = catalog or MuscleCatalog.load()
     catalog.check_source(LABEL_SOURCE)
     out = Path(out)
@@ -109,9 +122,12 @@ def make_cohort(
             row is None
             or row.get("seed") != seed
             or float(row.get("spacing_mm", -1)) != spacing
+            or row.get("layering", "carve") != layering
             or (preview and not (folder / "preview.png").is_file())
         ):
-            row = make_case(seed, index, out, spacing=spacing, catalog=catalog, preview=preview)
+            row = make_case(
+                seed, index, out, spacing=spacing, catalog=catalog, preview=preview, layering=layering
+            )
         rows.append(row)
     write_text_atomic(
         out / "label_names.json",
