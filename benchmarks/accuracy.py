@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from xraymuscle.phantom.anatomy import MUSCLE_LAYERINGS
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"pcc": 0.95, "mape": 7.0, "spearman_sd_abs_error": 0.3, "coverage95": (0.88, 0.99)}
 
@@ -78,7 +80,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--spacing", type=float, default=3.0, help="phantom voxel size, mm")
     parser.add_argument(
-        "--layering", choices=("carve", "additive"), default="carve", help="phantom muscle layering"
+        "--layering", choices=MUSCLE_LAYERINGS, default="carve", help="phantom muscle layering"
     )
     parser.add_argument("--epochs", type=int, default=40, help="0: the recipe's own")
     parser.add_argument("--device", default="auto")
