@@ -191,6 +191,15 @@ def test_additive_layering_keeps_the_anatomy(tmp_path: Path) -> None:
     assert (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns == first  # kept
     make_cohort(1, out, seed=7, spacing=SPACING, progress=False)  # another layering: redrawn
     assert read_rows(out / "cohort.csv")[0]["layering"] == "carve"
+    # a case written before the column existed is a carved one, kept beside new cases
+    case_json = out / "phantom_0000" / "case.json"
+    old_row = json.loads(case_json.read_text())
+    del old_row["layering"]
+    case_json.write_text(json.dumps(old_row))
+    kept = (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns
+    make_cohort(2, out, seed=7, spacing=SPACING, progress=False)
+    assert (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns == kept
+    assert [r["layering"] for r in read_rows(out / "cohort.csv")] == ["carve", "carve"]
     with pytest.raises(InputError, match="--layering"):
         make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="overlap")
     with pytest.raises(ValueError, match="layering"):

@@ -128,6 +128,7 @@ def make_cohort(
             row = make_case(
                 seed, index, out, spacing=spacing, catalog=catalog, preview=preview, layering=layering
             )
+        row.setdefault("layering", "carve")  # a case written before the column: carved
         rows.append(row)
     write_text_atomic(
         out / "label_names.json",
