@@ -88,9 +88,10 @@ def phantom(
         str,
         typer.Option(
             "--layering",
-            help="Overlapping muscles: carve (the deeper keeps the overlap) or additive (outer pushed out).",
+            help="Overlapping muscles: additive (outer pushed out, volumes add up) or carve (the deeper "
+            "keeps the overlap; the phantoms before the additive default).",
         ),
-    ] = "carve",
+    ] = "additive",
 ) -> None:
     """Write a cohort of synthetic pelvis CTs with muscle labels, and its cohort.csv."""
     from xraymuscle.catalog import MuscleCatalog

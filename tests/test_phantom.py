@@ -174,8 +174,8 @@ def test_additive_layering_adds_a_deep_muscles_growth() -> None:
 def test_additive_layering_keeps_the_anatomy(tmp_path: Path) -> None:
     """The same case, additive: same skeleton, every muscle at least as large, recorded and resumable."""
     params = sample_params(np.random.default_rng([7, 0]))
-    carved = build_phantom(params, SPACING)[1]
-    additive = build_phantom(params, SPACING, "additive")[1]
+    carved = build_phantom(params, SPACING, "carve")[1]
+    additive = build_phantom(params, SPACING)[1]  # the default
     assert additive.array.shape == carved.array.shape
     for name in ("femur_left", "hip_right", "sacrum"):
         value = OTHER_LABELS[name]
@@ -184,12 +184,12 @@ def test_additive_layering_keeps_the_anatomy(tmp_path: Path) -> None:
         for value in (left, right):  # a muscle only loses voxels to the fat planes, as before
             assert _muscle_ml(additive, value) >= 0.97 * _muscle_ml(carved, value)
     out = tmp_path / "c"
-    make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="additive")
+    make_cohort(1, out, seed=7, spacing=SPACING, progress=False)
     first = (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns
-    assert read_rows(out / "cohort.csv")[0]["layering"] == "additive"
+    assert read_rows(out / "cohort.csv")[0]["layering"] == "additive"  # the default
     make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="additive")
     assert (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns == first  # kept
-    make_cohort(1, out, seed=7, spacing=SPACING, progress=False)  # another layering: redrawn
+    make_cohort(1, out, seed=7, spacing=SPACING, progress=False, layering="carve")  # redrawn
     assert read_rows(out / "cohort.csv")[0]["layering"] == "carve"
     # a case written before the column existed is a carved one, kept beside new cases
     case_json = out / "phantom_0000" / "case.json"
@@ -197,7 +197,7 @@ def test_additive_layering_keeps_the_anatomy(tmp_path: Path) -> None:
     del old_row["layering"]
     case_json.write_text(json.dumps(old_row))
     kept = (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns
-    make_cohort(2, out, seed=7, spacing=SPACING, progress=False)
+    make_cohort(2, out, seed=7, spacing=SPACING, progress=False, layering="carve")
     assert (out / "phantom_0000" / "ct.nii.gz").stat().st_mtime_ns == kept
     assert [r["layering"] for r in read_rows(out / "cohort.csv")] == ["carve", "carve"]
     with pytest.raises(InputError, match="--layering"):

@@ -57,6 +57,8 @@ OTHER_LABELS = {
 }
 # Ways of sharing the space where two muscles' solids overlap (``build_phantom(layering=...)``).
 MUSCLE_LAYERINGS = ("carve", "additive")
+# The default: muscle volumes add up as in a body (README, A phantom cohort).
+DEFAULT_LAYERING = "additive"
 # Deep muscles claim their voxels first where two solids meet.
 MUSCLE_PRIORITY = (
     "iliopsoas",
@@ -297,7 +299,7 @@ def _bone_depth(grid: Grid, p: PhantomParams, side: int) -> tuple[np.ndarray, np
 
 
 def build_phantom(
-    params: PhantomParams, spacing: float = 2.0, layering: str = "carve"
+    params: PhantomParams, spacing: float = 2.0, layering: str = DEFAULT_LAYERING
 ) -> tuple[Volume, Volume]:
     """Render one case as a CT (HU, float32) and a label map (uint16) on an isotropic grid.
 

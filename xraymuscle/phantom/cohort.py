@@ -23,7 +23,13 @@ from xraymuscle.atomic import atomic_dir, write_text_atomic
 from xraymuscle.catalog import MuscleCatalog
 from xraymuscle.errors import InputError
 from xraymuscle.measure import muscle_volumes
-from xraymuscle.phantom.anatomy import MUSCLE_LAYERINGS, build_phantom, label_names, sample_params
+from xraymuscle.phantom.anatomy import (
+    DEFAULT_LAYERING,
+    MUSCLE_LAYERINGS,
+    build_phantom,
+    label_names,
+    sample_params,
+)
 from xraymuscle.preview import montage, overlay_masks, titled, window, write_png
 from xraymuscle.volume import Volume
 
@@ -43,7 +49,7 @@ def make_case(
     spacing: float,
     catalog: MuscleCatalog,
     preview: bool,
-    layering: str = "carve",
+    layering: str = DEFAULT_LAYERING,
 ) -> dict[str, Any]:
     """Draw, build and write one case; return its cohort row."""
     rng = np.random.default_rng([seed, index])
@@ -94,7 +100,7 @@ def make_cohort(
     preview: bool = False,
     catalog: MuscleCatalog | None = None,
     progress: bool = True,
-    layering: str = "carve",
+    layering: str = DEFAULT_LAYERING,
 ) -> Path:
     """Write ``n`` phantom cases and ``cohort.csv`` under ``out``; return the CSV's path.
 
