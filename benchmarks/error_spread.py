@@ -18,6 +18,10 @@ The views of one body share most of their error (the body, not the view, decides
 kurtosis is taken over cases: each case's error is the mean over its views, centred and scaled per
 muscle before pooling.
 
+It then prints where the error lies: the person's overall muscularity (the mean log-volume over
+the muscles) against each muscle's own deviation from it, true against predicted, the log-error's
+shared and own parts, and the summed volumes of the muscles that overlap in an AP projection.
+
 With ``--cohort`` (the held-out phantoms' ``cohort.csv``) it also asks *what* sets an error's size:
 the Spearman correlation, over cases, between the relative absolute error and each of the phantom's
 parameters that a radiograph shows (body size, fat, densities, pose: the value and its distance
@@ -115,8 +119,51 @@ def main() -> None:
             kurt.append(stats.kurtosis(np.concatenate(parts)))
         share = float(np.mean(np.asarray(kurt) <= kurtosis))
         print(f"{w:16.2f} {np.mean(rho):18.2f} {share:22.3f}")
+    where_error_lies(args.evaluation / "predictions.csv")
     if args.cohort:
         error_drivers(table, args.cohort)
+
+
+# Muscles that overlap in an AP projection, summed per side.
+GROUPS = {
+    "gluteal (maximus + medius + minimus)": ("gluteus_maximus", "gluteus_medius", "gluteus_minimus"),
+    "thigh (quadriceps + adductors + hamstrings)": ("quadriceps", "adductors", "hamstrings"),
+}
+
+
+def where_error_lies(path: Path) -> None:
+    """Overall muscularity against each muscle's own deviation from it, and sums of overlapping muscles.
+
+    Over the rows in which every muscle has a truth and a prediction: the mean log-volume of the
+    muscles (the person's muscularity) and each muscle's log-volume minus it (its own deviation),
+    true against predicted; the sd of the log-error's shared part (its mean over the muscles) and of
+    the rest; and Pearson r and MAPE of the summed volume of muscles that overlap in the projection.
+    """
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
+    true = np.array([[float(r[f"true_ml__{m}"] or "nan") for m in muscles] for r in rows])
+    pred = np.array([[float(r[f"volume_ml__{m}"] or "nan") for m in muscles] for r in rows])
+    ok = np.all(np.isfinite(true) & np.isfinite(pred) & (true > 0) & (pred > 0), axis=1)
+    true, pred = true[ok], pred[ok]
+    print(f"\nwhere the error lies, {len(true)} radiographs with every muscle:")
+    lt, lp = np.log(true), np.log(pred)
+    own_t, own_p = lt - lt.mean(1, keepdims=True), lp - lp.mean(1, keepdims=True)
+    own_r = np.mean([stats.pearsonr(own_t[:, j], own_p[:, j])[0] for j in range(len(muscles))])
+    print(f"  muscularity (mean log-volume) r {stats.pearsonr(lt.mean(1), lp.mean(1))[0]:.3f}; ", end="")
+    print(f"a muscle's own deviation from it r {own_r:.3f} (mean over muscles)")
+    err = lp - lt
+    shared = err.mean(1, keepdims=True)
+    print(f"  log-error sd: shared by the muscles {shared.std():.3f}, ", end="")
+    print(f"each muscle's own {(err - shared).std():.3f}")
+    for name, parts in GROUPS.items():
+        for side in ("left", "right"):
+            cols = [muscles.index(f"{p}_{side}") for p in parts if f"{p}_{side}" in muscles]
+            if len(cols) != len(parts):
+                continue
+            t, v = true[:, cols].sum(1), pred[:, cols].sum(1)
+            mape = 100 * np.mean(np.abs(v - t) / t)
+            print(f"  {name}, {side}: r {stats.pearsonr(t, v)[0]:.3f}, MAPE {mape:.1f} %")
 
 
 SHOWN = ("body_scale", "height_scale", "fat_mm", "muscle_hu", "fat_hu", "cortical_hu", "cancellous_hu",

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from xraymuscle import __version__
+from xraymuscle.phantom.anatomy import DEFAULT_LAYERING
 from xraymuscle.volume import Volume
 
 runner = CliRunner()
@@ -40,6 +41,7 @@ def test_phantom_command(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2
     assert (out / rows[0]["ct"]).is_file() and (out / "phantom_0001" / "preview.png").is_file()
+    assert {r["layering"] for r in rows} == {DEFAULT_LAYERING}  # the command's default is the library's
 
 
 def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
