@@ -372,6 +372,14 @@ def test_uncertain_threshold_flags_the_intended_share_of_images() -> None:
     few = cv_thresholds(draw(3), np.ones((3, k), bool))
     assert few == [0.5] * k  # too few validation images: a fixed, lenient threshold
 
+    # heavier tails than a log-normal's, and CVs that rise together in one image: still about 2 %
+    def heavy(n: int) -> np.ndarray:
+        return typical * np.exp(0.2 * rng.standard_t(3, (n, k)) + 0.2 * rng.standard_t(3, (n, 1)))
+
+    thresholds = np.array(cv_thresholds(heavy(1000), np.ones((1000, k), bool), rate=0.02))
+    flagged = (heavy(40000) > thresholds).any(axis=1).mean()
+    assert 0.012 < flagged < 0.03
+
 
 def test_loader_processes_draw_their_own_augmentations(drr: Path) -> None:
     """Forked loader processes start from copies of one random state; ``worker_init`` reseeds each."""

@@ -64,6 +64,8 @@ from xraymuscle.model import PHANTOM_NOTICE, save_model
 GAIN_BOUND = 3.0
 # the share of in-distribution images that the `uncertain` threshold is set to flag
 UNCERTAIN_RATE = 0.02
+# validation images needed to set the `uncertain` level from their own quantile (about 4 beyond it)
+MIN_QUANTILE_IMAGES = 200
 
 
 @dataclass
@@ -487,22 +489,31 @@ def _calibrate(
 def cv_thresholds(cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RATE) -> list[float]:
     """Per muscle, the coefficient of variation above which an image is ``uncertain``.
 
-    One tail probability for every muscle, ``rate / K``, so that about ``rate`` of in-distribution
-    images have any muscle flagged (a per-muscle 99th percentile would flag about K % of them). The
-    tail comes from a log-normal fitted to the validation CVs: an empirical quantile that far out
-    is the largest of a few dozen values, and a new cohort passes it far more often than it should.
+    Each muscle's log CV is standardised by its validation mean and sd; one common level ``z`` on
+    that scale is set so that ``rate`` of the validation images have some muscle above it (the
+    empirical quantile of each image's largest standardised log CV; about 1/``rate`` images lie
+    beyond it, where a per-muscle quantile that far out is the largest of a few values). The CVs'
+    tails are heavier than a log-normal's and the muscles' CVs rise together, so a log-normal tail
+    of ``rate / K`` per muscle flagged several times ``rate`` of new images (README). With fewer
+    than ``MIN_QUANTILE_IMAGES`` validation images ``z`` is that log-normal tail.
     """
-    z = NormalDist().inv_cdf(1.0 - rate / cv.shape[1])
-    thresholds = []
-    for j in range(cv.shape[1]):
-        values = cv[valid[:, j], j]
-        values = values[values > 0]
-        if len(values) < 5:
-            thresholds.append(0.5)
-            continue
-        logs = np.log(values)
-        thresholds.append(float(np.exp(logs.mean() + z * logs.std(ddof=1))))
-    return thresholds
+    k = cv.shape[1]
+    z = NormalDist().inv_cdf(1.0 - rate / k)
+    centre, spread = np.full(k, np.nan), np.full(k, np.nan)
+    for j in range(k):
+        values = cv[valid[:, j] & (cv[:, j] > 0), j]
+        if len(values) >= 5:
+            logs = np.log(values)
+            centre[j], spread[j] = logs.mean(), max(float(logs.std(ddof=1)), 1e-6)
+    known = np.isfinite(centre)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = (np.log(np.maximum(cv[:, known], 1e-12)) - centre[known]) / spread[known]
+    score = np.where(valid[:, known], score, -np.inf)
+    largest = score.max(axis=1) if known.any() else np.empty(0)
+    largest = largest[np.isfinite(largest)]
+    if len(largest) >= MIN_QUANTILE_IMAGES:
+        z = float(np.quantile(largest, 1.0 - rate))
+    return [float(np.exp(c + z * s)) if np.isfinite(c) else 0.5 for c, s in zip(centre, spread, strict=True)]
 
 
 def _no_augment(dataset: DrrTrainingSet) -> DrrTrainingSet:
