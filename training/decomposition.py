@@ -491,8 +491,8 @@ def cv_thresholds(cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RAT
 
     Each muscle's log CV is standardised by its validation mean and sd; one common level ``z`` on
     that scale is set so that ``rate`` of the validation images have some muscle above it (the
-    empirical quantile of each image's largest standardised log CV; about 1/``rate`` images lie
-    beyond it, where a per-muscle quantile that far out is the largest of a few values). The CVs'
+    empirical quantile of each image's largest standardised log CV: of 500 validation images
+    about 10 lie beyond it, where a per-muscle quantile of ``rate / K`` rests on one). The CVs'
     tails are heavier than a log-normal's and the muscles' CVs rise together, so a log-normal tail
     of ``rate / K`` per muscle flagged several times ``rate`` of new images (README). With fewer
     than ``MIN_QUANTILE_IMAGES`` validation images ``z`` is that log-normal tail.
