@@ -1,6 +1,6 @@
 """How much the sizes of a model's errors differ from case to case, and so how well any sd can rank them.
 
-    python benchmarks/error_spread.py EVALUATION_DIR [--draws 2000]
+    python benchmarks/error_spread.py EVALUATION_DIR [--draws 2000] [--cohort CSV] [--model DIR ...]
 
 Reads the ``predictions.csv`` that ``xraymuscle evaluate`` writes. Spearman(sd, |error|) can only be
 high when the errors' own standard deviations differ a good deal between cases. Three figures bound it:
@@ -20,7 +20,9 @@ muscle before pooling.
 
 It then prints where the error lies: the person's overall muscularity (the mean log-volume over
 the muscles) against each muscle's own deviation from it, true against predicted, the log-error's
-shared and own parts, and the summed volumes of the muscles that overlap in an AP projection.
+shared and own parts, and the summed volumes of the muscles that overlap in an AP projection. With
+``--model`` (model folders), how many radiographs each model's ``cv_threshold`` flags ``uncertain``
+and the mean error of those and of the rest.
 
 With ``--cohort`` (the held-out phantoms' ``cohort.csv``) it also asks *what* sets an error's size:
 the Spearman correlation, over cases, between the relative absolute error and each of the phantom's
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +45,17 @@ from scipy import stats
 from xraymuscle.metrics import spearman_ceiling
 
 
-def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Per muscle: the truth, volume, sd and case of each row of an evaluation's ``predictions.csv``."""
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of an evaluation's ``predictions.csv``."""
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise SystemExit(f"{path}: no rows")
+    return rows
+
+
+def read_predictions(rows: list[dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per muscle: the truth, volume, sd and case of each row (rows where both are known)."""
     muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
     cases = np.array([r["case_id"] for r in rows])
     out = {}
@@ -81,8 +89,16 @@ def main() -> None:
     parser.add_argument("evaluation", type=Path, help="an `xraymuscle evaluate` output folder")
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--cohort", type=Path, help="the held-out phantoms' cohort.csv")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="model folders whose `uncertain` thresholds to apply",
+    )
     args = parser.parse_args()
-    table = read_predictions(args.evaluation / "predictions.csv")
+    rows = read_rows(args.evaluation / "predictions.csv")
+    table = read_predictions(rows)
     head = f"{'muscle':24s} {'n':>4s} {'rho(sd,|e|)':>11s} {'ceiling':>7s} {'sd(log sd)':>10s}"
     print(head + f" {'r(e, e) of two views':>21s}")
     observed, ceilings, pooled, shared = [], [], [], []
@@ -119,7 +135,12 @@ def main() -> None:
             kurt.append(stats.kurtosis(np.concatenate(parts)))
         share = float(np.mean(np.asarray(kurt) <= kurtosis))
         print(f"{w:16.2f} {np.mean(rho):18.2f} {share:22.3f}")
-    where_error_lies(args.evaluation / "predictions.csv")
+    muscles, true, pred, sd = complete_rows(rows)
+    where_error_lies(muscles, true, pred)
+    if args.model:
+        print("\n`uncertain` (a muscle's sd / volume above the model's cv_threshold):")
+    for model in args.model:
+        flagged_share(model, muscles, true, pred, sd)
     if args.cohort:
         error_drivers(table, args.cohort)
 
@@ -131,7 +152,35 @@ GROUPS = {
 }
 
 
-def where_error_lies(path: Path) -> None:
+def complete_rows(rows: list[dict[str, str]]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The muscles, and truth, volume and sd (radiographs × muscles) of the rows that have every muscle."""
+    muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
+    true, pred, sd = (
+        np.array([[float(r[f"{key}__{m}"] or "nan") for m in muscles] for r in rows])
+        for key in ("true_ml", "volume_ml", "volume_sd_ml")
+    )
+    ok = np.all(np.isfinite(true) & np.isfinite(pred) & (true > 0) & (pred > 0), axis=1)
+    return muscles, true[ok], pred[ok], sd[ok]
+
+
+def flagged_share(
+    model: Path, muscles: list[str], true: np.ndarray, pred: np.ndarray, sd: np.ndarray
+) -> None:
+    """How many radiographs a model's ``cv_threshold`` flags ``uncertain``, and their mean error."""
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    threshold = dict(zip(meta["muscles"], meta["calibration"]["cv_threshold"], strict=True))
+    flagged = (sd / pred > np.array([threshold[m] for m in muscles])).any(axis=1)
+    error = 100 * np.mean(np.abs(pred - true) / true, axis=1)
+    print(
+        f"  {model}: {flagged.sum()} of {len(flagged)} flagged uncertain ({100 * flagged.mean():.1f} %); ",
+        end="",
+    )
+    rest = error[~flagged].mean() if (~flagged).any() else float("nan")
+    flagged_error = error[flagged].mean() if flagged.any() else float("nan")
+    print(f"mean error {flagged_error:.1f} % flagged, {rest:.1f} % the rest")
+
+
+def where_error_lies(muscles: list[str], true: np.ndarray, pred: np.ndarray) -> None:
     """Overall muscularity against each muscle's own deviation from it, and sums of overlapping muscles.
 
     Over the rows in which every muscle has a truth and a prediction: the mean log-volume of the
@@ -139,13 +188,6 @@ def where_error_lies(path: Path) -> None:
     true against predicted; the sd of the log-error's shared part (its mean over the muscles) and of
     the rest; and Pearson r and MAPE of the summed volume of muscles that overlap in the projection.
     """
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
-    true = np.array([[float(r[f"true_ml__{m}"] or "nan") for m in muscles] for r in rows])
-    pred = np.array([[float(r[f"volume_ml__{m}"] or "nan") for m in muscles] for r in rows])
-    ok = np.all(np.isfinite(true) & np.isfinite(pred) & (true > 0) & (pred > 0), axis=1)
-    true, pred = true[ok], pred[ok]
     print(f"\nwhere the error lies, {len(true)} radiographs with every muscle:")
     lt, lp = np.log(true), np.log(pred)
     own_t, own_p = lt - lt.mean(1, keepdims=True), lp - lp.mean(1, keepdims=True)

@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from xraymuscle.catalog import MuscleCatalog
-from xraymuscle.phantom.anatomy import MUSCLE_LABELS, MUSCLE_LAYERINGS, build_phantom, sample_params
+from xraymuscle.measure import muscle_volumes
+from xraymuscle.phantom.anatomy import DEFAULT_LAYERING, MUSCLE_LAYERINGS, build_phantom, sample_params
 
 
 def minimus_growth(spacing: float, layering: str, factor: float = 1.2) -> dict[str, float]:
@@ -26,23 +27,28 @@ def minimus_growth(spacing: float, layering: str, factor: float = 1.2) -> dict[s
     params = sample_params(np.random.default_rng([101, 3]))
     grown = copy.deepcopy(params)
     grown.muscle_scale["gluteus_minimus_left"] *= factor
-    parts = {
-        "minimus": [MUSCLE_LABELS["gluteus_minimus"][0]],
-        "medius": [MUSCLE_LABELS["gluteus_medius"][0]],
-        "all muscle": [v for pair in MUSCLE_LABELS.values() for v in pair],
-    }
+    catalog = MuscleCatalog.load()
     ml = []
     for case in (params, grown):
-        ct, labels = build_phantom(case, spacing, layering)
-        ml.append({k: np.isin(labels.array, v).sum() * ct.voxel_volume_mm3 / 1000 for k, v in parts.items()})
-    return {k: float(ml[1][k] - ml[0][k]) for k in parts}
+        volumes = {
+            m: v["volume_ml"]
+            for m, v in muscle_volumes(*build_phantom(case, spacing, layering), catalog, "phantom").items()
+        }
+        ml.append(
+            {
+                "minimus": volumes["gluteus_minimus_left"],
+                "medius": volumes["gluteus_medius_left"],
+                "all muscle": sum(volumes.values()),
+            }
+        )
+    return {k: float(ml[1][k] - ml[0][k]) for k in ml[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--spacing", type=float, default=2.0)
-    parser.add_argument("--layering", choices=MUSCLE_LAYERINGS, default="carve")
+    parser.add_argument("--layering", choices=MUSCLE_LAYERINGS, default=DEFAULT_LAYERING)
     args = parser.parse_args()
     catalog = MuscleCatalog.load()
     timing: dict[float, dict[str, float]] = {}

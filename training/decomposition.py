@@ -64,7 +64,8 @@ from xraymuscle.model import PHANTOM_NOTICE, save_model
 GAIN_BOUND = 3.0
 # the share of in-distribution images that the `uncertain` threshold is set to flag
 UNCERTAIN_RATE = 0.02
-# validation images needed to set the `uncertain` level from their own quantile (about 4 beyond it)
+# validation rows needed to set the `uncertain` level from their own quantile (about 4 beyond it; with
+# mirrored draws each image is two rows, itself and its mirror, which lie beyond it together)
 MIN_QUANTILE_IMAGES = 200
 
 

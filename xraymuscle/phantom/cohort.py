@@ -86,9 +86,11 @@ def _case_done(folder: Path) -> dict[str, Any] | None:
     if not all((folder / f).is_file() for f in CASE_FILES):
         return None
     try:
-        return dict(json.loads((folder / "case.json").read_text(encoding="utf-8")))
+        row = dict(json.loads((folder / "case.json").read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    row.setdefault("layering", "carve")  # a case written before the column: carved
+    return row
 
 
 def make_cohort(
@@ -128,13 +130,12 @@ def make_cohort(
             row is None
             or row.get("seed") != seed
             or float(row.get("spacing_mm", -1)) != spacing
-            or row.get("layering", "carve") != layering
+            or row["layering"] != layering
             or (preview and not (folder / "preview.png").is_file())
         ):
             row = make_case(
                 seed, index, out, spacing=spacing, catalog=catalog, preview=preview, layering=layering
             )
-        row.setdefault("layering", "carve")  # a case written before the column: carved
         rows.append(row)
     write_text_atomic(
         out / "label_names.json",
