@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -379,6 +380,17 @@ def test_uncertain_threshold_flags_the_intended_share_of_images() -> None:
     thresholds = np.array(cv_thresholds(heavy(1000), np.ones((1000, k), bool), rate=0.02))
     flagged = (heavy(40000) > thresholds).any(axis=1).mean()
     assert 0.012 < flagged < 0.03
+
+    # 150 images and their mirrors are 300 rows but still too few images for their own quantile
+    cv = heavy(150)
+    mirrored = np.concatenate([cv, cv[:, ::-1]])
+    from_rows = cv_thresholds(mirrored, np.ones(mirrored.shape, bool))
+    from_images = cv_thresholds(mirrored, np.ones(mirrored.shape, bool), images=150)
+    logs = np.log(mirrored)
+    z = NormalDist().inv_cdf(1.0 - 0.02 / k)  # the log-normal tail of 2 % / K per muscle
+    lognormal = np.exp(logs.mean(axis=0) + z * logs.std(axis=0, ddof=1))
+    np.testing.assert_allclose(from_images, lognormal, rtol=1e-9)
+    assert not np.allclose(from_rows, lognormal, rtol=1e-3)
 
 
 def test_loader_processes_draw_their_own_augmentations(drr: Path) -> None:

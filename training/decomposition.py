@@ -64,8 +64,7 @@ from xraymuscle.model import PHANTOM_NOTICE, save_model
 GAIN_BOUND = 3.0
 # the share of in-distribution images that the `uncertain` threshold is set to flag
 UNCERTAIN_RATE = 0.02
-# validation rows needed to set the `uncertain` level from their own quantile (about 4 beyond it; with
-# mirrored draws each image is two rows, itself and its mirror, which lie beyond it together)
+# validation images needed to set the `uncertain` level from their own quantile (about 4 beyond it)
 MIN_QUANTILE_IMAGES = 200
 
 
@@ -458,7 +457,7 @@ def _calibrate(
         else scales
     )
     cv = mc.volume_sd * scales / np.maximum(mc.volume, 1.0)
-    thresholds = cv_thresholds(paired(cv), paired(valid))
+    thresholds = cv_thresholds(paired(cv), paired(valid), images=len(cv))
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(train_set), size=min(len(train_set), 400), replace=False)
     train_images = torch.stack(
@@ -487,7 +486,9 @@ def _calibrate(
     }
 
 
-def cv_thresholds(cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RATE) -> list[float]:
+def cv_thresholds(
+    cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RATE, *, images: int | None = None
+) -> list[float]:
     """Per muscle, the coefficient of variation above which an image is ``uncertain``.
 
     Each muscle's log CV is standardised by its validation mean and sd; one common level ``z`` on
@@ -496,7 +497,9 @@ def cv_thresholds(cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RAT
     about 10 lie beyond it, where a per-muscle quantile of ``rate / K`` rests on one). The CVs'
     tails are heavier than a log-normal's and the muscles' CVs rise together, so a log-normal tail
     of ``rate / K`` per muscle flagged several times ``rate`` of new images (README). With fewer
-    than ``MIN_QUANTILE_IMAGES`` validation images ``z`` is that log-normal tail.
+    than ``MIN_QUANTILE_IMAGES`` validation images ``z`` is that log-normal tail. ``images`` is the
+    number of distinct images among the rows (default: the rows): with mirrored draws each image
+    is two rows, itself and its mirror with the sides exchanged, which lie beyond a level together.
     """
     k = cv.shape[1]
     z = NormalDist().inv_cdf(1.0 - rate / k)
@@ -512,7 +515,8 @@ def cv_thresholds(cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RAT
     score = np.where(valid[:, known], score, -np.inf)
     largest = score.max(axis=1) if known.any() else np.empty(0)
     largest = largest[np.isfinite(largest)]
-    if len(largest) >= MIN_QUANTILE_IMAGES:
+    distinct = len(cv) if images is None else images
+    if len(largest) * distinct / max(len(cv), 1) >= MIN_QUANTILE_IMAGES:
         z = float(np.quantile(largest, 1.0 - rate))
     return [float(np.exp(c + z * s)) if np.isfinite(c) else 0.5 for c, s in zip(centre, spread, strict=True)]
 
