@@ -51,7 +51,7 @@ bench-peers: setup
 # The shipped model: phantom cohorts, DRRs, training and evaluation (about 2.5 h on 2 CPU cores).
 MODEL_WORK ?= model-work
 default-model: setup
-	$(BIN)/python benchmarks/accuracy.py --work $(MODEL_WORK) --install-default
+	$(BIN)/python benchmarks/accuracy.py --work $(MODEL_WORK) --restart-to 80 --install-default
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,7 +1,8 @@
 """Accuracy of the decomposition network on held-out phantoms: the CPU recipe, end to end.
 
     python benchmarks/accuracy.py --work DIR [--train 2400] [--test 200] [--views 2] [--epochs 40]
-                                  [--layering additive|carve] [--workers N] [--install-default]
+                                  [--restart-to 80] [--layering additive|carve] [--workers N]
+                                  [--install-default]
 
 Steps, each resumable (a rerun skips what is done): a training cohort and a held-out cohort of
 phantoms (different seeds), DRR datasets of both (``hip_ap`` at 128 pixels, the recipe's grid),
@@ -16,13 +17,18 @@ on 50 a muscle's r is known only to ±0.01–0.11. Prints the per-muscle table (
 MAE, bias, Spearman(sd, |error|), 95 % coverage, and the bootstrap intervals of r and MAPE over
 held-out bodies) and the training time. ``--layering`` is the phantoms' (``phantom --layering``):
 the shipped model's are additive, the default (held-out r 0.933, MAPE 7.0 % on 200 additive
-phantoms); the figures above and every model before it were carved (README, accuracy section).
-``--install-default`` copies the model into the package as the shipped default model.
+phantoms after 40 epochs); the figures above and every model before it were carved (README,
+accuracy section). ``--restart-to 80`` then resumes the finished run to 80 epochs, a second cosine
+cycle of the learning rate (it rises again, to 0.64 of its peak, and anneals to the new end): on
+the same 200, r 0.938, MAPE 6.7 % (paired over bodies, MAPE −0.27 points, 95 % interval −0.35 to
+−0.19). The shipped model is made so (``make default-model``). ``--install-default`` copies the
+model into the package as the shipped default model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -84,6 +90,13 @@ def main() -> None:
         "--layering", choices=MUSCLE_LAYERINGS, default=DEFAULT_LAYERING, help="phantom muscle layering"
     )
     parser.add_argument("--epochs", type=int, default=40, help="0: the recipe's own")
+    parser.add_argument(
+        "--restart-to",
+        type=int,
+        default=0,
+        help="then resume to this many epochs, more than --epochs: a warm restart (the learning rate "
+        "rises again and anneals to the new end; the best epoch of both cycles is kept); 0: none",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--workers",
@@ -99,6 +112,8 @@ def main() -> None:
     )
     parser.add_argument("--install-default", action="store_true")
     args = parser.parse_args()
+    if args.restart_to and not 0 < args.epochs < args.restart_to:
+        parser.error("--restart-to needs a number of --epochs below it")
     work = args.work
     sp = str(args.spacing)
     times = {}
@@ -154,16 +169,26 @@ def main() -> None:
         *drr,
     )
     model = work / "model_cpu"
-    train = ["train", "--data", str(work / "drr_train"), "--out", str(model), "--device", args.device]
-    if args.epochs:
-        train += ["--epochs", str(args.epochs)]
-    train += [
-        "--cache-mb",
-        str(args.cache_mb if args.cache_mb is not None else cache_mb(args.train * args.views)),
-    ]
-    if (model / "checkpoint" / "state.json").exists():
-        train.append("--resume")
-    times["train"] = run(*train)
+    state = model / "checkpoint" / "state.json"
+
+    def train_to(epochs: int) -> float:
+        train = ["train", "--data", str(work / "drr_train"), "--out", str(model), "--device", args.device]
+        if epochs:
+            train += ["--epochs", str(epochs)]
+        train += [
+            "--cache-mb",
+            str(args.cache_mb if args.cache_mb is not None else cache_mb(args.train * args.views)),
+        ]
+        if state.exists():
+            train.append("--resume")
+        return run(*train)
+
+    done = json.loads(state.read_text())["epoch"] if state.exists() else 0
+    times["train"] = 0.0
+    if not (args.restart_to and done >= args.epochs):
+        times["train"] += train_to(args.epochs)
+    if args.restart_to:
+        times["train"] += train_to(args.restart_to)
     times["evaluate"] = run(
         "evaluate",
         "--model",
@@ -175,8 +200,6 @@ def main() -> None:
         "--device",
         args.device,
     )
-    import json
-
     metrics = json.loads((work / "evaluation" / "metrics.json").read_text())
     meta = json.loads((model / "model.json").read_text())
     training = meta["training"]
