@@ -48,7 +48,7 @@ bench-peers: setup
 	$(BIN)/pip install --quiet --no-deps diffdrr==0.6.1
 	$(BIN)/pip install --quiet torchio einops roma kornia fastcore imageio matplotlib seaborn
 
-# The shipped model: phantom cohorts, DRRs, training and evaluation (about 2.5 h on 2 CPU cores).
+# The shipped model: phantom cohorts, DRRs, two cycles of training and evaluation (about 4 h on 2 CPU cores).
 MODEL_WORK ?= model-work
 default-model: setup
 	$(BIN)/python benchmarks/accuracy.py --work $(MODEL_WORK) --restart-to 80 --install-default
