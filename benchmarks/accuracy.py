@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from training.checkpoint import STATE, read_info
 from xraymuscle.phantom.anatomy import DEFAULT_LAYERING, MUSCLE_LAYERINGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def main() -> None:
         *drr,
     )
     model = work / "model_cpu"
-    state = model / "checkpoint" / "state.json"
+    checkpoint = model / "checkpoint"
 
     def train_to(epochs: int) -> float:
         train = ["train", "--data", str(work / "drr_train"), "--out", str(model), "--device", args.device]
@@ -179,11 +180,11 @@ def main() -> None:
             "--cache-mb",
             str(args.cache_mb if args.cache_mb is not None else cache_mb(args.train * args.views)),
         ]
-        if state.exists():
+        if (checkpoint / STATE).exists():
             train.append("--resume")
         return run(*train)
 
-    done = json.loads(state.read_text())["epoch"] if state.exists() else 0
+    done = int(read_info(checkpoint)["epoch"]) if (checkpoint / STATE).exists() else 0
     times["train"] = 0.0
     if not (args.restart_to and done >= args.epochs):
         times["train"] += train_to(args.epochs)

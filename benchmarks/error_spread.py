@@ -44,26 +44,31 @@ from scipy import stats
 
 from xraymuscle.metrics import spearman_ceiling
 
+Predictions = tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of an evaluation's ``predictions.csv``."""
+
+def read_predictions(path: Path) -> Predictions:
+    """An evaluation's ``predictions.csv``: the muscles, each row's case, and truth, volume and sd
+    (rows × muscles, NaN where empty)."""
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise SystemExit(f"{path}: no rows")
-    return rows
-
-
-def read_predictions(rows: list[dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
-    """Per muscle: the truth, volume, sd and case of each row (rows where both are known)."""
     muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
-    cases = np.array([r["case_id"] for r in rows])
+    true, pred, sd = (
+        np.array([[float(r[f"{key}__{m}"] or "nan") for m in muscles] for r in rows])
+        for key in ("true_ml", "volume_ml", "volume_sd_ml")
+    )
+    return muscles, np.array([r["case_id"] for r in rows]), true, pred, sd
+
+
+def per_muscle(predictions: Predictions) -> dict[str, dict[str, np.ndarray]]:
+    """Per muscle: the truth, volume, sd and case of each row where both are known."""
+    muscles, cases, true, pred, sd = predictions
     out = {}
-    for m in muscles:
-        cols = {"true": f"true_ml__{m}", "volume": f"volume_ml__{m}", "sd": f"volume_sd_ml__{m}"}
-        values = {k: np.array([float(r[c]) if r[c] else np.nan for r in rows]) for k, c in cols.items()}
-        ok = np.isfinite(values["true"]) & np.isfinite(values["volume"]) & (values["true"] > 0)
-        out[m] = {**{k: v[ok] for k, v in values.items()}, "case": cases[ok]}
+    for j, m in enumerate(muscles):
+        ok = np.isfinite(true[:, j]) & np.isfinite(pred[:, j]) & (true[:, j] > 0)
+        out[m] = {"true": true[ok, j], "volume": pred[ok, j], "sd": sd[ok, j], "case": cases[ok]}
     return out
 
 
@@ -97,8 +102,8 @@ def main() -> None:
         help="model folders whose `uncertain` thresholds to apply",
     )
     args = parser.parse_args()
-    rows = read_rows(args.evaluation / "predictions.csv")
-    table = read_predictions(rows)
+    predictions = read_predictions(args.evaluation / "predictions.csv")
+    table = per_muscle(predictions)
     head = f"{'muscle':24s} {'n':>4s} {'rho(sd,|e|)':>11s} {'ceiling':>7s} {'sd(log sd)':>10s}"
     print(head + f" {'r(e, e) of two views':>21s}")
     observed, ceilings, pooled, shared = [], [], [], []
@@ -135,7 +140,7 @@ def main() -> None:
             kurt.append(stats.kurtosis(np.concatenate(parts)))
         share = float(np.mean(np.asarray(kurt) <= kurtosis))
         print(f"{w:16.2f} {np.mean(rho):18.2f} {share:22.3f}")
-    muscles, true, pred, sd = complete_rows(rows)
+    muscles, true, pred, sd = complete_rows(predictions)
     where_error_lies(muscles, true, pred)
     if args.model:
         print("\n`uncertain` (a muscle's sd / volume above the model's cv_threshold):")
@@ -152,13 +157,9 @@ GROUPS = {
 }
 
 
-def complete_rows(rows: list[dict[str, str]]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def complete_rows(predictions: Predictions) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """The muscles, and truth, volume and sd (radiographs × muscles) of the rows that have every muscle."""
-    muscles = [c[len("true_ml__") :] for c in rows[0] if c.startswith("true_ml__")]
-    true, pred, sd = (
-        np.array([[float(r[f"{key}__{m}"] or "nan") for m in muscles] for r in rows])
-        for key in ("true_ml", "volume_ml", "volume_sd_ml")
-    )
+    muscles, _, true, pred, sd = predictions
     ok = np.all(np.isfinite(true) & np.isfinite(pred) & (true > 0) & (pred > 0), axis=1)
     return muscles, true[ok], pred[ok], sd[ok]
 

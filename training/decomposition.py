@@ -515,8 +515,8 @@ def cv_thresholds(
     score = np.where(valid[:, known], score, -np.inf)
     largest = score.max(axis=1) if known.any() else np.empty(0)
     largest = largest[np.isfinite(largest)]
-    distinct = len(cv) if images is None else images
-    if len(largest) * distinct / max(len(cv), 1) >= MIN_QUANTILE_IMAGES:
+    rows_per_image = len(cv) / images if images else 1.0  # 2 with mirrored draws
+    if len(largest) / rows_per_image >= MIN_QUANTILE_IMAGES:
         z = float(np.quantile(largest, 1.0 - rate))
     return [float(np.exp(c + z * s)) if np.isfinite(c) else 0.5 for c, s in zip(centre, spread, strict=True)]
 
