@@ -130,6 +130,12 @@ def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) 
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 1
     with pytest.raises(InputError, match="--resume"):
         train_decomposition(drr, out, recipe, epochs=2, progress=False, echo=lambda s: None)
+    # the whole run is in the folder (the best epoch's weights too): it resumes where it is moved
+    assert (out / "checkpoint" / "best.safetensors").is_file() and not list(tmp_path.glob(".*"))
+    moved = tmp_path / "moved" / "model"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    out = moved
     # how the finished network draws its samples may change on resuming (and is recorded)
     unmirrored = DecompositionConfig.from_dict({**TINY, "epochs": 2, "mc_mirror": False})
     resumed = train_decomposition(

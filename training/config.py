@@ -83,6 +83,7 @@ class DecompositionConfig(_Recipe):
     seed: int = 0
     loader_workers: int = 0  # processes preparing batches (augmentation); 0: in the training process
     cache_mb: float = 2048.0  # memory for training samples kept between epochs; the rest are re-read
+    average_epochs: int = 0  # average the weights of the run's last N epochs (0: none); kept if better
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def _checks(self) -> dict[str, bool]:
@@ -104,6 +105,7 @@ class DecompositionConfig(_Recipe):
             "val_fraction": 0.0 < self.val_fraction < 1.0,
             "loader_workers": self.loader_workers >= 0,
             "cache_mb": self.cache_mb >= 0,
+            "average_epochs": self.average_epochs >= 0,
         }
         return checks
 

@@ -11,14 +11,17 @@ With ``materials_weight``, a training-only head also learns the DRR's soft-tissu
 line integrals (L1 and squared error): the network is taught to take the whole radiograph apart,
 the bone over the muscles included, not the muscles alone.
 Validation after every epoch (per-muscle volume MAPE and Pearson r, dropout off); the best epoch
-is kept. At the end, on the validation set with dropout on: the per-muscle scale that makes the
-95 % interval cover 95 %, the coefficient-of-variation threshold for ``uncertain``, and the
-out-of-distribution statistics; all stored in ``model.json``. With ``mc_mirror`` the draws are
-made as inference makes them (half on the mirrored image) and each left/right pair shares its
-scale and threshold.
+is kept. With ``average_epochs``, the weights of the run's last epochs are also averaged
+(:mod:`training.weight_average`), and the average replaces the best epoch when its validation
+MAPE is lower (``model.json``'s ``training.weight_average`` says which). At the end, on the
+validation set with dropout on: the per-muscle scale that makes the 95 % interval cover 95 %,
+the coefficient-of-variation threshold for ``uncertain``, and the out-of-distribution
+statistics; all stored in ``model.json``. With ``mc_mirror`` the draws are made as inference
+makes them (half on the mirrored image) and each left/right pair shares its scale and threshold.
 
-Resumable (``checkpoint/`` holds the last epoch's weights and optimiser state as safetensors, and
-its state as JSON), seeded, mixed precision on CUDA, several GPUs through ``torchrun`` (DDP).
+Resumable (``checkpoint/`` holds the last epoch's weights and optimiser state and the best epoch's
+weights as safetensors, and its state as JSON; a moved model folder resumes), seeded, mixed
+precision on CUDA, several GPUs through ``torchrun`` (DDP).
 """
 
 from __future__ import annotations
@@ -52,14 +55,17 @@ from training.data import (
     worker_init,
 )
 from training.unet import BayesianUNet
+from training.weight_average import CHECKPOINT_NAME, WeightAverage, window_start
 from xraymuscle import __version__
-from xraymuscle.atomic import write_text_atomic
+from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel, image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
 
+# the best epoch's weights, in the checkpoint folder (the last epoch's are in training.checkpoint.TENSORS)
+BEST = "best.safetensors"
 # the per-muscle gain's logarithm is bounded to ±3 (a factor of 20) in networks trained here
 GAIN_BOUND = 3.0
 # the share of in-distribution images that the `uncertain` threshold is set to flag
@@ -79,6 +85,7 @@ class TrainSummary:
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
+    weight_average: dict[str, Any] | None = None
 
 
 def split_by_case(data: DrrDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -241,9 +248,11 @@ def train_decomposition(
     summary = TrainSummary(out=Path(out))
     checkpoint = Path(out) / "checkpoint"
     first_epoch = 0
+    average: WeightAverage | None = None
     if resume and (checkpoint / "state.json").is_file():
         first_epoch = _load_checkpoint(checkpoint, network, optimiser, config, summary)
         echo(f"resuming after epoch {first_epoch} (best so far: epoch {summary.best_epoch})")
+        average = _resume_average(checkpoint, network, config, n_epochs)
     elif (Path(out) / "model.json").exists() or (checkpoint / "state.json").exists():
         if not resume:
             raise InputError("holds a model already; use --resume to continue it, or a new --out", out)
@@ -306,13 +315,17 @@ def train_decomposition(
             best = metrics["mean_mape"] < summary.best_mape
             if best:
                 summary.best_mape, summary.best_epoch = metrics["mean_mape"], epoch + 1
-                save_file(module_state(network), str(_tmp_best(out)))
+                with atomic_path(checkpoint / BEST) as tmp:
+                    save_file(module_state(network), str(tmp))
             echo(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation MAPE "
                 f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f}{'  (best)' if best else ''}"
             )
+            if config.average_epochs and epoch + 1 >= window_start(n_epochs, config.average_epochs):
+                average = average or WeightAverage(network, first=epoch + 1)
+                average.update(network)
             summary.seconds = earlier_seconds + time.perf_counter() - start_time
-            _save_checkpoint(checkpoint, network, optimiser, config, summary, epoch + 1)
+            _save_checkpoint(checkpoint, network, optimiser, config, summary, epoch + 1, average)
         summary.epochs_run += 1
         last_epoch = epoch + 1
         timed_out = max_minutes is not None and _out_of_time(start_time, max_minutes, world, device)
@@ -327,7 +340,12 @@ def train_decomposition(
     if rank != 0:
         return summary
     last_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    network.load_state_dict(load_file(str(_tmp_best(out))))
+    best_state = load_file(str(_best_file(checkpoint)))
+    network.load_state_dict(best_state)
+    if average is not None:
+        summary.weight_average = _use_average(
+            average, last_epoch, network, train_set, val_set, config, grid, device, summary, echo
+        )
     summary.calibration = _calibrate(network, train_set, val_set, config, grid, device)
     summary.seconds = earlier_seconds + time.perf_counter() - start_time
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
@@ -335,14 +353,18 @@ def train_decomposition(
     # the folder was replaced whole: put the checkpoint (the last epoch's weights, from which a
     # resumed run goes on) and the log back beside the model
     network.load_state_dict(last_state)
-    _save_checkpoint(checkpoint, network, optimiser, config, summary, last_epoch)
+    _save_checkpoint(checkpoint, network, optimiser, config, summary, last_epoch, average)
+    with atomic_path(checkpoint / BEST) as tmp:
+        save_file(best_state, str(tmp))
+    _legacy_best(checkpoint).unlink(missing_ok=True)
     write_text_atomic(Path(out) / "history.json", json.dumps(summary.history, indent=1))
     return summary
 
 
 # Settings that say how a run is carried out, not what it learns: a run may resume with others
-# (``mc_mirror`` only changes how the finished network is calibrated and used).
-_RUN_SETTINGS = ("loader_workers", "cache_mb", "mc_mirror")
+# (``mc_mirror`` only changes how the finished network is calibrated and used, and
+# ``average_epochs``, like ``--epochs``, how the resumed run ends).
+_RUN_SETTINGS = ("loader_workers", "cache_mb", "mc_mirror", "average_epochs")
 
 
 def _model_settings(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -365,9 +387,18 @@ def _fork() -> str | None:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-def _tmp_best(out: Path) -> Path:
-    path = Path(out).parent / f".{Path(out).name}.best.safetensors"
-    return path
+def _best_file(checkpoint: Path) -> Path:
+    """The best epoch's weights: in the checkpoint, or beside the model folder where runs made
+    before the checkpoint held them kept them."""
+    for path in (checkpoint / BEST, _legacy_best(checkpoint)):
+        if path.is_file():
+            return path
+    raise InputError("the best epoch's weights are missing from the checkpoint", checkpoint)
+
+
+def _legacy_best(checkpoint: Path) -> Path:
+    out = checkpoint.parent
+    return out.parent / f".{out.name}.best.safetensors"
 
 
 def _save_checkpoint(
@@ -377,6 +408,7 @@ def _save_checkpoint(
     config: DecompositionConfig,
     summary: TrainSummary,
     epoch: int,
+    average: WeightAverage | None = None,
 ) -> None:
     info = {
         "epoch": epoch,
@@ -385,8 +417,64 @@ def _save_checkpoint(
         "best_mape": summary.best_mape,
         "history": summary.history,
         "seconds": summary.seconds,
+        "average": None if average is None else average.info(),
     }
-    save_checkpoint(folder, {"model": network}, {"model": optimiser}, info)
+    networks = {"model": network} | ({} if average is None else {CHECKPOINT_NAME: average.module()})
+    save_checkpoint(folder, networks, {"model": optimiser}, info)
+
+
+def _resume_average(
+    folder: Path, network: torch.nn.Module, config: DecompositionConfig, epochs: int
+) -> WeightAverage | None:
+    """The checkpoint's weight average, when it lies in this run's window (a run resumed to a
+    longer total has its window further on, and starts a new average there)."""
+    saved = read_info(folder).get("average")
+    if not config.average_epochs or not saved:
+        return None
+    if saved["first_epoch"] < window_start(epochs, config.average_epochs):
+        return None
+    average = WeightAverage(network, first=int(saved["first_epoch"]))
+    load_checkpoint(folder, {CHECKPOINT_NAME: average.module()}, {})
+    return average
+
+
+def _use_average(
+    average: WeightAverage,
+    last_epoch: int,
+    network: BayesianUNet,
+    train_set: DrrTrainingSet,
+    val_set: DrrTrainingSet,
+    config: DecompositionConfig,
+    grid: GridSpec,
+    device: str,
+    summary: TrainSummary,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """Validate the average (its batch-normalisation statistics measured on the unaugmented
+    training images); load it into ``network`` when it beats the best epoch."""
+    plain = _no_augment(train_set)
+    size = config.batch_size
+    batches = (
+        torch.stack([plain[i]["image"] for i in range(s, min(s + size, len(plain)))])
+        for s in range(0, len(plain), size)
+    )
+    averaged = average.network_with_batch_norm(batches, device)
+    metrics = _validate(averaged, val_set, config, grid, device)  # type: ignore[arg-type]
+    kept = metrics["mean_mape"] < summary.best_mape
+    if kept:
+        network.load_state_dict(averaged.state_dict())
+    echo(
+        f"weight average of epochs {average.first}-{last_epoch}: validation MAPE "
+        f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f} "
+        f"({'kept' if kept else 'not kept'}; best epoch {summary.best_epoch}: {summary.best_mape:.2f} %)"
+    )
+    return {
+        "first_epoch": average.first,
+        "last_epoch": last_epoch,
+        "validation_mape": metrics["mean_mape"],
+        "validation_pcc": metrics["mean_pcc"],
+        "kept": kept,
+    }
 
 
 def _load_checkpoint(
@@ -570,6 +658,7 @@ def _metadata(
             "label_sources": sorted({str(c.get("label_source")) for c in data.info.get("source_cases", [])}),
             "best_epoch": summary.best_epoch,
             "best_validation_mape": summary.best_mape,
+            "weight_average": summary.weight_average,
             "epochs": len(summary.history),
             "seconds": round(summary.seconds, 1),
         },
