@@ -450,13 +450,13 @@ def _use_average(
     summary: TrainSummary,
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Validate the average (its batch-normalisation statistics measured on the unaugmented
-    training images); load it into ``network`` when it beats the best epoch."""
-    plain = _no_augment(train_set)
+    """Validate the average (its batch-normalisation statistics measured on one pass over the
+    training images, augmented as the epochs saw them); load it into ``network`` when it beats the
+    best epoch."""
     size = config.batch_size
     batches = (
-        torch.stack([plain[i]["image"] for i in range(s, min(s + size, len(plain)))])
-        for s in range(0, len(plain), size)
+        torch.stack([train_set[i]["image"] for i in range(s, min(s + size, len(train_set)))])
+        for s in range(0, len(train_set), size)
     )
     averaged = average.network_with_batch_norm(batches, device)
     metrics = _validate(averaged, val_set, config, grid, device)  # type: ignore[arg-type]

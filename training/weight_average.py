@@ -3,8 +3,10 @@
 The network's weights at the end of each of a run's last ``average_epochs`` epochs are averaged
 (:class:`torch.optim.swa_utils.AveragedModel`, parameters only). Batch-normalisation statistics
 of a mean of weights are not the mean of the statistics, so they are measured again on the
-training images (:func:`torch.optim.swa_utils.update_bn`, unaugmented, in training mode as the
-epochs saw them: dropout on). The trainer validates the average like an epoch and keeps it only
+training images (:func:`torch.optim.swa_utils.update_bn`) as the epochs saw them: augmented, in
+training mode, dropout on. (Measured on unaugmented images, they shifted the volumes of a 600 x 2
+phantom run's average by -5 ml on average (bias -9.2 against -4.3 ml), and its held-out MAPE
+from 8.10 to 8.37 %.) The trainer validates the average like an epoch and keeps it only
 when it beats the best epoch. The average travels in the checkpoint (safetensors, with the epoch it
 started from in ``state.json``), so a resumed run goes on averaging.
 """
