@@ -344,7 +344,7 @@ def train_decomposition(
     network.load_state_dict(best_state)
     if average is not None:
         summary.weight_average = _use_average(
-            average, last_epoch, network, train_set, val_set, config, grid, device, summary, echo
+            average, network, train_set, val_set, config, grid, device, summary, echo
         )
     summary.calibration = _calibrate(network, train_set, val_set, config, grid, device)
     summary.seconds = earlier_seconds + time.perf_counter() - start_time
@@ -440,7 +440,6 @@ def _resume_average(
 
 def _use_average(
     average: WeightAverage,
-    last_epoch: int,
     network: BayesianUNet,
     train_set: DrrTrainingSet,
     val_set: DrrTrainingSet,
@@ -459,18 +458,18 @@ def _use_average(
         for s in range(0, len(train_set), size)
     )
     averaged = average.network_with_batch_norm(batches, device)
-    metrics = _validate(averaged, val_set, config, grid, device)  # type: ignore[arg-type]
+    metrics = _validate(averaged, val_set, config, grid, device)
     kept = metrics["mean_mape"] < summary.best_mape
     if kept:
         network.load_state_dict(averaged.state_dict())
     echo(
-        f"weight average of epochs {average.first}-{last_epoch}: validation MAPE "
+        f"weight average of epochs {average.first}-{average.last}: validation MAPE "
         f"{metrics['mean_mape']:.2f} %, r {metrics['mean_pcc']:.3f} "
         f"({'kept' if kept else 'not kept'}; best epoch {summary.best_epoch}: {summary.best_mape:.2f} %)"
     )
     return {
         "first_epoch": average.first,
-        "last_epoch": last_epoch,
+        "last_epoch": average.last,
         "validation_mape": metrics["mean_mape"],
         "validation_pcc": metrics["mean_pcc"],
         "kept": kept,
@@ -499,7 +498,11 @@ def _load_checkpoint(
 
 @torch.no_grad()
 def _validate(
-    network: BayesianUNet, val_set: DrrTrainingSet, config: DecompositionConfig, grid: GridSpec, device: str
+    network: torch.nn.Module,
+    val_set: DrrTrainingSet,
+    config: DecompositionConfig,
+    grid: GridSpec,
+    device: str,
 ) -> dict[str, float]:
     network.eval()
     images, truth, _, valid = collect(val_set)

@@ -35,6 +35,11 @@ class WeightAverage:
         """How many epochs' weights are in the mean."""
         return int(self.averaged.n_averaged.item())
 
+    @property
+    def last(self) -> int:
+        """The last epoch in the mean (every epoch from ``first`` on is in it)."""
+        return self.first + self.count - 1
+
     def update(self, network: torch.nn.Module) -> None:
         self.averaged.update_parameters(network)
 
