@@ -236,6 +236,12 @@ def test_adapt_refuses_a_broken_cyclegan_folder(gan_run: Path, tiny_drr: Path, t
         app, ["adapt", "--cyclegan", str(broken), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "missing the generator" in result.output
+    generator = gan_run / "generator_drr_to_real.safetensors"
+    (broken / generator.name).write_bytes(generator.read_bytes()[:-100])
+    result = runner.invoke(
+        app, ["adapt", "--cyclegan", str(broken), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and f"{broken / generator.name}: not a readable safetensors" in result.output
     result = runner.invoke(
         app, ["adapt", "--cyclegan", str(tmp_path), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
     )

@@ -6,12 +6,16 @@ import csv
 import io
 import json
 import math
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
 import pytest
+from safetensors.torch import load_file, save_file
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -22,10 +26,13 @@ from training.decomposition import train_decomposition
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.evaluate import _metrics_csv, _with_intervals
+from xraymuscle.inference import McResult
 from xraymuscle.metrics import case_intervals, icc_2_1, spearman_ceiling, volume_metrics
 from xraymuscle.model import load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.phantom.cohort import make_cohort
+from xraymuscle.predict import prediction_row
+from xraymuscle.prepare import Prepared
 
 runner = CliRunner()
 
@@ -246,6 +253,104 @@ def test_predict_refuses_a_broken_model(trained: tuple[Path, Path], tmp_path: Pa
     )
     assert result.exit_code == 2 and "--pixel-spacing must be a positive" in result.output
     assert load_model(model_dir).notice
+
+
+def _truncate(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _nan_weight(folder: Path) -> None:
+    state = load_file(str(folder / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 4)
+    state[name] = state[name].clone()
+    state[name].view(-1)[2] = math.nan
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def _edit_json(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """A damage that rewrites ``model.json`` as ``change`` returns it from the original."""
+
+    def edit(folder: Path) -> None:
+        meta = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps(change(meta)))
+
+    return edit
+
+
+def _without(meta: dict, key: str) -> dict:
+    return {k: v for k, v in meta.items() if k != key}
+
+
+def _calibration(meta: dict, **changes: object) -> dict:
+    return {**meta, "calibration": {**meta["calibration"], **changes}}
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "problem"),
+    [
+        (_truncate, "model.safetensors", "not a readable safetensors file"),
+        (_nan_weight, "model.safetensors", "tensor [a-z0-9_.]+ holds NaN or infinity \\(1 of"),
+        (_edit_json(lambda m: _without(m, "calibration")), "model.json", "calibration is missing"),
+        (_edit_json(lambda m: list(m)), "model.json", "holds a JSON list"),
+        (_edit_json(lambda m: _without(m, "muscles")), "model.json", "muscles must be a non-empty list"),
+        (
+            _edit_json(lambda m: _calibration(m, sd_scale=m["calibration"]["sd_scale"][:-1])),
+            "model.json",
+            "calibration.sd_scale must hold",
+        ),
+        (
+            _edit_json(lambda m: _calibration(m, ood={**m["calibration"]["ood"], "std": [0.0]})),
+            "model.json",
+            "calibration.ood must give",
+        ),
+        (
+            _edit_json(lambda m: {**m, "architecture": _without(m["architecture"], "depth")}),
+            "model.json",
+            "architecture cannot be built",
+        ),
+    ],
+)
+def test_predict_refuses_a_damaged_model_folder(
+    trained: tuple[Path, Path], tmp_path: Path, damage: Callable[[Path], None], file: str, problem: str
+) -> None:
+    """A model folder cut short, with NaN weights, or whose metadata lacks what inference reads:
+    one line naming the file, exit code 2, and no output folder."""
+    drr, model_dir = trained
+    data = DrrDataset.load(drr)
+    image = write_dx(tmp_path / "drr.dcm", data.sample(0)["image"], pixel_spacing_mm=0.9)
+    damaged = tmp_path / "model"
+    shutil.copytree(model_dir, damaged)
+    damage(damaged)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(image), "--model", str(damaged), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert re.search(re.escape(f"{damaged / file}: ") + problem, result.output), result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_a_non_finite_network_output_is_an_error_not_ok(trained: tuple[Path, Path]) -> None:
+    """NaN compares false with every threshold: a row with NaN volumes must not pass as ``ok``."""
+    _, model_dir = trained
+    model = load_model(model_dir)
+    k = len(model.muscles)
+    features = np.asarray(model.meta["calibration"]["ood"]["mean"])[None]
+    volume = np.full((1, k), 100.0)
+    mc = McResult(
+        volume,
+        volume * 0.01,
+        None,
+        None,
+        np.zeros((1, k, 4, 4)),
+        np.zeros((1, k, 4, 4)),
+        features,
+        volume * 0.01,
+    )
+    prepared = Prepared("x.dcm", spacing_mm=1.0, spacing_source="user")
+    assert prediction_row(prepared, model, (mc, 0, 0.0))["status"] == "ok"
+    mc.volume[0, 3] = math.nan
+    row = prediction_row(prepared, model, (mc, 0, 0.0))
+    assert row["status"] == "error" and "not finite" in row["reason"]
 
 
 def test_the_shipped_model_works_out_of_the_box(tmp_path: Path) -> None:

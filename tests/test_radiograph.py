@@ -215,6 +215,17 @@ def test_raster_bit_depths(tmp_path: Path, suffix: str, dtype: type) -> None:
     assert rad.spacing_source == "unknown" and rad.pixel_spacing is None
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixels_refused(tmp_path: Path, bad: float) -> None:
+    px = ramp(bits=8).astype(np.float32) / 255
+    cv2.imwrite(str(tmp_path / "float.tif"), px)
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "float.tif").pixels, px)
+    px[3, 5] = bad
+    cv2.imwrite(str(tmp_path / "float.tif"), px)
+    with pytest.raises(InputError, match=r"float.tif: 1 of 1280 pixels are not finite"):
+        read_radiograph(tmp_path / "float.tif")
+
+
 def test_colour_photograph_flagged(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     img = rng.integers(0, 255, size=(40, 40, 3)).astype(np.uint8)

@@ -171,7 +171,11 @@ def test_model_folder_errors(drr: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="model version 99"):
         load_model(out)
     (out / "model.json").write_text(json.dumps({**meta, "muscles": meta["muscles"][:3]}))
-    with pytest.raises(InputError, match="weights do not fit"):
+    with pytest.raises(InputError, match="calibration.sd_scale must hold 3 positive numbers"):
+        load_model(out)
+    wider = {**meta["architecture"], "base_channels": 2 * meta["architecture"]["base_channels"]}
+    (out / "model.json").write_text(json.dumps({**meta, "architecture": wider}))
+    with pytest.raises(InputError, match="model.safetensors: weights do not fit"):
         load_model(out)
     (out / "model.safetensors").unlink()
     with pytest.raises(InputError, match="lacks model.safetensors"):
@@ -432,6 +436,12 @@ def test_training_with_loader_processes_and_a_time_limit(drr: Path, tmp_path: Pa
     assert load_model(out).meta["calibration"]["sd_scale"]
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1  # the checkpoint is the last epoch, so a resumed run goes on from it
+    tensors = out / "checkpoint" / "last.safetensors"
+    whole = tensors.read_bytes()
+    tensors.write_bytes(whole[:1000])  # a checkpoint damaged outside the run: refused by name
+    with pytest.raises(InputError, match="last.safetensors: not a readable safetensors file"):
+        train_decomposition(drr, out, recipe, resume=True, progress=False, echo=lambda s: None)
+    tensors.write_bytes(whole)
     resumed = train_decomposition(drr, out, recipe, resume=True, progress=False, echo=lambda s: None)
     assert resumed.epochs_run == 2 and len(resumed.history) == 3
     with pytest.raises(InputError, match="max-minutes"):

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.errors import InputError
+from xraymuscle.weights_file import read_tensors
 
 TENSORS = "last.safetensors"
 STATE = "state.json"
@@ -57,8 +59,16 @@ def save_checkpoint(
 
 
 def read_info(folder: Path) -> dict[str, Any]:
-    """The JSON part of a checkpoint."""
-    return dict(json.loads((folder / STATE).read_text(encoding="utf-8")))
+    """The JSON part of a checkpoint (InputError naming the file when it is missing or broken)."""
+    try:
+        info = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no checkpoint to resume from", folder / STATE) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON ({exc})", folder / STATE) from None
+    if not isinstance(info, dict):
+        raise InputError("not a checkpoint's state", folder / STATE)
+    return info
 
 
 def load_checkpoint(
@@ -68,7 +78,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore the networks and optimisers saved by :func:`save_checkpoint`; return its ``info``."""
     info = read_info(folder)
-    tensors = load_file(str(folder / TENSORS))
+    tensors = read_tensors(folder / TENSORS)
     for name, network in networks.items():
         prefix = f"{name}."
         network.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})

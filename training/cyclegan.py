@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -42,6 +42,7 @@ from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.preview import montage, titled, write_png
+from xraymuscle.weights_file import read_tensors
 
 FORMAT = "xraymuscle-cyclegan"
 VERSION = 1
@@ -473,6 +474,8 @@ def load_generator(
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise InputError("metadata is not valid JSON", meta_path) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"holds a JSON {type(meta).__name__}, not a CycleGAN's metadata", meta_path)
     if meta.get("format") != FORMAT:
         raise InputError(f"not a CycleGAN's metadata (format {meta.get('format')!r})", meta_path)
     if meta.get("version") != VERSION:
@@ -482,11 +485,11 @@ def load_generator(
     weights = folder / GENERATORS[direction]
     if not weights.is_file():
         raise InputError(f"missing the generator {GENERATORS[direction]}", folder)
-    arch = meta["architecture"]
-    generator = _generator(arch)
+    state = read_tensors(weights)
     try:
-        generator.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError, ValueError) as exc:
+        generator = _generator(meta["architecture"])
+        generator.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise InputError(
             f"generator weights do not fit the architecture ({str(exc).splitlines()[0]})", weights
         ) from None

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -63,6 +63,7 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel, image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
+from xraymuscle.weights_file import read_tensors
 
 # the best epoch's weights, in the checkpoint folder (the last epoch's are in training.checkpoint.TENSORS)
 BEST = "best.safetensors"
@@ -340,7 +341,7 @@ def train_decomposition(
     if rank != 0:
         return summary
     last_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    best_state = load_file(str(_best_file(checkpoint)))
+    best_state = read_tensors(_best_file(checkpoint))
     network.load_state_dict(best_state)
     if average is not None:
         summary.weight_average = _use_average(

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from training.data import twin_order
 from training.unet import BayesianUNet
@@ -27,6 +28,7 @@ from xraymuscle.atomic import atomic_dir
 from xraymuscle.errors import InputError
 from xraymuscle.inference import OodModel
 from xraymuscle.typing import PathLikeStr
+from xraymuscle.weights_file import read_tensors
 
 FORMAT = "xraymuscle-model"
 VERSION = 1
@@ -106,7 +108,8 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
     Raises
     ------
     InputError
-        When files are missing, the format or version is not this one, or the weights do not fit.
+        When files are missing, the format or version is not this one, ``model.json`` lacks what
+        inference needs, or the weights cannot be read, hold NaN or do not fit.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -118,18 +121,78 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
         meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"not valid JSON ({exc})", folder / METADATA) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"holds a JSON {type(meta).__name__}, not a model's metadata", folder / METADATA)
     if meta.get("format") != FORMAT:
         raise InputError(f"not a {FORMAT} folder (format {meta.get('format')!r})", folder / METADATA)
     if meta.get("version") != VERSION:
         raise InputError(
             f"model version {meta.get('version')!r}; this code reads version {VERSION}", folder / METADATA
         )
+    problem = metadata_problem(meta)
+    if problem:
+        raise InputError(problem, folder / METADATA)
     try:
         network = build_network(meta["architecture"], len(meta["muscles"]))
-        state = load_file(str(folder / WEIGHTS), device="cpu")
+    except (KeyError, ValueError, TypeError) as exc:
+        problem = f"architecture cannot be built ({type(exc).__name__}: {exc})"
+        raise InputError(problem, folder / METADATA) from None
+    state = read_tensors(folder / WEIGHTS)
+    try:
         network.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError, OSError) as exc:
+    except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"weights do not fit the metadata ({first})", folder / WEIGHTS) from None
     network.to(device).eval()
     return LoadedModel(network, meta, folder)
+
+
+def _numbers(value: Any, n: int | None = None, *, positive: bool = False) -> bool:
+    """A list of ``n`` (any number when None) finite numbers, all > 0 when ``positive``."""
+    if not isinstance(value, list) or not value or (n is not None and len(value) != n):
+        return False
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    return ok and (not positive or all(v > 0 for v in value))
+
+
+def metadata_problem(meta: dict[str, Any]) -> str | None:
+    """What ``model.json`` lacks for inference, in one line (None: nothing).
+
+    Checks the keys that :func:`load_model`'s users read: the muscles, the input grid, the
+    architecture, map scale and number of draws, and the calibration (per-muscle sd scales and
+    ``uncertain`` thresholds, the out-of-distribution statistics). Optional keys added after the
+    first release (``mc_mirror``, ``training``, ...) are not required.
+    """
+    muscles = meta.get("muscles")
+    if not isinstance(muscles, list) or not muscles or not all(isinstance(m, str) for m in muscles):
+        return "muscles must be a non-empty list of names"
+    if len(set(muscles)) != len(muscles):
+        return "muscles holds a name twice"
+    k = len(muscles)
+    grid = meta.get("input")
+    size = [grid.get("size"), grid.get("pixel_spacing_mm")] if isinstance(grid, dict) else None
+    if not _numbers(size, positive=True):
+        return "input must give a positive size and pixel_spacing_mm"
+    if not isinstance(meta.get("architecture"), dict):
+        return "architecture is missing"
+    if not _numbers([meta.get("map_scale_mm")], positive=True):
+        return "map_scale_mm must be a positive number"
+    if not isinstance(meta.get("mc_samples"), int) or meta["mc_samples"] < 1:
+        return "mc_samples must be a positive whole number"
+    cal = meta.get("calibration")
+    if not isinstance(cal, dict):
+        return "calibration is missing"
+    for key in ("sd_scale", "cv_threshold"):
+        if not _numbers(cal.get(key), k, positive=True):
+            return f"calibration.{key} must hold {k} positive numbers, one per muscle"
+    if "mass_sd_scale" in cal and not _numbers(cal["mass_sd_scale"], k, positive=True):
+        return f"calibration.mass_sd_scale must hold {k} positive numbers, one per muscle"
+    ood = cal.get("ood")
+    if (
+        not isinstance(ood, dict)
+        or not _numbers(ood.get("mean"))
+        or not _numbers(ood.get("std"), len(ood["mean"]), positive=True)
+        or not _numbers([ood.get("threshold")], positive=True)
+    ):
+        return "calibration.ood must give mean, std (as many, positive) and a positive threshold"
+    return None

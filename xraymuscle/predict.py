@@ -160,6 +160,11 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
             row[f"mass_g__{m}"] = float(mc.mass[i, j])
             row[f"mass_sd_g__{m}"] = float(mc.mass_sd[i, j] * mass_scales[j])
     row["ood_score"] = score
+    if not (np.isfinite(volume).all() and np.isfinite(sd).all() and math.isfinite(score)):
+        # a NaN compares false with every threshold: without this it would pass as "ok"
+        row["status"] = "error"
+        row["reason"] = "the network gave values that are not finite numbers"
+        return row
     if score > ood.threshold:
         row["status"] = "rejected"
         row["reason"] = f"not like the radiographs the model knows (score {score:.2f} > {ood.threshold:.2f})"

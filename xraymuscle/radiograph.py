@@ -324,7 +324,7 @@ def read_radiograph(
     ------
     InputError
         Missing or empty file, not an image, no pixel data, undecodable (truncated) data,
-        an invalid ``pixel_spacing``.
+        pixels that are not finite numbers, an invalid ``pixel_spacing``.
     """
     path = Path(path)
     if not path.exists():
@@ -340,6 +340,10 @@ def read_radiograph(
     radiograph = _read_dicom(path) if is_dicom else _read_raster(path)
     if radiograph.pixels.ndim != 2 or min(radiograph.pixels.shape) < 8:
         raise InputError(f"not a 2D image of useful size (shape {radiograph.pixels.shape})", path)
+    bad = int(np.count_nonzero(~np.isfinite(radiograph.pixels)))
+    if bad:
+        # float TIFF or DICOM float pixel data may hold NaN or infinity: no intensity to read
+        raise InputError(f"{bad} of {radiograph.pixels.size} pixels are not finite (NaN or infinity)", path)
     if pixel_spacing is not None:
         pair = _positive_pair([pixel_spacing] if np.isscalar(pixel_spacing) else pixel_spacing)
         if pair is None:
