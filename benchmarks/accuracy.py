@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 from training.checkpoint import STATE, read_info
+from xraymuscle.atomic import write_text_atomic
+from xraymuscle.model import metadata_text
 from xraymuscle.phantom.anatomy import DEFAULT_LAYERING, MUSCLE_LAYERINGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,8 +228,14 @@ def main() -> None:
     if args.install_default:
         target = REPO / "xraymuscle" / "models" / "default"
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "model.json"):
-            shutil.copy2(model / name, target / name)
+        shutil.copy2(model / "model.safetensors", target / "model.safetensors")
+        # the run's scratch path means nothing on another machine: say how the data were made
+        meta["training"]["data"] = (
+            f"drr_train of benchmarks/accuracy.py (make default-model): phantoms 0-{args.train - 1} of "
+            f"`phantom --seed 101 --layering {args.layering} --spacing {sp}`, rendered by "
+            f"`generate-drr --views {args.views} --seed 1 --image-size 128 --label-source phantom`"
+        )
+        write_text_atomic(target / "model.json", metadata_text(meta))
         print(f"installed as the default model: {target}")
 
 

@@ -23,6 +23,7 @@ from cli import app
 from tests.conftest import TINY_RECIPE as TINY
 from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
+from xraymuscle.clinical_style import clinical_style
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.evaluate import _metrics_csv, _with_intervals
@@ -353,19 +354,25 @@ def test_a_non_finite_network_output_is_an_error_not_ok(trained: tuple[Path, Pat
     assert row["status"] == "error" and "not finite" in row["reason"]
 
 
-def test_the_shipped_model_works_out_of_the_box(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def new_phantom(tmp_path_factory: pytest.TempPathFactory) -> DrrDataset:
+    """One new phantom's radiograph, rendered as the shipped model's training cohort was."""
+    root = tmp_path_factory.mktemp("new_phantom")
+    cohort = make_cohort(1, root / "cohort", seed=7, spacing=3.0, progress=False)
+    args = ["--cohort", str(cohort), "--views", "1", "--image-size", "128", "--label-source", "phantom"]
+    rendered = runner.invoke(app, ["generate-drr", *args, "--out", str(root / "drr")])
+    assert rendered.exit_code == 0, rendered.output
+    return DrrDataset.load(root / "drr")
+
+
+def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_path: Path) -> None:
     """Item 7: small, says it was trained on phantoms, and `predict` without --model measures a
     new phantom's radiograph (rendered as the training cohort was) close to its true volumes."""
     folder = default_model_dir()
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 2**20
     model = load_model(folder)
     assert "phantom" in model.notice.lower() and len(model.muscles) == 14
-    cohort = make_cohort(1, tmp_path / "cohort", seed=7, spacing=3.0, progress=False)
-    drr = tmp_path / "drr"
-    rendered = runner.invoke(app, ["generate-drr", "--cohort", str(cohort), "--out", str(drr), "--views", "1",
-                                   "--image-size", "128", "--label-source", "phantom"])  # fmt: skip
-    assert rendered.exit_code == 0, rendered.output
-    data = DrrDataset.load(drr)
+    data = new_phantom
     pixels, spacing = data.sample(0)["image"], data.info["pixel_spacing_mm"]
     image = write_dx(tmp_path / "drr.dcm", pixels, pixel_spacing_mm=spacing)
     mirror = write_dx(
@@ -389,3 +396,25 @@ def test_the_shipped_model_works_out_of_the_box(tmp_path: Path) -> None:
             assert float(mirrored[column + twin]) == pytest.approx(float(row[column + muscle]), rel=1e-4)
     assert mirrored["status"] == row["status"]
     assert float(mirrored["ood_score"]) == pytest.approx(float(row["ood_score"]), rel=1e-4)
+
+
+def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, tmp_path: Path) -> None:
+    """Images of the wrong kind that the diagonal score of the bottleneck features let through
+    (smoothed noise; a processed clinical-style radiograph, whose volumes it misses by some 40 %)
+    are ``rejected`` by the whitened score of all levels, and a phantom radiograph is not."""
+    pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
+    rng = np.random.default_rng(0)
+    images = {
+        "phantom.dcm": pixels,
+        "clinical.dcm": clinical_style(pixels, spacing, rng),
+        **{f"noise{s}.dcm": cv2.GaussianBlur(rng.normal(size=(128, 128)), (0, 0), s) for s in (1, 3)},
+    }
+    paths = [write_dx(tmp_path / name, image, pixel_spacing_mm=spacing) for name, image in images.items()]
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", *map(str, paths), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open() as fh:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(fh)}
+    assert rows["phantom.dcm"]["status"] in ("ok", "uncertain")
+    for name in ("clinical.dcm", "noise1.dcm", "noise3.dcm"):
+        assert rows[name]["status"] == "rejected" and "not like the radiographs" in rows[name]["reason"], name

@@ -21,7 +21,7 @@ from training.decomposition import split_by_case, train_decomposition
 from training.unet import BayesianUNet
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.model import load_model
+from xraymuscle.model import load_model, metadata_text
 
 
 @pytest.fixture()
@@ -167,6 +167,18 @@ def test_model_folder_errors(drr: Path, tmp_path: Path) -> None:
     # a folder from before mirrored draws existed was calibrated without them, and is used so
     (out / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "mc_mirror"}))
     assert load_model(out).twins is None
+    # the out-of-distribution statistics cover every encoder level and the bottleneck; a folder
+    # from before the levels has the bottleneck's alone (the features' last columns), used so
+    model = load_model(out)
+    widths = model.network.widths
+    assert model.ood.features == "levels" and len(model.ood.mean) == sum(widths)
+    features = model.network.features(torch.rand(5, 1, 64, 64)).numpy()
+    bottleneck = features[:, -widths[-1] :]
+    old = {"mean": bottleneck.mean(0).tolist(), "std": (bottleneck.std(0) + 1e-3).tolist(), "threshold": 2.0}
+    (out / "model.json").write_text(json.dumps({**meta, "calibration": {**meta["calibration"], "ood": old}}))
+    scored = load_model(out).ood.score(features)
+    z = (bottleneck - bottleneck.mean(0)) / np.asarray(old["std"])
+    np.testing.assert_allclose(scored, np.sqrt((z**2).mean(1)), rtol=1e-5)
     (out / "model.json").write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(InputError, match="model version 99"):
         load_model(out)
@@ -175,6 +187,12 @@ def test_model_folder_errors(drr: Path, tmp_path: Path) -> None:
         load_model(out)
     wider = {**meta["architecture"], "base_channels": 2 * meta["architecture"]["base_channels"]}
     (out / "model.json").write_text(json.dumps({**meta, "architecture": wider}))
+    with pytest.raises(
+        InputError, match="model.json: calibration.ood describes 28 features; the network gives 56"
+    ):
+        load_model(out)
+    other = {**meta["architecture"], "mass_head": not meta["architecture"]["mass_head"]}
+    (out / "model.json").write_text(json.dumps({**meta, "architecture": other}))
     with pytest.raises(InputError, match="model.safetensors: weights do not fit"):
         load_model(out)
     (out / "model.safetensors").unlink()
@@ -546,3 +564,21 @@ def test_materials_recipe_refuses_samples_without_materials(drr: Path, tmp_path:
     with pytest.raises(InputError, match=r"expected \(3, H, W\)") as caught:
         DrrTrainingSet(data, [0], GridSpec(64, 5.36), map_scale_mm=50.0, mass=False, materials=True)[0]
     assert path.name in str(caught.value)
+
+
+def test_model_json_keeps_number_lists_on_one_line() -> None:
+    meta = {
+        "rows": [[1.0], [-2.5e-07, 3], [4, 5, 6]],
+        "names": ["a", "b [1,2]", 'c": [3,4]'],
+        "mixed": [1, "x", 2.0],
+        "note": "values [0.5, 99.5] in text",
+        "empty": [],
+        "nested": {"mean": [0.1, -0.2, 1e10]},
+    }
+    text = metadata_text(meta)
+    assert json.loads(text) == meta
+    assert '"mean": [0.1, -0.2, 10000000000.0]' in text and "[-2.5e-07, 3]" in text
+    assert '"note": "values [0.5, 99.5] in text"' in text
+    assert '  "a",\n' in text and "b [1,2]" in text  # lists of strings: an item a line, as written
+    plain = {"nested": {"deep": [{"x": 1, "y": [True, None]}]}, "flag": False}
+    assert metadata_text(plain) == json.dumps(plain, indent=1) + "\n"  # otherwise what json writes

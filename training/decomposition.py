@@ -60,9 +60,10 @@ from xraymuscle import __version__
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.inference import OodModel, image_features, mc_predict, sd_scales
+from xraymuscle.inference import image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
+from xraymuscle.ood import OodModel
 from xraymuscle.weights_file import read_tensors
 
 # the best epoch's weights, in the checkpoint folder (the last epoch's are in training.checkpoint.TENSORS)
@@ -73,6 +74,9 @@ GAIN_BOUND = 3.0
 UNCERTAIN_RATE = 0.02
 # validation images needed to set the `uncertain` level from their own quantile (about 4 beyond it)
 MIN_QUANTILE_IMAGES = 200
+# training images whose features set the out-of-distribution statistics (xraymuscle/ood.py): the
+# whitening estimates the correlation of some 250 features, which 400 images left loose
+OOD_TRAINING_IMAGES = 1000
 
 
 @dataclass
@@ -551,7 +555,7 @@ def _calibrate(
     cv = mc.volume_sd * scales / np.maximum(mc.volume, 1.0)
     thresholds = cv_thresholds(paired(cv), paired(valid), images=len(cv))
     rng = np.random.default_rng(config.seed)
-    pick = rng.choice(len(train_set), size=min(len(train_set), 400), replace=False)
+    pick = rng.choice(len(train_set), size=min(len(train_set), OOD_TRAINING_IMAGES), replace=False)
     train_images = torch.stack(
         [train_set.__class__.__getitem__(_no_augment(train_set), int(i))["image"] for i in pick]
     )

@@ -226,13 +226,21 @@ class BayesianUNet(nn.Module):
         return self.decode(self.encode(x), with_variance=with_variance, with_materials=with_materials)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled bottleneck features ``(B, C)`` (deterministic), for the out-of-distribution score."""
+        """Pooled features ``(B, F)`` (deterministic), for the out-of-distribution score.
+
+        The channel means of every encoder level's output, then of the bottleneck's (its last
+        ``widths[-1]`` columns): fine levels see texture and noise, the bottleneck the anatomy.
+        """
         was_training = self.training
         self.eval()  # normalisation from running statistics, never updated here
         with torch.no_grad():
-            pooled = self.bottleneck(self.encode(x)[-1]).mean(dim=(2, 3))
+            pooled = self._pooled(self.encode(x))
         self.train(was_training)
         return pooled
+
+    def _pooled(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        levels = [f.mean(dim=(2, 3)) for f in feats[:-1]]
+        return torch.cat([*levels, self.bottleneck(feats[-1]).mean(dim=(2, 3))], dim=1)
 
     def dropout_masks(self, seeds: list[int], samples: int) -> list[torch.Tensor]:
         """Channel-dropout masks for ``samples`` draws of each image, each image's from its own seed.
@@ -259,14 +267,14 @@ class BayesianUNet(nn.Module):
         """``samples`` dropout draws of every image; the encoder runs once.
 
         Returns the ``(T, B, C, H, W)`` maps, the ``(T, B, K)`` log-variances of the draws, and
-        the pooled bottleneck features ``(B, F)`` of :meth:`features`, from the same encoder pass.
+        the pooled features ``(B, F)`` of :meth:`features`, from the same encoder pass.
         With ``seeds`` (one per image), each image's draws come from its own seed
         (:meth:`dropout_masks`); without, from the global random state.
         """
         was_training = self.training
         self.eval()
         feats = self.encode(x)
-        pooled = self.bottleneck(feats[-1]).mean(dim=(2, 3))  # as features(): no dropout yet
+        pooled = self._pooled(feats)  # as features(): no dropout yet
         self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
         repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
         masks = None if seeds is None else self.dropout_masks(seeds, samples)

@@ -31,7 +31,7 @@ class McResult:
     """Per image and muscle: volume (ml) and mass (g), mean and sd over the draws; mean maps.
 
     ``maps`` is ``(N, K, S, S)`` in mm (mean over draws) and ``map_sd`` its spread, also in mm.
-    ``features`` are the pooled bottleneck features used by the out-of-distribution score
+    ``features`` are the pooled features used by the out-of-distribution score
     (with ``twins``, averaged with the mirrored image's: see :func:`image_features`).
     ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
     without an aleatoric head).
@@ -137,7 +137,7 @@ def _draw(
 
 
 def image_features(network: BayesianUNet, x: torch.Tensor, *, mirrored: bool = False) -> torch.Tensor:
-    """Pooled bottleneck features for the out-of-distribution score; ``mirrored`` averages them
+    """Pooled features for the out-of-distribution score; ``mirrored`` averages them
     with the mirrored image's, so that an image and its mirror score alike."""
     features = network.features(x)
     if mirrored:
@@ -164,33 +164,3 @@ def sd_scales(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, valid: np.nda
             z = np.abs(mean[ok, j] - truth[ok, j]) / sd[ok, j]
             scales[j] = max(float(np.quantile(z, 0.95)) / 1.96, 1e-3)
     return scales
-
-
-@dataclass
-class OodModel:
-    """Diagonal-Gaussian statistics of the training images' features and a score threshold."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    threshold: float
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Root-mean-square z-score of each image's features (large: unlike the training data)."""
-        z = (features - self.mean) / self.std
-        return np.sqrt(np.mean(z**2, axis=1))
-
-    def to_dict(self) -> dict[str, object]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "threshold": self.threshold}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> OodModel:
-        return cls(np.asarray(data["mean"]), np.asarray(data["std"]), float(data["threshold"]))  # type: ignore[arg-type]
-
-    @classmethod
-    def fit(cls, train_features: np.ndarray, val_features: np.ndarray, *, margin: float = 1.5) -> OodModel:
-        """Statistics from training features; threshold: ``margin`` × the 99th percentile on validation."""
-        mean = train_features.mean(axis=0)
-        std = train_features.std(axis=0) + 1e-6
-        model = cls(mean, std, 0.0)
-        model.threshold = float(margin * np.quantile(model.score(val_features), 0.99))
-        return model

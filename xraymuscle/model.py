@@ -26,7 +26,7 @@ from training.data import twin_order
 from training.unet import BayesianUNet
 from xraymuscle.atomic import atomic_dir
 from xraymuscle.errors import InputError
-from xraymuscle.inference import OodModel
+from xraymuscle.ood import OodModel
 from xraymuscle.typing import PathLikeStr
 from xraymuscle.weights_file import read_tensors
 
@@ -98,8 +98,28 @@ def save_model(folder: PathLikeStr, network: torch.nn.Module, meta: dict[str, An
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_dir(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / METADATA).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        (tmp / METADATA).write_text(metadata_text(meta), encoding="utf-8")
     return folder
+
+
+def metadata_text(meta: dict[str, Any]) -> str:
+    """``model.json``'s text: indented one space a level, as ``json.dumps(meta, indent=1)``, but
+    each list of numbers on one line (the calibration holds some 30 000 numbers, which one line
+    each would spread over as many lines)."""
+    return _json_text(meta, 0) + "\n"
+
+
+def _json_text(value: Any, level: int) -> str:
+    inner, outer = " " * (level + 1), " " * level
+    if isinstance(value, list) and value:
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        items = [inner + _json_text(v, level + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + outer + "]"
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + outer + "}"
+    return json.dumps(value)
 
 
 def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
@@ -137,6 +157,11 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
     except (KeyError, ValueError, TypeError) as exc:
         problem = f"architecture cannot be built ({type(exc).__name__}: {exc})"
         raise InputError(problem, folder / METADATA) from None
+    ood = meta["calibration"]["ood"]
+    features = sum(network.widths) if ood.get("features", "bottleneck") == "levels" else network.widths[-1]
+    if len(ood["mean"]) != features:
+        problem = f"calibration.ood describes {len(ood['mean'])} features; the network gives {features}"
+        raise InputError(problem, folder / METADATA)
     state = read_tensors(folder / WEIGHTS)
     try:
         network.load_state_dict(state, strict=True)
@@ -195,4 +220,13 @@ def metadata_problem(meta: dict[str, Any]) -> str | None:
         or not _numbers([ood.get("threshold")], positive=True)
     ):
         return "calibration.ood must give mean, std (as many, positive) and a positive threshold"
+    if ood.get("features", "bottleneck") not in ("levels", "bottleneck"):
+        return f"calibration.ood.features must be levels or bottleneck, not {ood['features']!r}"
+    rows = ood.get("precision_cholesky")
+    if rows is not None and (
+        not isinstance(rows, list)
+        or len(rows) != len(ood["mean"])
+        or not all(_numbers(row, i + 1) for i, row in enumerate(rows))
+    ):
+        return "calibration.ood.precision_cholesky must hold rows of 1, 2, ... numbers, one per feature"
     return None
