@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -44,6 +45,11 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """Warnings as the user's notes: ``warning: <message>`` (no source file and line)."""
+    return f"warning: {message}\n"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"xraymuscle {__version__}")
@@ -58,6 +64,7 @@ def main(
     ] = False,
 ) -> None:
     """Per-muscle volume and mass, with uncertainty, from a single hip radiograph."""
+    warnings.formatwarning = _one_line_warning
 
 
 CatalogOpt = Annotated[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,21 @@ def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
     info = json.loads(result.output)
     assert info["spacing_mm"] == [1.0, 2.0, 3.0] and info["labels"] == [3]
     assert info["muscles"]["gluteus_medius_left"]["volume_ml"] == pytest.approx(0.006)
+    # a label map on another grid is resampled with a warning, which the command shows as one line
+    Volume(lab.array, (1.0, 2.0, 3.0), (0.5, 0.0, 0.0)).save(tmp_path / "shifted.nii.gz")
+    args = ["inspect", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "shifted.nii.gz")]
+    plain = warnings.formatwarning
+    try:
+        with pytest.warns(UserWarning, match="shifted.nii.gz: label map grid differs") as caught:
+            result = runner.invoke(app, [*args, "--label-source", "phantom"])
+        assert result.exit_code == 0, result.output
+        shown = warnings.formatwarning(
+            caught[0].message, caught[0].category, caught[0].filename, caught[0].lineno
+        )
+    finally:
+        warnings.formatwarning = plain
+    assert shown == f"warning: {caught[0].message}\n"  # not the file, line and source of the call
+    assert str(caught[0].message).startswith(f"{tmp_path / 'shifted.nii.gz'}: label map grid differs")
 
 
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
