@@ -418,3 +418,17 @@ def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, 
     assert rows["phantom.dcm"]["status"] in ("ok", "uncertain")
     for name in ("clinical.dcm", "noise1.dcm", "noise3.dcm"):
         assert rows[name]["status"] == "rejected" and "not like the radiographs" in rows[name]["reason"], name
+
+
+@pytest.mark.realdata
+def test_the_shipped_model_rejects_real_paediatric_radiographs(real_xray_dir: Path, tmp_path: Path) -> None:
+    """The shipped model knows adult phantoms only: the ten real children's AP pelvis films (whose
+    placeholder spacing is not trusted, so one is given) are ``rejected``, none read as ``ok``."""
+    dicoms = sorted((real_xray_dir / "dicom").glob("*.dcm"))
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", *map(str, dicoms), "--out", str(out), "--pixel-spacing", "0.5"])
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10
+    assert all(r["status"] == "rejected" and "not like the radiographs" in r["reason"] for r in rows)
