@@ -297,7 +297,9 @@ def evaluate(
         f"MAPE {mean['mape']:.2f}{span('mape', '.2f')} %, MAE {mean['mae_ml']:.1f} ml, "
         f"Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f}{span('spearman_sd_abs_error', '.2f')} "
         f"(ceiling {mean['spearman_ceiling']:.2f}), 95 % coverage {100 * mean['coverage95']:.0f} %; "
-        f"[95 % intervals over {metrics['intervals']['cases']} cases]; details in {out}"
+        f"[95 % intervals over {metrics['intervals']['cases']} cases]; "
+        f"{100 * metrics['out_of_distribution']['rejected']:.0f} % of the images would be rejected as "
+        f"unlike the training images; details in {out}"
     )
 
 

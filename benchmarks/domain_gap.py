@@ -197,6 +197,11 @@ def report(results: dict[str, dict[str, Any]], times: dict[str, float]) -> None:
             row = table["mean"] if m == "mean" else table["muscles"][m]
             cells.append(f"{row['pcc']:>13.2f} / {row['mape']:>6.1f} %   ")
         print(f"{m:26s}" + "".join(f"{c:>28s}" for c in cells))
+    print("share that predict would reject as unlike the model's training images:")
+    for label in labels:
+        ood = results[label].get("out_of_distribution")
+        if ood is not None:
+            print(f"  {label}: {100 * ood['rejected']:.0f} % of {ood['n']}")
     plain = results["no adaptation"]["mean"]["mape"]
     for label in ("adapted, no GC", "adapted, with GC"):
         mape = results[label]["mean"]["mape"]

@@ -124,8 +124,17 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     result = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(drr), "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"muscles", "mean", "intervals"}
-    assert metrics["intervals"]["cases"] == len({row["case_id"] for row in DrrDataset.load(drr).rows})
+    assert set(metrics) == {"muscles", "mean", "intervals", "out_of_distribution"}
+    data = DrrDataset.load(drr)
+    assert metrics["intervals"]["cases"] == len({row["case_id"] for row in data.rows})
+    # the share of the dataset that `predict` would reject as unlike the training images, and
+    # each sample's score in predictions.csv
+    with (out / "predictions.csv").open() as fh:
+        scores = np.array([float(r["ood_score"]) for r in csv.DictReader(fh)])
+    ood = metrics["out_of_distribution"]
+    assert ood["n"] == len(data) == len(scores) and ood["threshold"] == load_model(model).ood.threshold
+    assert ood["rejected"] == pytest.approx(np.mean(scores > ood["threshold"]))
+    assert np.all(scores > 0)
     keys = {
         "pcc",
         "icc",

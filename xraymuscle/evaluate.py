@@ -51,6 +51,12 @@ def evaluate_model(
         volume_metrics(result["pred"], result["truth"], result["valid"], data.muscles, sd=sd),
         case_intervals(result["pred"], result["truth"], result["valid"], data.muscles, cases, sd=sd),
     )
+    result["ood_score"] = model.ood.score(result["features"])
+    metrics["out_of_distribution"] = {
+        "threshold": model.ood.threshold,
+        "rejected": float(np.mean(result["ood_score"] > model.ood.threshold)),
+        "n": len(data),
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(_clean(metrics), indent=1))
@@ -151,13 +157,13 @@ def _predictions_csv(data: DrrDataset, result: dict[str, Any], sd: np.ndarray) -
     head = ["sample_id", "case_id"]
     for m in data.muscles:
         head += [f"true_ml__{m}", f"volume_ml__{m}", f"volume_sd_ml__{m}"]
-    writer.writerow(head)
+    writer.writerow([*head, "ood_score"])
     for i, row in enumerate(data.rows):
         cells: list[str] = [row["sample_id"], row["case_id"]]
         for j in range(len(data.muscles)):
             truth = result["truth"][i, j] if result["valid"][i, j] else math.nan
             cells += [_fmt(float(truth)), _fmt(float(result["pred"][i, j])), _fmt(float(sd[i, j]))]
-        writer.writerow(cells)
+        writer.writerow([*cells, _fmt(float(result["ood_score"][i]))])
     return buf.getvalue()
 
 
