@@ -113,6 +113,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             ["phantom", "--n", "1", "--spacing", "-2", "--out", str(tmp / "o")],
             "--spacing must be in",
         ),
+        (
+            ["phantom", "--n", "1", "--spacing", "0.1", "--out", str(tmp / "o")],
+            "--spacing 0.1 mm needs about 4000 GB of memory per phantom",
+        ),
     ]
 
 

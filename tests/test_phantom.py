@@ -221,3 +221,13 @@ def test_volume_ranges_across_seeds() -> None:
     for muscle, v in vols.items():
         v = np.array(v)
         assert v.max() / v.mean() > 1.25 and v.min() / v.mean() < 0.75, muscle
+
+
+def test_a_spacing_too_fine_for_the_memory_is_refused() -> None:
+    from xraymuscle.phantom.cohort import _check_memory
+
+    _check_memory(0.75, total_gb=16)  # 9.5 GB of 16: fits
+    message = r"--spacing 0.75 mm needs about 9 GB .* has 8 GB; use 0.86 mm or more"
+    with pytest.raises(InputError, match=message):
+        _check_memory(0.75, total_gb=8)
+    _check_memory(0.86, total_gb=8)  # the spacing it proposes is accepted
