@@ -12,6 +12,8 @@ from drr.geometry import Geometry
 from drr.imaging import XrayPhysics
 from drr.poses import PoseRanges
 
+# a side of the rendered image at most: 4096 × 4096 views are already 64 MB each in float32
+MAX_IMAGE_SIZE = 4096
 _KEYS = {"name", "sid", "sod", "detector_mm", "image_size", "pixel_spacing", "pose_ranges", "physics"}
 
 
@@ -60,8 +62,8 @@ def load_preset(
     if missing:
         raise ValueError(f"missing setting(s) {missing}")
     size = int(image_size if image_size is not None else data["image_size"])
-    if size <= 0:
-        raise ValueError(f"image size must be a positive number of pixels, not {size}")
+    if size <= 0 or size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image size must be 1 to {MAX_IMAGE_SIZE} pixels a side, not {size}")
     spacing = pixel_spacing if pixel_spacing is not None else data.get("pixel_spacing")
     if spacing is None:
         if "detector_mm" not in data:
@@ -69,6 +71,11 @@ def load_preset(
         spacing = float(data["detector_mm"]) / size
     base_sid, base_sod = float(data["sid"]), float(data["sod"])
     new_sid = float(sid) if sid is not None else base_sid
+    if sid is not None and not new_sid > base_sid - base_sod:
+        raise ValueError(
+            f"sid {new_sid:g} mm leaves no room for the patient: this preset keeps the isocentre "
+            f"{base_sid - base_sod:g} mm from the detector, so sid must be more than that"
+        )
     geometry = Geometry(
         sid=new_sid,
         sod=new_sid - (base_sid - base_sod),

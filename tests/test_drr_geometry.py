@@ -103,8 +103,10 @@ def test_preset_errors(tmp_path: Path) -> None:
     bad.write_text("sid: 1000\nsod: 900\nimage_size: 64\ndetector_mm: 300\npose_ranges: {rx: -1}\n")
     with pytest.raises(ValueError, match="non-negative"):
         load_preset(bad)
-    with pytest.raises(ValueError, match="positive number of pixels"):
+    with pytest.raises(ValueError, match="1 to 4096 pixels a side, not 0"):
         load_preset(config_file("geometry", "hip_ap"), image_size=0)
+    with pytest.raises(ValueError, match="1 to 4096 pixels a side, not 4097"):
+        load_preset(config_file("geometry", "hip_ap"), image_size=4097)
 
 
 def test_per_view_factors_agree_with_every_pixels_ray() -> None:

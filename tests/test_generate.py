@@ -202,9 +202,10 @@ def test_cohort_without_columns_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--image-size", "0"], "image size must be a positive number of pixels"),
+        (["--image-size", "0"], "image size must be 1 to 4096 pixels a side, not 0"),
+        (["--image-size", "100000"], "image size must be 1 to 4096 pixels a side, not 100000"),
         (["--pixel-spacing", "-1"], "pixel_spacing must be a positive number"),
-        (["--sid", "100"], "sod must be a positive number"),
+        (["--sid", "100"], "sid 100 mm leaves no room for the patient"),
         (["--sid", "170"], "lies inside the volume"),
         (["--backend", "deepdrr"], "deepdrr backend needs"),
         (["--backend", "deepdr"], "did you mean 'deepdrr'"),
