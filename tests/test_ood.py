@@ -85,3 +85,16 @@ def test_whitening_catches_features_that_stop_moving_together() -> None:
     assert np.all(whitened.score(shuffled) > whitened.threshold)
     fresh = _correlated(1000, rng)
     assert np.mean(whitened.score(fresh) > whitened.threshold) < 0.01
+
+
+def test_a_feature_that_never_varies_does_not_make_rounding_an_outlier() -> None:
+    rng = np.random.default_rng(4)
+    train, val = _correlated(500, rng), _correlated(200, rng)
+    train[:, 0] = val[:, 0] = 0.0  # a channel that stays off on every training image
+    model = OodModel.fit(train, val)
+    assert model.std[0] >= 0.01 * np.median(train.std(0))
+    new = _correlated(20, rng)
+    new[:, 0] = 1e-4  # switched on by a hair (another device's rounding): still the same images
+    assert np.all(model.score(new) < model.threshold)
+    new[:, 0] = 5 * np.median(train[:, 1:].std(0))  # switched on for real: unlike the training images
+    assert np.all(model.score(new) > model.threshold)

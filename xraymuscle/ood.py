@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 MARGIN = 1.5  # threshold: this times the 99th percentile of the validation images' scores
+STD_FLOOR = 0.01  # no feature's sd below this share of the median feature's (see OodModel.fit)
 
 
 def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
@@ -114,7 +115,11 @@ class OodModel:
     def fit(cls, train_features: np.ndarray, val_features: np.ndarray, *, margin: float = MARGIN) -> OodModel:
         """Statistics and whitening from training features; threshold from validation features."""
         mean = train_features.mean(axis=0)
-        std = train_features.std(axis=0) + 1e-6
+        spread = train_features.std(axis=0)
+        # a channel that (nearly) never varies in training, a ReLU that stays off, would turn the
+        # least activation on a new image, or rounding on another device, into a huge z-score:
+        # no feature's sd is taken below 1 % of the median one's
+        std = np.maximum(spread, STD_FLOOR * float(np.median(spread))) + 1e-6
         correlation, shrinkage = ledoit_wolf((train_features - mean) / std)
         ridge = 1e-6 * np.eye(len(mean))  # a feature that never varies must not make it singular
         chol = np.linalg.cholesky(np.linalg.inv(correlation + ridge))
