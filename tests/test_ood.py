@@ -9,7 +9,7 @@ from xraymuscle.ood import OodModel, ledoit_wolf
 
 
 def _slow_ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
-    """The estimator as written in its paper: one (p, p) matrix per sample."""
+    """The estimator as its definition reads: one (p, p) matrix per sample."""
     x = z - z.mean(axis=0)
     n, p = x.shape
     s = x.T @ x / n

@@ -37,7 +37,7 @@ def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
     """Shrunk covariance of the rows of ``z`` (``(n, p)``) and the shrinkage, in [0, 1].
 
     The estimate is ``(1 - δ) S + δ μ I`` with ``S`` the sample covariance, ``μ`` its mean
-    eigenvalue and ``δ`` the Ledoit–Wolf (2004) estimate of the weight that minimises the
+    eigenvalue and ``δ`` the Ledoit–Wolf estimate of the weight that minimises the
     expected squared Frobenius error.
     """
     x = z - z.mean(axis=0)
