@@ -238,6 +238,11 @@ class BayesianUNet(nn.Module):
         self.train(was_training)
         return pooled
 
+    def feature_count(self, kind: str = "levels") -> int:
+        """How many features :meth:`features` gives (``"levels"``), or how many of them, the last,
+        are the bottleneck's (``"bottleneck"``)."""
+        return sum(self.widths) if kind == "levels" else self.widths[-1]
+
     def _pooled(self, feats: list[torch.Tensor]) -> torch.Tensor:
         levels = [f.mean(dim=(2, 3)) for f in feats[:-1]]
         return torch.cat([*levels, self.bottleneck(feats[-1]).mean(dim=(2, 3))], dim=1)

@@ -112,7 +112,7 @@ def metadata_text(meta: dict[str, Any]) -> str:
 def _json_text(value: Any, level: int) -> str:
     inner, outer = " " * (level + 1), " " * level
     if isinstance(value, list) and value:
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        if all(_is_number(v) for v in value):
             return "[" + ", ".join(json.dumps(v) for v in value) + "]"
         items = [inner + _json_text(v, level + 1) for v in value]
         return "[\n" + ",\n".join(items) + "\n" + outer + "]"
@@ -157,10 +157,10 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
     except (KeyError, ValueError, TypeError) as exc:
         problem = f"architecture cannot be built ({type(exc).__name__}: {exc})"
         raise InputError(problem, folder / METADATA) from None
-    ood = meta["calibration"]["ood"]
-    features = sum(network.widths) if ood.get("features", "bottleneck") == "levels" else network.widths[-1]
-    if len(ood["mean"]) != features:
-        problem = f"calibration.ood describes {len(ood['mean'])} features; the network gives {features}"
+    ood = OodModel.from_dict(meta["calibration"]["ood"])
+    features = network.feature_count(ood.features)
+    if len(ood.mean) != features:
+        problem = f"calibration.ood describes {len(ood.mean)} features; the network gives {features}"
         raise InputError(problem, folder / METADATA)
     state = read_tensors(folder / WEIGHTS)
     try:
@@ -172,11 +172,16 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
     return LoadedModel(network, meta, folder)
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number (not a boolean, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _numbers(value: Any, n: int | None = None, *, positive: bool = False) -> bool:
     """A list of ``n`` (any number when None) finite numbers, all > 0 when ``positive``."""
     if not isinstance(value, list) or not value or (n is not None and len(value) != n):
         return False
-    ok = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ok = all(_is_number(v) and math.isfinite(v) for v in value)
     return ok and (not positive or all(v > 0 for v in value))
 
 
