@@ -9,7 +9,7 @@ phantoms (different seeds), DRR datasets of both (``hip_ap`` at 128 pixels, the 
 training with ``configs/train/decomposition.yaml`` (validation cases held out of the training
 cohort; calibration on them), then ``evaluate`` on the held-out cohort. The defaults, with
 ``--restart-to 80``, make the shipped model: up to 2400 bodies, distinct bodies help more than
-views of the same ones (4800 phantoms with one view each did as well as 2400 with two, README), so
+views of the same ones (4800 phantoms with one view each did as well as 2400 with two, docs/accuracy.md), so
 many phantoms with two views each (on carved phantoms, 2400 for 40 epochs: MAPE 7.2 % on the first
 50 held-out phantoms with plain dropout draws, 6.9 % with half of them mirrored, the recipe's
 ``mc_mirror``, and 7.5 % on all 200; 1200 for 80 epochs, as many steps: 7.4 % plain on the 50). The
@@ -18,7 +18,7 @@ per-muscle table (Pearson r, ICC, MAPE, MAE, bias, Spearman(sd, |error|), 95 % c
 bootstrap intervals of r and MAPE over held-out bodies) and the training time. ``--layering`` is
 the phantoms' (``phantom --layering``): the shipped model's are additive, the default (held-out r
 0.933, MAPE 7.0 % on 200 additive phantoms after 40 epochs); the figures above and every model
-before it were carved (README, accuracy section). ``--restart-to 80`` then resumes the finished run
+before it were carved (docs/accuracy.md). ``--restart-to 80`` then resumes the finished run
 to 80 epochs, a second cosine cycle of the learning rate (it rises again, to 0.64 of its peak, and
 anneals to the new end): on the same 200, r 0.938, MAPE 6.7 % (paired over bodies, MAPE −0.27
 points, 95 % interval −0.35 to −0.19). The shipped model is made so (``make default-model``).

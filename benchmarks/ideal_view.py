@@ -8,7 +8,7 @@ all muscles' thickness maps: what a radiograph would show if muscle were perfect
 fat and bone, without noise. A network trained on it can only be limited by the projection itself
 (muscles lying on top of one another) and by the number of bodies, which makes the gap between it
 and the same recipe on the DRRs the part owed to the radiograph. ``dataset.json`` gains an
-``ideal_view`` entry saying so. Measured figures: README, accuracy section.
+``ideal_view`` entry saying so. Measured figures: docs/accuracy.md.
 """
 
 from __future__ import annotations

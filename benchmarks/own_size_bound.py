@@ -11,7 +11,7 @@ exact volumes of the other muscles (its twin on the other side left out: the two
 factor), body size, fat and pose, and its position jitter. The population model is log-linear, so
 the Pearson r of that fit is about the best a reader that cannot see the muscle's own factor can
 do; the second column adds the factor, the third is the network's figure to set beside them (from
-an ``evaluate`` metrics.json given with ``--metrics``). Measured figures: README, accuracy section.
+an ``evaluate`` metrics.json given with ``--metrics``). Measured figures: docs/accuracy.md.
 """
 
 from __future__ import annotations

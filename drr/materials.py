@@ -11,6 +11,9 @@ import numpy as np
 
 AIR_MAX_HU = -800.0
 SOFT_TISSUE_MAX_HU = 350.0
+ADIPOSE_MAX_HU = -30.0
+"""Soft tissue at or below this is counted as adipose tissue (the usual −190 to −30 HU window, its
+lower end opened to the air boundary): a part of soft tissue, reported apart, rendered alike."""
 
 
 def density_from_hu(hu: np.ndarray) -> np.ndarray:
@@ -51,7 +54,9 @@ def material_lut() -> tuple[np.ndarray, int]:
     """Per-material density (g/cm³) for every integer HU in ``[LOWEST_HU, METAL_HU]``.
 
     Returns a ``(n_hu, 4)`` float32 table whose columns are air, soft tissue, bone (density where
-    the HU belongs to that material, else 0) and a zero column, and the HU of row 0.
+    the HU belongs to that material, else 0) and adipose tissue (density where the HU is soft tissue
+    at or below :data:`ADIPOSE_MAX_HU`: a part of the soft-tissue column, not a fourth material; a
+    voxel's density is the sum of the first three columns), and the HU of row 0.
     """
     hu = np.arange(LOWEST_HU, METAL_HU + 1, dtype=np.float32)
     rho = density_from_hu(hu)
@@ -59,4 +64,5 @@ def material_lut() -> tuple[np.ndarray, int]:
     table[:, 0] = np.where(hu <= AIR_MAX_HU, rho, 0.0)
     table[:, 1] = np.where((hu > AIR_MAX_HU) & (hu <= SOFT_TISSUE_MAX_HU), rho, 0.0)
     table[:, 2] = np.where(hu > SOFT_TISSUE_MAX_HU, rho, 0.0)
+    table[:, 3] = np.where((hu > AIR_MAX_HU) & (hu <= ADIPOSE_MAX_HU), rho, 0.0)
     return table, LOWEST_HU

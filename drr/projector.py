@@ -53,6 +53,9 @@ class Projections:
     ----------
     materials
         ``(B, 3, H, W)`` line integrals of density per material (air, soft tissue, bone), g/cm².
+    adipose
+        ``(B, H, W)`` the line integral of the adipose part of soft tissue
+        (:data:`drr.materials.ADIPOSE_MAX_HU`), g/cm²; included in ``materials[:, 1]``.
     maps
         ``(B, K, H, W)`` per-group volume-preserving thickness at the isocentre, mm:
         ``maps[b, k].sum() * pixel_area_mm2`` is the group's volume in mm³.
@@ -68,6 +71,7 @@ class Projections:
     mass_maps: np.ndarray
     pixel_area_mm2: float
     names: tuple[str, ...] = field(default_factory=tuple)
+    adipose: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,8 @@ class Scene:
     def block(self, pack: _Pack, box: tuple[slice, slice, slice], depth_axis: int) -> np.ndarray:
         """The pack's four channels over ``box``, float32 ``(P, A, B, 4)`` with planes along ``depth_axis``.
 
-        Materials: air, soft tissue and bone densities (g/cm³), and a zero channel. Label groups:
-        mask and mask × density of each of the pack's (one or two) groups.
+        Materials: air, soft tissue and bone densities (g/cm³), and the adipose part of soft
+        tissue. Label groups: mask and mask × density of each of the pack's (one or two) groups.
         """
         index = np.moveaxis(self.hu_index[box], depth_axis, 0)
         if not pack.groups:
@@ -304,7 +308,7 @@ class Scene:
 
 
 _LUT, _ = material_lut()
-_DENSITY = np.ascontiguousarray(_LUT.sum(axis=1))
+_DENSITY = np.ascontiguousarray(_LUT[:, : len(MATERIALS)].sum(axis=1))  # adipose is within soft tissue
 _LUT_ROWS = np.ascontiguousarray(_LUT).view(np.complex128).ravel()
 
 
@@ -500,12 +504,14 @@ def render(
 
     f_img, f_map = warper.asarray(factors_img), warper.asarray(factors_map)
     materials = warper.zeros((n_views, len(MATERIALS), rows, cols))
+    adipose = warper.zeros((n_views, rows, cols))
     maps = warper.zeros((n_views, k, rows, cols))
     mass = warper.zeros((n_views, k, rows, cols))
     for p, pack in enumerate(packs):
         if not pack.groups:
             for m in range(len(MATERIALS)):
                 materials[:, m] = acc[:, p, :, :, m] * f_img / 10.0
+            adipose[:] = acc[:, p, :, :, len(MATERIALS)] * f_img / 10.0
             continue
         for slot, group in enumerate(pack.groups):
             maps[:, group] = acc[:, p, :, :, 2 * slot] * f_map
@@ -516,6 +522,7 @@ def render(
         warper.numpy(mass),
         geometry.iso_pixel_area_mm2,
         tuple(g.name for g in scene.groups),
+        warper.numpy(adipose),
     )
 
 

@@ -58,6 +58,24 @@ def test_slab_line_integral_is_exact(kernel: str) -> None:
     assert np.all(out.materials[0, [0, 2]] == 0)
 
 
+@pytest.mark.parametrize("kernel", ["opencv", "torch"])
+def test_fat_is_reported_apart_and_counted_once(kernel: str) -> None:
+    # A fat slab (−100 HU) over a muscle slab (40 HU), 20 mm each along y, wider than the beam.
+    shape = (60, 20, 60)
+    affine = grid_affine(shape, (6.0, 2.0, 6.0))
+    hu = np.full(shape, 40, np.int16)
+    hu[:, :10] = -100
+    scene = Scene(hu, affine)
+    geo = Geometry(sid=1000.0, sod=800.0, rows=40, cols=40, pixel_spacing=4.0)
+    matrix = geo.projection_matrix(np.zeros(3), Pose(rx=3.0, rz=2.0).matrix(np.zeros(3)))
+    out = render(scene, geo, matrix, kernel=kernel)
+    path = 20.0 / np.abs(pixel_rays(matrix, geo.rows, geo.cols)[..., 1]) / 10.0  # cm through each slab
+    np.testing.assert_allclose(out.adipose[0], density_of_hu(-100) * path, rtol=5e-4)
+    soft = (density_of_hu(-100) + density_of_hu(40)) * path
+    np.testing.assert_allclose(out.materials[0, 1], soft, rtol=5e-4)
+    assert np.all(out.materials[0, [0, 2]] == 0)
+
+
 def sphere_scene(radius: float = 40.0, spacing: float = 2.0, n: int = 56) -> tuple[Scene, np.ndarray]:
     shape = (n, n, n)
     affine = grid_affine(shape, spacing)

@@ -566,6 +566,36 @@ def test_materials_recipe_refuses_samples_without_materials(drr: Path, tmp_path:
     assert path.name in str(caught.value)
 
 
+def test_materials_head_can_learn_the_fat_map(drr: Path, tmp_path: Path) -> None:
+    """With ``materials_adipose`` the head's third map is the DRR's fat line integral (a part of soft
+    tissue); the model folder records three maps and loads; a dataset without the map is refused."""
+    data = DrrDataset.load(drr)
+    grid = GridSpec(64, 5.36)
+    both = DrrTrainingSet(data, [0], grid, map_scale_mm=50.0, mass=True, materials=True, adipose=True)
+    sample = data.sample(0, keys=("materials", "adipose"))
+    assert 0 < sample["adipose"].max() and np.all(sample["adipose"] <= sample["materials"][1] + 1e-5)
+    stack = np.concatenate([sample["materials"][[1, 2]], sample["adipose"][None]]).astype(np.float32)
+    expected = fit_to_grid(stack, both.scale, 64) / MATERIAL_SCALE_G_CM2
+    np.testing.assert_allclose(both[0]["materials"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    recipe = DecompositionConfig.from_dict(
+        {**TINY, "epochs": 1, "materials_weight": 1.0, "materials_adipose": True}
+    )
+    train_decomposition(drr, tmp_path / "model", recipe, progress=False, echo=lambda s: None)
+    assert load_model(tmp_path / "model").meta["architecture"]["materials"] == 3
+
+    copy = tmp_path / "drr"
+    shutil.copytree(drr, copy)
+    path = copy / data.rows[0]["file"]
+    arrays = dict(np.load(path, allow_pickle=False))
+    del arrays["adipose"]  # a dataset written before the map was
+    np.savez(path, **arrays)
+    older = DrrDataset.load(copy)
+    DrrTrainingSet(older, [0], grid, map_scale_mm=50.0, mass=False, materials=True)[0]  # not needed
+    with pytest.raises(InputError, match="adipose") as caught:
+        DrrTrainingSet(older, [0], grid, map_scale_mm=50.0, mass=False, materials=True, adipose=True)[0]
+    assert path.name in str(caught.value)
+
+
 def test_model_json_keeps_number_lists_on_one_line() -> None:
     meta = {
         "rows": [[1.0], [-2.5e-07, 3], [4, 5, 6]],

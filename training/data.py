@@ -27,6 +27,7 @@ __all__ = [
     "DrrTrainingSet",
     "GridSpec",
     "collect",
+    "material_maps",
     "fit_to_grid",
     "normalise",
     "twin_order",
@@ -37,6 +38,11 @@ __all__ = [
 # (air is nothing but the field's edge), and the g/cm² they are divided by (a typical line integral).
 MATERIAL_CHANNELS = (1, 2)
 MATERIAL_SCALE_G_CM2 = 10.0
+
+
+def material_maps(materials: bool, adipose: bool) -> int:
+    """How many maps a materials head learns: none, or soft tissue and bone (and fat)."""
+    return (len(MATERIAL_CHANNELS) + int(adipose)) if materials else 0
 
 
 def twin_order(muscles: list[str]) -> list[int]:
@@ -60,7 +66,8 @@ class DrrTrainingSet(Dataset):
     divided by ``map_scale_mm``; ``valid (K,)`` 1 where the muscle has labels in that case;
     ``volume (K,)`` the true map integral in ml on this grid (what the network is asked for).
     With ``materials``, also ``materials (2, S, S)``: the soft-tissue and bone density line
-    integrals divided by ``MATERIAL_SCALE_G_CM2`` (mirrored with the image, never swapped).
+    integrals divided by ``MATERIAL_SCALE_G_CM2`` (mirrored with the image, never swapped); with
+    ``adipose`` as well, a third channel, the fat's (the sample's ``adipose``).
 
     Samples read and resampled once are kept in memory, up to ``cache_mb`` megabytes in all
     (every epoch then costs only augmentation); the rest are read from disk each time.
@@ -78,9 +85,11 @@ class DrrTrainingSet(Dataset):
         seed: int = 0,
         cache_mb: float = 2048.0,
         materials: bool = False,
+        adipose: bool = False,
     ) -> None:
         self.data = data
         self.materials = materials
+        self.adipose = materials and adipose
         self.indices = list(indices)
         self.grid = grid
         self.map_scale = map_scale_mm
@@ -114,7 +123,8 @@ class DrrTrainingSet(Dataset):
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image ``(S, S)``, maps ``(2K|K [+2], S, S)`` and validity ``(K,)``, before augmentation.
 
-        Maps in mm, mass maps in mm·g/cm³, then (with ``materials``) soft tissue and bone in g/cm².
+        Maps in mm, mass maps in mm·g/cm³, then (with ``materials``) soft tissue and bone (and
+        with ``adipose`` fat) in g/cm².
         """
         cached = self._cache.get(i)
         if cached is None:
@@ -129,6 +139,7 @@ class DrrTrainingSet(Dataset):
         row = self.data.rows[self.indices[i]]
         keys: tuple[str, ...] = ("image", "maps", "mass_maps") if self.mass else ("image", "maps")
         keys += ("materials",) if self.materials else ()
+        keys += ("adipose",) if self.adipose else ()
         sample = self.data.sample(self.indices[i], keys=keys)
         k = len(self.data.muscles)
         if sample["maps"].ndim != 3 or sample["maps"].shape[0] != k:
@@ -146,6 +157,14 @@ class DrrTrainingSet(Dataset):
                     self.data.root / row["file"],
                 )
             stack.append(found[list(MATERIAL_CHANNELS)])
+        if self.adipose:
+            found = sample["adipose"]
+            if found.shape != sample["image"].shape:
+                raise InputError(
+                    f"the sample's adipose map is {found.shape}, not the image's {sample['image'].shape}",
+                    self.data.root / row["file"],
+                )
+            stack.append(found[None])
         fitted = fit_to_grid(np.concatenate(stack).astype(np.float32), self.scale, self.grid.size)
         valid = np.array([math.isfinite(row[f"volume_ml__{m}"]) for m in self.data.muscles], np.float32)
         return fitted[0], fitted[1:], valid

@@ -47,11 +47,11 @@ from tqdm.auto import tqdm
 from training.checkpoint import load_checkpoint, module_state, read_info, save_checkpoint
 from training.config import DecompositionConfig
 from training.data import (
-    MATERIAL_CHANNELS,
     NORMALISE_PERCENTILES,
     DrrTrainingSet,
     GridSpec,
     collect,
+    material_maps,
     worker_init,
 )
 from training.unet import BayesianUNet
@@ -224,7 +224,7 @@ def train_decomposition(
     train_set = DrrTrainingSet(
         data, train_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head,
         augment=config.augment, seed=config.seed + rank, materials=learn_materials,
-        cache_mb=config.cache_mb,
+        adipose=config.materials_adipose, cache_mb=config.cache_mb,
     )  # fmt: skip
     val_set = DrrTrainingSet(val_data, val_idx, grid, map_scale_mm=config.map_scale_mm, mass=config.mass_head)
     network = BayesianUNet(
@@ -235,7 +235,7 @@ def train_decomposition(
         mass_head=config.mass_head,
         aleatoric=config.aleatoric_weight > 0,
         gain_bound=GAIN_BOUND,
-        materials=len(MATERIAL_CHANNELS) if learn_materials else 0,
+        materials=material_maps(learn_materials, config.materials_adipose),
     ).to(device)
     model: torch.nn.Module = network
     if world > 1:
@@ -650,7 +650,7 @@ def _metadata(
             "coordinates": True,
             "aleatoric": config.aleatoric_weight > 0,
             "gain_bound": GAIN_BOUND,
-            "materials": len(MATERIAL_CHANNELS) if config.materials_weight > 0 else 0,
+            "materials": material_maps(config.materials_weight > 0, config.materials_adipose),
         },
         "map_scale_mm": config.map_scale_mm,
         "mc_samples": config.mc_samples,

@@ -10,6 +10,9 @@ Written by ``generate-drr`` (and ``adapt``), read by ``train``, ``adapt`` and ``
   muscle's volume in ml;
 * ``mass_maps``  float32 (K, H, W): the same weighted by density (g/cm³); the same sum gives g;
 * ``materials``  float32 (3, H, W): line integrals of density, g/cm², for air, soft tissue, bone;
+* ``adipose``    float32 (H, W): the line integral of density of the soft tissue at or below
+  −30 HU (fat), g/cm², a part of ``materials[1]`` (added later: older datasets lack it, and
+  only a recipe that learns it needs it);
 * ``projection`` float64 (3, 4): the view's matrix, patient LPS mm of the source CT → pixel;
 * ``meta``       a JSON string: the sample's manifest row.
 

@@ -302,6 +302,7 @@ def _arrays(views: Any, b: int, muscles: list[str], present: dict[str, int]) -> 
         "maps": maps,
         "mass_maps": mass,
         "materials": proj.materials[b].astype(np.float32),
+        "adipose": proj.adipose[b].astype(np.float32),
         "projection": views.matrices[b],
     }
 
