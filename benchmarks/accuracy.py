@@ -8,10 +8,10 @@ Steps, each resumable (a rerun skips what is done): a training cohort and a held
 phantoms (different seeds), DRR datasets of both (``hip_ap`` at 128 pixels, the recipe's grid),
 training with ``configs/train/decomposition.yaml`` (validation cases held out of the training
 cohort; calibration on them), then ``evaluate`` on the held-out cohort. The defaults, with
-``--restart-to 80``, make the shipped model: up to 2400 bodies, distinct bodies help more than
-views of the same ones (4800 phantoms with one view each did as well as 2400 with two, docs/accuracy.md), so
-many phantoms with two views each (on carved phantoms, 2400 for 40 epochs: MAPE 7.2 % on the first
-50 held-out phantoms with plain dropout draws, 6.9 % with half of them mirrored, the recipe's
+``--restart-to 80``, make the shipped model: up to 2400 bodies, distinct bodies help more than views
+of the same ones (4800 phantoms with one view each did as well as 2400 with two, docs/accuracy.md),
+so many phantoms with two views each (on carved phantoms, 2400 for 40 epochs: MAPE 7.2 % on the
+first 50 held-out phantoms with plain dropout draws, 6.9 % with half of them mirrored, the recipe's
 ``mc_mirror``, and 7.5 % on all 200; 1200 for 80 epochs, as many steps: 7.4 % plain on the 50). The
 held-out cohort is 200 phantoms: on 50 a muscle's r is known only to ±0.01–0.11. Prints the
 per-muscle table (Pearson r, ICC, MAPE, MAE, bias, Spearman(sd, |error|), 95 % coverage, and the

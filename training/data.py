@@ -27,8 +27,8 @@ __all__ = [
     "DrrTrainingSet",
     "GridSpec",
     "collect",
-    "material_maps",
     "fit_to_grid",
+    "material_maps",
     "normalise",
     "twin_order",
     "worker_init",
@@ -121,7 +121,7 @@ class DrrTrainingSet(Dataset):
             self.pipeline = _pipeline(self.augment, seed)
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image ``(S, S)``, maps ``(2K|K [+2], S, S)`` and validity ``(K,)``, before augmentation.
+        """Image ``(S, S)``, maps ``(2K|K [+2|3], S, S)`` and validity ``(K,)``, before augmentation.
 
         Maps in mm, mass maps in mm·g/cm³, then (with ``materials``) soft tissue and bone (and
         with ``adipose`` fat) in g/cm².
