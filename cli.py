@@ -375,6 +375,12 @@ def generate_drr(
         str, typer.Option("--backend", help="builtin, or deepdrr for the image (CUDA only).")
     ] = "builtin",
     preview: Annotated[bool, typer.Option("--preview", help="Write a PNG montage per sample.")] = False,
+    adipose: Annotated[
+        bool,
+        typer.Option(
+            "--adipose", help="Also write each sample's fat map (for a recipe with materials_adipose)."
+        ),
+    ] = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
@@ -430,6 +436,7 @@ def generate_drr(
         backend=backend,
         workers=workers,
         preview=preview,
+        adipose=adipose,
     )
     try:
         summary = generate_drr(cases, out, options, ray=ray, ray_address=ray_address)

@@ -55,7 +55,7 @@ def deepdrr_images(
     from deepdrr.projector import Projector  # type: ignore[import-not-found]
 
     lut, _ = material_lut()
-    table = lut[scene.hu_index][..., :3]  # (k, j, i, 3): air, soft tissue, bone densities
+    table = lut[:, :3][scene.hu_index]  # (k, j, i, 3): air, soft tissue, bone densities (no fat column)
     density = np.ascontiguousarray(table.sum(axis=-1).transpose(2, 1, 0))  # (i, j, k)
     materials = {
         name: np.ascontiguousarray((table[..., c] > 0).transpose(2, 1, 0))

@@ -79,6 +79,7 @@ def tiny_drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "2",
         "--geometry",
         "hip_ap_fast",
+        "--adipose",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

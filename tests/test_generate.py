@@ -58,6 +58,7 @@ def test_dataset_follows_the_contract(cohort: Path, tmp_path: Path) -> None:
         assert sample["image"].shape == (128, 128) and sample["image"].dtype == np.float32
         assert sample["maps"].shape == (len(muscles), 128, 128) and sample["maps"].dtype == np.float32
         assert sample["materials"].shape == (3, 128, 128)
+        assert "adipose" not in np.load(out / row["file"]).files  # written with --adipose only
         assert row["pixel_area_mm2"] == pytest.approx(preset.geometry.iso_pixel_area_mm2)
         for k, m in enumerate(muscles):
             if row[f"offdetector__{m}"] == 0.0:

@@ -591,7 +591,7 @@ def test_materials_head_can_learn_the_fat_map(drr: Path, tmp_path: Path) -> None
     np.savez(path, **arrays)
     older = DrrDataset.load(copy)
     DrrTrainingSet(older, [0], grid, map_scale_mm=50.0, mass=False, materials=True)[0]  # not needed
-    with pytest.raises(InputError, match="adipose") as caught:
+    with pytest.raises(InputError, match="holds no adipose array") as caught:
         DrrTrainingSet(older, [0], grid, map_scale_mm=50.0, mass=False, materials=True, adipose=True)[0]
     assert path.name in str(caught.value)
 

@@ -77,7 +77,7 @@ class DecompositionConfig(_Recipe):
     volume_loss_weight: float = 0.5
     aleatoric_weight: float = 0.1
     materials_weight: float = 0.0  # a training-only head for the soft-tissue and bone maps (0: none)
-    materials_adipose: bool = False  # the materials head learns the fat map too (datasets with `adipose`)
+    materials_adipose: bool = False  # the materials head learns the fat map too (generate-drr --adipose)
     mc_samples: int = 10
     mc_mirror: bool = True  # half the dropout draws on the mirrored image, left and right swapped back
     val_fraction: float = 0.1

@@ -10,9 +10,9 @@ Written by ``generate-drr`` (and ``adapt``), read by ``train``, ``adapt`` and ``
   muscle's volume in ml;
 * ``mass_maps``  float32 (K, H, W): the same weighted by density (g/cm³); the same sum gives g;
 * ``materials``  float32 (3, H, W): line integrals of density, g/cm², for air, soft tissue, bone;
-* ``adipose``    float32 (H, W): the line integral of density of the soft tissue at or below
-  −30 HU (fat), g/cm², a part of ``materials[1]`` (added later: older datasets lack it, and
-  only a recipe that learns it needs it);
+* ``adipose``    float32 (H, W), only with ``generate-drr --adipose``: the line integral of density
+  of the soft tissue at or below −30 HU (fat), g/cm², a part of ``materials[1]`` (only a recipe
+  that learns it needs it);
 * ``projection`` float64 (3, 4): the view's matrix, patient LPS mm of the source CT → pixel;
 * ``meta``       a JSON string: the sample's manifest row.
 
@@ -85,14 +85,18 @@ def write_sample(root: Path, sample_id: str, arrays: dict[str, np.ndarray], meta
 
 def read_sample(path: PathLikeStr, *, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Arrays of one sample (all, or only ``keys``); ``meta`` comes back as a dict."""
+    missing: list[str] = []
     try:
         with np.load(path, allow_pickle=False) as data:
             names = data.files if keys is None else keys
-            out: dict[str, Any] = {k: data[k] for k in names}
+            missing = [k for k in names if k not in data.files]
+            out: dict[str, Any] = {k: data[k] for k in names if k in data.files}
     except FileNotFoundError:
         raise InputError("sample file is missing", path) from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise InputError(f"not a readable sample ({exc})", path) from None
+    if missing:
+        raise InputError(f"the sample holds no {', '.join(missing)} array", path)
     if "meta" in out:
         out["meta"] = json.loads(str(out["meta"]))
     return out

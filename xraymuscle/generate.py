@@ -74,6 +74,7 @@ class GenerateOptions:
     backend: str = "builtin"
     workers: int = 1
     preview: bool = False
+    adipose: bool = False  # also write each sample's fat map (only a recipe with materials_adipose reads it)
 
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun to add to an existing dataset."""
@@ -86,6 +87,7 @@ class GenerateOptions:
             "renderer": {"backend": self.backend, "projector": "plane-warp", "max_shift_px": 0.25},
             "seed": self.seed,
             "views_per_case": self.views,
+            **({"adipose": True} if self.adipose else {}),  # absent: samples without the fat map
         }
 
 
@@ -221,7 +223,7 @@ def render_case(
             )
             for name, pts in points.items():
                 row[f"offdetector__{name}"] = _offdetector(views.matrices[b], pts, options)
-            arrays = _arrays(views, b, muscles, present)
+            arrays = _arrays(views, b, muscles, present, adipose=options.adipose)
             write_sample(out, row["sample_id"], arrays, row)
             if options.preview:
                 write_png(out / "previews" / f"{row['sample_id']}.png", sample_preview(arrays, muscles, row))
@@ -288,7 +290,9 @@ def _offdetector(matrix: np.ndarray, points: np.ndarray, options: GenerateOption
     return float(off.mean())
 
 
-def _arrays(views: Any, b: int, muscles: list[str], present: dict[str, int]) -> dict[str, np.ndarray]:
+def _arrays(
+    views: Any, b: int, muscles: list[str], present: dict[str, int], *, adipose: bool = False
+) -> dict[str, np.ndarray]:
     proj = views.projections
     h, w = views.images.shape[1:]
     maps = np.zeros((len(muscles), h, w), np.float32)
@@ -297,14 +301,16 @@ def _arrays(views: Any, b: int, muscles: list[str], present: dict[str, int]) -> 
         if m in present:
             maps[k] = proj.maps[b, present[m]]
             mass[k] = proj.mass_maps[b, present[m]]
-    return {
+    arrays = {
         "image": views.images[b].astype(np.float32),
         "maps": maps,
         "mass_maps": mass,
         "materials": proj.materials[b].astype(np.float32),
-        "adipose": proj.adipose[b].astype(np.float32),
         "projection": views.matrices[b],
     }
+    if adipose:
+        arrays["adipose"] = proj.adipose[b].astype(np.float32)
+    return arrays
 
 
 def sample_preview(arrays: dict[str, np.ndarray], muscles: list[str], row: dict[str, Any]) -> np.ndarray:
