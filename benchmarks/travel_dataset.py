@@ -5,8 +5,9 @@
 The copy keeps the DRR dataset contract (``dataset.json``, ``manifest.csv``, ``samples/``) for the
 first ``N`` cases and their first ``V`` views, with only what training and evaluation read: the
 image, the maps and the mass maps (with ``--materials``, also the ``materials`` a recipe with a
-materials head learns), stored as float16 (a relative rounding of at most 2^-11 per pixel; the
-manifest's volumes and masses are copied unchanged). ``dataset.json`` gains a ``travel`` entry
+materials head learns, and the ``adipose`` fat map where the source has one), stored as float16
+(a relative rounding of at most 2^-11 per pixel; the manifest's volumes and masses are copied
+unchanged). ``dataset.json`` gains a ``travel`` entry
 saying so. About 110 kB a sample at 128 x 128 pixels (175 kB with the materials), against 370 kB
 for the source. ``benchmarks/gpu_check.sh`` trains the GPU recipe on such copies when they are carried.
 """
@@ -31,8 +32,9 @@ KEYS = ("image", "maps", "mass_maps")
 
 def travel_copy(src: Path, out: Path, cases: int | None, views: int | None, materials: bool = False) -> int:
     """Write the compact copy; returns the number of samples."""
-    keys = (*KEYS, "materials") if materials else KEYS
     data = DrrDataset.load(src)
+    adipose = materials and bool(data.info.get("adipose"))
+    keys = (*KEYS, "materials", *(("adipose",) if adipose else ())) if materials else KEYS
     if (out / "dataset.json").exists():
         raise SystemExit(f"{out}: holds a dataset already; use a new folder")
     keep_cases = sorted({r["case_id"] for r in data.rows})[:cases]
@@ -43,6 +45,8 @@ def travel_copy(src: Path, out: Path, cases: int | None, views: int | None, mate
         write_sample(out, row["sample_id"], {k: arrays[k].astype(np.float16) for k in keys}, meta)
     write_manifest(out, data.muscles, rows)
     info = dict(data.info)
+    if not adipose:
+        info.pop("adipose", None)  # the copy holds no fat map
     info["travel"] = {
         "source": str(Path(src).resolve()),
         "cases": len(keep_cases),
@@ -62,7 +66,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--cases", type=int, help="the first N cases (default: all)")
     parser.add_argument("--views", type=int, help="the first V views of each case (default: all)")
-    parser.add_argument("--materials", action="store_true", help="also the material maps")
+    parser.add_argument("--materials", action="store_true", help="also the material maps (and the fat map)")
     args = parser.parse_args()
     n = travel_copy(args.src, args.out, args.cases, args.views, args.materials)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

@@ -495,15 +495,20 @@ def test_travel_copy_keeps_the_contract_and_the_volumes(drr: Path, tmp_path: Pat
     n = module.travel_copy(drr, tmp_path / "copy", cases=2, views=1, materials=True)
     copy = DrrDataset.load(tmp_path / "copy")
     assert n == len(copy) == 2 and copy.info["travel"]["dtype"] == "float16"
+    assert source.info["adipose"] and copy.info["adipose"]  # the fat map travels with the materials
     where = {r["sample_id"]: i for i, r in enumerate(source.rows)}
     for index, row in enumerate(copy.rows):
-        original = source.sample(where[row["sample_id"]], keys=("maps", "materials"))
-        small = copy.sample(index, keys=("maps", "materials"))
+        original = source.sample(where[row["sample_id"]], keys=("maps", "materials", "adipose"))
+        small = copy.sample(index, keys=("maps", "materials", "adipose"))
         assert small["maps"].dtype == np.float16 and small["maps"].shape == original["maps"].shape
         np.testing.assert_allclose(small["materials"], original["materials"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(small["adipose"], original["adipose"], rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(
             small["maps"].astype(np.float64).sum(axis=(1, 2)), original["maps"].sum(axis=(1, 2)), rtol=1e-3
         )
+    # without the materials the copy holds no fat map, and its dataset.json does not claim one
+    module.travel_copy(drr, tmp_path / "plain", cases=1, views=1)
+    assert "adipose" not in DrrDataset.load(tmp_path / "plain").info
 
 
 def test_resume_with_other_loader_processes_and_from_a_checkpoint_without_the_setting(
