@@ -232,7 +232,7 @@ _MUSCLE_FRAMES: dict[str, list[list[tuple[float, ...]]]] = {
 # Semi-axis multipliers, fitted with the carved layering to bring each muscle's mean volume (at
 # muscle scale 1) near an adult mean within this field of view: gluteus maximus ~700 ml, medius
 # ~250, minimus ~90, iliopsoas ~300, quadriceps ~900, hamstrings ~330, adductors ~450. Means over
-# the 600 phantoms of `phantom --n 600 --seed 101`, additive layering (the default; carved in
+# the 600 phantoms of `phantom --n 600 --seed 101 --spacing 3`, additive layering (the default; carved in
 # brackets where it differs): 680, 270 (218), 74, 290, 970 (850), 375 (295), 390 ml. The cohorts
 # the shipped model learnt from were made with these values; changing them changes the cohorts.
 _AXIS_SIZE = {
