@@ -204,7 +204,22 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     ds = pydicom.dcmread(ct_slice)
     ds.Modality = "CT"
     ds.save_as(ct_slice)
-    paths = [good, detector, no_spacing, tiny, colour, text, noise, ct_slice, images / "missing.dcm"]
+    bad_spacing = images / "bad_spacing.dcm"
+    ds = pydicom.dcmread(good)
+    ds.PixelSpacing = [-1.0, -1.0]
+    ds.save_as(bad_spacing)
+    paths = [
+        good,
+        detector,
+        no_spacing,
+        tiny,
+        colour,
+        text,
+        noise,
+        ct_slice,
+        bad_spacing,
+        images / "missing.dcm",
+    ]
     out = tmp_path / "pred"
     result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(model_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -218,6 +233,10 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     assert (
         rows["no_spacing.png"]["status"] == "rejected"
         and "pixel spacing unknown" in rows["no_spacing.png"]["reason"]
+    )
+    assert rows["bad_spacing.dcm"]["reason"] == (
+        "pixel spacing unknown (PixelSpacing -1.0 x -1.0 is not a positive spacing; ignored); "
+        "give --pixel-spacing MM"
     )
     assert rows["tiny.png"]["status"] == "rejected" and "too small" in rows["tiny.png"]["reason"]
     assert rows["photo.png"]["status"] == "rejected" and "colour" in rows["photo.png"]["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -119,6 +121,36 @@ def test_placeholder_pixel_spacing_is_unknown(tmp_path: Path) -> None:
     assert user.pixel_spacing == (0.14, 0.14) and user.spacing_source == "user"
     with pytest.raises(InputError, match="pixel spacing must be positive"):
         read_radiograph(tmp_path / "ph.dcm", pixel_spacing=-1)
+
+
+@pytest.mark.parametrize(
+    ("tags", "problem"),
+    [
+        ({}, "none in the file"),
+        ({"PixelSpacing": [-1.0, -1.0]}, r"PixelSpacing -1\.0 x -1\.0 is not a positive spacing"),
+        ({"ImagerPixelSpacing": [0.0, 0.2]}, r"ImagerPixelSpacing 0\.0 x 0\.2 is not a positive spacing"),
+    ],
+)
+def test_unusable_spacing_says_why(tmp_path: Path, tags: dict[str, list[float]], problem: str) -> None:
+    rad = read_radiograph(write_dx(tmp_path / "bad.dcm", ramp(), **tags))
+    assert rad.pixel_spacing is None and rad.spacing_source == "unknown"
+    assert re.fullmatch(problem + ".*", rad.spacing_problem)
+    assert read_radiograph(tmp_path / "bad.dcm", pixel_spacing=0.14).spacing_problem == ""
+    # one good tag is enough; the bad one is noted
+    good = read_radiograph(write_dx(tmp_path / "good.dcm", ramp(), ImagerPixelSpacing=[0.2, 0.2],
+                                    PixelSpacing=[-1.0, -1.0]))  # fmt: skip
+    assert good.pixel_spacing == (0.2, 0.2) and good.spacing_problem == ""
+    assert any("PixelSpacing -1.0 x -1.0 is not a positive spacing" in n for n in good.notes)
+
+
+def test_multi_page_tiff_refused(tmp_path: Path) -> None:
+    """A stack of pages is not one radiograph; the decoder would quietly read only the first."""
+    pages = [Image.fromarray(ramp(bits=16)) for _ in range(3)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match=r"stack.tif: multi-page image \(3 pages\)"):
+        read_radiograph(tmp_path / "stack.tif")
+    pages[0].save(tmp_path / "one.tif")
+    assert read_radiograph(tmp_path / "one.tif").pixels.shape == (32, 40)
 
 
 def test_rescale_and_window_applied(tmp_path: Path) -> None:

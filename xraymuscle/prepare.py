@@ -94,7 +94,8 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     if max(h, w) > 8 * min(h, w):
         return _reject(prepared, f"image of {w} x {h} pixels is too narrow for a hip radiograph")
     if radiograph.pixel_spacing is None:
-        return _reject(prepared, "pixel spacing unknown (none in the file); give --pixel-spacing MM")
+        problem = radiograph.spacing_problem or "none in the file"
+        return _reject(prepared, f"pixel spacing unknown ({problem}); give --pixel-spacing MM")
     spacing = float(np.mean(radiograph.pixel_spacing))
     if radiograph.spacing_plane == "detector":
         magnification = target.magnification

@@ -67,6 +67,8 @@ class Radiograph:
         Study metadata read from DICOM (age, sex, dates, view, ...); empty for raster files.
     notes
         Human-readable remarks made while reading (ignored placeholder spacing, ...).
+    spacing_problem
+        Without a spacing, why: ``none in the file``, or the file's tags that could not be used.
     """
 
     pixels: np.ndarray
@@ -78,6 +80,7 @@ class Radiograph:
     is_colour: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    spacing_problem: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -111,6 +114,14 @@ def _positive(value: Any) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
+def _shown(value: Any) -> str:
+    """A tag's value as a short text: ``-1 x -1``."""
+    try:
+        return " x ".join(str(v) for v in value) if not isinstance(value, str) else repr(value)
+    except TypeError:
+        return repr(value)
+
+
 def dicom_spacing(
     ds: pydicom.Dataset,
 ) -> tuple[tuple[float, float] | None, str, SpacingPlane, list[str]]:
@@ -123,6 +134,9 @@ def dicom_spacing(
     notes: list[str] = []
     ps = _positive_pair(ds.get("PixelSpacing"))
     ips = _positive_pair(ds.get("ImagerPixelSpacing"))
+    for tag, pair in (("PixelSpacing", ps), ("ImagerPixelSpacing", ips)):
+        if pair is None and ds.get(tag) is not None:
+            notes.append(f"{tag} {_shown(ds.get(tag))} is not a positive spacing; ignored")
     calibrated = "PixelSpacingCalibrationType" in ds
     if ps is not None and ips is not None and (calibrated or not np.allclose(ps, ips, rtol=1e-4)):
         return ps, "dicom:PixelSpacing", "patient", notes
@@ -228,6 +242,7 @@ def _read_dicom(path: Path) -> Radiograph:
             pixels = pixels.max() + pixels.min() - pixels
     spacing, source, plane, spacing_notes = dicom_spacing(ds)
     notes += spacing_notes
+    problem = "" if spacing is not None else "; ".join(spacing_notes) or "none in the file"
     return Radiograph(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         pixel_spacing=spacing,
@@ -238,6 +253,7 @@ def _read_dicom(path: Path) -> Radiograph:
         is_colour=is_colour,
         metadata=_dicom_metadata(ds),
         notes=notes,
+        spacing_problem=problem,
     )
 
 
@@ -259,15 +275,16 @@ def _decode_dicom(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
         raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from None
 
 
-def _raster_size(path: Path) -> tuple[int, int] | None:
-    """Width and height from the file's header, without decoding it (``None``: not known)."""
+def _raster_header(path: Path) -> tuple[tuple[int, int], int] | None:
+    """Width and height, and the number of pages (frames), from the file's header, without
+    decoding it (``None``: not known)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 with Image.open(path) as im:
-                    return im.size
+                    return im.size, int(getattr(im, "n_frames", 1))
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except (OSError, ValueError, SyntaxError):
@@ -275,11 +292,15 @@ def _raster_size(path: Path) -> tuple[int, int] | None:
 
 
 def _read_raster(path: Path) -> Radiograph:
-    size = _raster_size(path)  # refuse huge images before decoding them: memory stays bounded
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise InputError(
-            f"image of {size[0]} x {size[1]} pixels is too large (limit {MAX_PIXELS} pixels)", path
-        )
+    header = _raster_header(path)  # refuse huge images before decoding them: memory stays bounded
+    if header is not None:
+        (width, height), pages = header
+        if width * height > MAX_PIXELS:
+            raise InputError(
+                f"image of {width} x {height} pixels is too large (limit {MAX_PIXELS} pixels)", path
+            )
+        if pages > 1:  # a stack (a series, or slices), of which the decoder would read only the first
+            raise InputError(f"multi-page image ({pages} pages) is not a plain radiograph", path)
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise InputError("empty file", path)
@@ -304,6 +325,7 @@ def _read_raster(path: Path) -> Radiograph:
         bits_stored=bits,
         path=str(path),
         is_colour=is_colour,
+        spacing_problem="none in the file",
     )
 
 
@@ -351,4 +373,5 @@ def read_radiograph(
         radiograph.pixel_spacing = pair
         radiograph.spacing_source = "user"
         radiograph.spacing_plane = "patient"
+        radiograph.spacing_problem = ""
     return radiograph
