@@ -591,7 +591,7 @@ def cv_thresholds(
     images' mean and sd, as a new image is by theirs; ``z`` is the ``ceil((n + 1)(1 - rate))``-th
     smallest of these. A new image exchangeable with the validation ones passes the ``k``-th of
     ``n`` with probability ``(n + 1 - k) / (n + 1)``, which that rank holds at ``rate`` or just
-    under whatever ``n`` is. The plain 98th percentile of in-sample scores lies lower and flags
+    under for any ``n`` from ``1 / rate - 1`` up. The plain 98th percentile of in-sample scores lies lower and flags
     more, the more so the fewer the images: on held-out radiographs, 2.5–2.7 % at 240 validation
     images and 4.5–4.9 % at 60, against 1.6–1.7 % and 1.6–2.1 % so (docs/accuracy.md). With
     fewer than ``1 / rate - 1`` images no rank lies that far out: ``z`` is then the largest, and
