@@ -5,10 +5,11 @@
 The copy keeps the DRR dataset contract (``dataset.json``, ``manifest.csv``, ``samples/``) for the
 first ``N`` cases and their first ``V`` views, with only what training and evaluation read: the
 image, the maps and the mass maps (with ``--materials``, also the ``materials`` a recipe with a
-materials head learns, and the ``adipose`` fat map where the source has one), stored as float16
-(a relative rounding of at most 2^-11 per pixel; the manifest's volumes and masses are copied
+materials head learns, and the ``adipose`` fat map where the source has one), stored as float16 (a
+relative rounding of at most 2^-11 per pixel; the manifest's volumes and masses are copied
 unchanged). ``dataset.json`` gains a ``travel`` entry saying so. About 110 kB a sample at 128 x 128
-pixels (175 kB with the materials), against 370 kB for the source. ``benchmarks/gpu_check.sh`` trains the GPU recipe on such copies when they are carried.
+pixels (175 kB with the materials), against 370 kB for the source. ``benchmarks/gpu_check.sh``
+trains the GPU recipe on such copies when they are carried.
 """
 
 from __future__ import annotations

@@ -587,18 +587,18 @@ def cv_thresholds(
 
     Each muscle's log CV is standardised by its validation mean and sd; one common level ``z`` on
     that scale is set so that about ``rate`` of new images have some muscle above it. Each of the
-    ``n`` validation images gets its largest standardised log CV, standardised by the other
-    images' mean and sd, as a new image is by theirs; ``z`` is the ``ceil((n + 1)(1 - rate))``-th
-    smallest of these. A new image exchangeable with the validation ones passes the ``k``-th of
-    ``n`` with probability ``(n + 1 - k) / (n + 1)``, which that rank holds at ``rate`` or just
-    under for any ``n`` from ``1 / rate - 1`` up. The plain 98th percentile of in-sample scores lies lower and flags
-    more, the more so the fewer the images: on held-out radiographs, 2.5–2.7 % at 240 validation
-    images and 4.5–4.9 % at 60, against 1.6–1.7 % and 1.6–2.1 % so (docs/accuracy.md). With
-    fewer than ``1 / rate - 1`` images no rank lies that far out: ``z`` is then the largest, and
-    about ``1 / (n + 1)`` of new images are flagged; views of one body are alike, so with few
-    bodies the share is higher still. The log-normal tail of ``rate / K`` per muscle that earlier
-    models took flagged several times ``rate``, as the CVs' tails are heavier and the muscles' CVs
-    rise together; it is left only for a validation set with no usable CVs.
+    ``n`` validation images gets its largest log CV standardised by the other images' means and sds
+    (as a new image's is by theirs); ``z`` is the ``ceil((n + 1)(1 - rate))``-th smallest of these.
+    A new image exchangeable with the validation ones passes the ``k``-th of ``n`` with probability
+    ``(n + 1 - k) / (n + 1)``, which that rank holds at ``rate`` or just under for any ``n`` from
+    ``1 / rate - 1`` up. The plain 98th percentile of in-sample scores lies lower and flags more,
+    the more so the fewer the images: on held-out radiographs, 2.5–2.7 % at 240 validation images
+    and 4.5–4.9 % at 60, against 1.6–1.7 % and 1.6–2.1 % so (docs/accuracy.md). With fewer than ``1
+    / rate - 1`` images no rank lies that far out: ``z`` is then the largest, and about ``1 / (n +
+    1)`` of new images are flagged; views of one body are alike, so with few bodies the share is
+    higher still. The log-normal tail of ``rate / K`` per muscle that earlier models took flagged
+    several times ``rate``, as the CVs' tails are heavier and the muscles' CVs rise together; it is
+    left only for a validation set with no usable CVs.
 
     ``images`` is the number of distinct images among the rows (default: the rows). With mirrored
     draws the rows are the ``images`` images and then their mirrors with the sides exchanged; a
