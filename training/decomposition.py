@@ -611,27 +611,23 @@ def cv_thresholds(
     if len(cv) % n_images:
         raise ValueError(f"{len(cv)} rows are not whole copies of {n_images} images")
     usable = valid & (cv > 0)
-    logs = np.where(usable, np.log(np.where(usable, cv, 1.0)), 0.0)
-    copies = (len(cv) // n_images, n_images, k)  # row r is image r % n_images
-
-    def mean_sd(n: np.ndarray, total: np.ndarray, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and sd (floored at 1e-6) of log CVs from their count, sum and sum of squares."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = total / n
-            return mean, np.sqrt(np.maximum((squares - n * mean**2) / (n - 1), 1e-12))
-
-    counts, totals, squares = usable.sum(axis=0), logs.sum(axis=0), (logs**2).sum(axis=0)
+    logs = np.log(np.where(usable, cv, 1.0))
+    counts = usable.sum(axis=0)
     known = counts >= 5
-    centre, spread = mean_sd(counts, totals, squares)
-    centre, spread = np.where(known, centre, np.nan), np.where(known, spread, np.nan)
+    centre, spread = np.full(k, np.nan), np.full(k, np.nan)
+    for j in np.flatnonzero(known):
+        values = logs[usable[:, j], j]
+        centre[j], spread[j] = values.mean(), max(float(values.std(ddof=1)), 1e-6)
     # Each image is scored against the mean and sd of the other images (its own rows left out), as
     # a new image will be against all of them: scored against statistics it is part of, an
     # outlying image looks less so, and a level set from such scores flags more than ``rate``.
+    kept = np.where(usable, logs, 0.0)
+    copies = (len(cv) // n_images, n_images, k)  # row r is image r % n_images
     rest_n = counts - usable.reshape(copies).sum(axis=0)
-    rest_mean, rest_sd = mean_sd(
-        rest_n, totals - logs.reshape(copies).sum(axis=0), squares - (logs**2).reshape(copies).sum(axis=0)
-    )
-    with np.errstate(invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rest_mean = (kept.sum(axis=0) - kept.reshape(copies).sum(axis=0)) / rest_n
+        rest_sq = (kept**2).sum(axis=0) - (kept**2).reshape(copies).sum(axis=0)
+        rest_sd = np.sqrt(np.maximum((rest_sq - rest_n * rest_mean**2) / (rest_n - 1), 1e-12))
         score = (logs.reshape(copies) - rest_mean) / rest_sd
     score = np.where(usable.reshape(copies) & known & (rest_n >= 2), score, -np.inf)
     largest = score.max(axis=(0, 2)) if k and len(cv) else np.full(n_images, -np.inf)
