@@ -188,6 +188,15 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
         images / "detector.dcm", data.sample(1)["image"], pixel_spacing_mm=spacing,
         detector_spacing_mm=spacing * 1.1667, magnification=1.1667,
     )  # fmt: skip
+    # Only the detector's spacing: the reader must divide it by the training geometry's magnification.
+    magnification = float(data.info["geometry"]["sid"]) / float(data.info["geometry"]["sod"])
+    detector_only = write_dx(
+        images / "detector_only.dcm", data.sample(0)["image"], pixel_spacing_mm=spacing,
+        detector_spacing_mm=spacing * magnification,
+    )  # fmt: skip
+    ds = pydicom.dcmread(detector_only)
+    del ds.PixelSpacing
+    ds.save_as(detector_only)
     no_spacing = images / "no_spacing.png"
     cv2.imwrite(
         str(no_spacing), (255 * data.sample(2)["image"] / data.sample(2)["image"].max()).astype(np.uint8)
@@ -211,6 +220,7 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     paths = [
         good,
         detector,
+        detector_only,
         no_spacing,
         tiny,
         colour,
@@ -230,6 +240,17 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     assert float(rows["drr.dcm"]["volume_ml__gluteus_medius_left"]) > 0
     assert float(rows["drr.dcm"]["volume_sd_ml__gluteus_medius_left"]) > 0
     assert rows["drr.dcm"]["spacing_source"] == "dicom:PixelSpacing"
+    # Both are brought to the isocentre spacing the image was made at (PixelSpacing that differs
+    # from ImagerPixelSpacing is taken as calibrated); the same pixels give the same volumes.
+    for name, source in (
+        ("detector.dcm", "dicom:PixelSpacing"),
+        ("detector_only.dcm", "dicom:ImagerPixelSpacing"),
+    ):
+        assert rows[name]["spacing_source"] == source
+        assert float(rows[name]["pixel_spacing_mm"]) == pytest.approx(spacing, abs=1e-3)
+    for column in (c for c in rows["drr.dcm"] if c.startswith("volume_ml__")):
+        same = float(rows["drr.dcm"][column])
+        assert float(rows["detector_only.dcm"][column]) == pytest.approx(same, rel=1e-3)
     assert (
         rows["no_spacing.png"]["status"] == "rejected"
         and "pixel spacing unknown" in rows["no_spacing.png"]["reason"]
@@ -249,8 +270,8 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     assert rows["ct.dcm"]["status"] == "rejected" and "not a radiograph" in rows["ct.dcm"]["reason"]
     assert all("phantoms only" in r["notice"] for r in rows.values())
     assert (
-        len(list((out / "overlays").glob("*.png"))) == 3
-        and len(list((out / "uncertainty").glob("*.png"))) == 3
+        len(list((out / "overlays").glob("*.png"))) == 4
+        and len(list((out / "uncertainty").glob("*.png"))) == 4
     )
     # The same image given with its spacing on the command line gives the same volumes.
     again = runner.invoke(
