@@ -369,6 +369,28 @@ def test_mc_spread_adds_the_predicted_variance() -> None:
     assert (mc.volume_sd_draws > 0).all() and (mc.mass_sd >= 0.1 * mc.mass * 0.999).all()
 
 
+def test_sd_scale_makes_the_95_percent_interval_cover_95_percent() -> None:
+    from xraymuscle.inference import sd_scales
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    truth = rng.uniform(50.0, 900.0, (n, 3))
+    sd = 0.05 * truth  # the raw spread
+    # errors twice the raw spread in the first muscle, half of it in the second
+    mean = truth + sd * rng.normal(0.0, 1.0, (n, 3)) * np.array([2.0, 0.5, 1.0])
+    valid = np.ones((n, 3), bool)
+    valid[4:, 2] = False  # too few cases for the third: left unscaled
+    scales = sd_scales(mean, sd, truth, valid)
+    np.testing.assert_allclose(scales[:2], [2.0, 0.5], rtol=0.06)
+    assert scales[2] == 1.0
+    covered = np.abs(mean - truth) <= 1.96 * sd * scales
+    np.testing.assert_allclose(covered[:, :2].mean(axis=0), 0.95, atol=0.002)
+    # new cases drawn alike are covered as often
+    fresh = truth + sd * rng.normal(0.0, 1.0, (n, 3)) * np.array([2.0, 0.5, 1.0])
+    fresh_covered = np.abs(fresh - truth) <= 1.96 * sd * scales
+    np.testing.assert_allclose(fresh_covered[:, :2].mean(axis=0), 0.95, atol=0.01)
+
+
 def test_training_set_keeps_read_samples_in_memory(drr: Path, tmp_path: Path) -> None:
     import shutil
 
