@@ -33,7 +33,7 @@ from xraymuscle.model import load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.phantom.cohort import make_cohort
 from xraymuscle.predict import prediction_row
-from xraymuscle.prepare import Prepared
+from xraymuscle.prepare import GridTarget, Prepared, prepare
 
 runner = CliRunner()
 
@@ -481,3 +481,22 @@ def test_the_shipped_model_rejects_real_paediatric_radiographs(real_xray_dir: Pa
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10
     assert all(r["status"] == "rejected" and "not like the radiographs" in r["reason"] for r in rows)
+
+
+def test_pixels_that_are_not_square_are_resampled_per_axis(tmp_path: Path) -> None:
+    """Rows 0.6 mm apart and columns 1.2 mm: the image on the model's grid is the square one's."""
+    yy, xx = np.mgrid[0:300, 0:300] / 300.0
+    square = 0.3 + 0.3 * np.exp(-((yy - 0.4) ** 2 + (xx - 0.6) ** 2) / 0.02) + 0.1 * np.sin(9 * xx)
+    tall = cv2.resize(square, (300, 600), interpolation=cv2.INTER_LINEAR)
+    write_dx(tmp_path / "square.dcm", square, pixel_spacing_mm=1.2)
+    write_dx(tmp_path / "tall.dcm", tall, pixel_spacing_mm=1.2)
+    ds = pydicom.dcmread(tmp_path / "tall.dcm")
+    ds.PixelSpacing = ["0.6", "1.2"]  # row spacing, column spacing
+    ds.save_as(tmp_path / "tall.dcm")
+    target = GridTarget(size=128, spacing_mm=2.68, magnification=1.0)
+    a, b = prepare(tmp_path / "square.dcm", target), prepare(tmp_path / "tall.dcm", target)
+    assert a.image is not None and b.image is not None, (a.reason, b.reason)
+    assert b.spacing_mm == pytest.approx(0.9)
+    field = a.image > 0
+    assert field.sum() > 100 * 100 and np.array_equal(field, b.image > 0)
+    assert np.abs(a.image - b.image)[field].mean() < 0.01

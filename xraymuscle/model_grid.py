@@ -29,17 +29,19 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def resample(array: np.ndarray, scale: float) -> np.ndarray:
-    """Resample ``(C, H, W)`` by ``scale`` (new pixels per old pixel); unchanged within 0.1 %.
+def resample(array: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
+    """Resample ``(C, H, W)`` by ``scale`` (new pixels per old pixel; a ``(row, column)`` pair for
+    pixels that are not square); unchanged within 0.1 %.
 
     Values are resampled as intensities (area averaging when shrinking), which keeps map
     thicknesses; the caller accounts for the changed pixel area.
     """
-    if abs(scale - 1.0) <= 1e-3:
+    sy, sx = (scale, scale) if isinstance(scale, int | float) else scale
+    if abs(sy - 1.0) <= 1e-3 and abs(sx - 1.0) <= 1e-3:
         return array
     _, h, w = array.shape
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    new_h, new_w = max(1, round(h * sy)), max(1, round(w * sx))
+    method = cv2.INTER_AREA if min(sy, sx) < 1 else cv2.INTER_LINEAR
     return np.stack([cv2.resize(ch, (new_w, new_h), interpolation=method) for ch in array])
 
 

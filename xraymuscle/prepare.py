@@ -33,7 +33,7 @@ class Prepared:
     path: str
     status: str = "ok"
     reason: str = ""
-    spacing_mm: float | None = None
+    spacing_mm: float | None = None  # at the isocentre plane; rows' and columns' mean
     spacing_source: str = ""
     image: np.ndarray | None = None  # (S, S) normalised
     notes: list[str] = field(default_factory=list)
@@ -96,17 +96,16 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     if radiograph.pixel_spacing is None:
         problem = radiograph.spacing_problem or "none in the file"
         return _reject(prepared, f"pixel spacing unknown ({problem}); give --pixel-spacing MM")
-    spacing = float(np.mean(radiograph.pixel_spacing))
+    row_mm, column_mm = (float(v) for v in radiograph.pixel_spacing)
     if radiograph.spacing_plane == "detector":
         magnification = target.magnification
-        spacing /= magnification
+        row_mm, column_mm = row_mm / magnification, column_mm / magnification
         prepared.notes.append(f"detector spacing divided by the training magnification {magnification:.3f}")
-    prepared.spacing_mm = spacing
-    if min(h, w) * spacing < MIN_FIELD_MM:
-        return _reject(
-            prepared, f"field of view {min(h, w) * spacing:.0f} mm is too small for a hip radiograph"
-        )
-    scale = spacing / target.spacing_mm
+    prepared.spacing_mm = (row_mm + column_mm) / 2
+    if min(h * row_mm, w * column_mm) < MIN_FIELD_MM:
+        field = min(h * row_mm, w * column_mm)
+        return _reject(prepared, f"field of view {field:.0f} mm is too small for a hip radiograph")
+    scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
     # collimation bands are filled before a field smaller than the grid is padded (and hides them)
     image = fill_collimation(resample(radiograph.pixels[None].astype(np.float32), scale)[0])
     prepared.image = normalise(fit_to_grid(image[None], 1.0, target.size)[0])
