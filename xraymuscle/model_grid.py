@@ -39,9 +39,11 @@ def resample(array: np.ndarray, scale: float | tuple[float, float]) -> np.ndarra
     sy, sx = (scale, scale) if isinstance(scale, int | float) else scale
     if abs(sy - 1.0) <= 1e-3 and abs(sx - 1.0) <= 1e-3:
         return array
+    if min(sy, sx) < 1 < max(sy, sx):  # one axis shrinks, the other grows: each its own method
+        return resample(resample(array, (sy, 1.0)), (1.0, sx))
     _, h, w = array.shape
     new_h, new_w = max(1, round(h * sy)), max(1, round(w * sx))
-    method = cv2.INTER_AREA if min(sy, sx) < 1 else cv2.INTER_LINEAR
+    method = cv2.INTER_AREA if sy < 1 else cv2.INTER_LINEAR
     return np.stack([cv2.resize(ch, (new_w, new_h), interpolation=method) for ch in array])
 
 

@@ -103,8 +103,8 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         prepared.notes.append(f"detector spacing divided by the training magnification {magnification:.3f}")
     prepared.spacing_mm = (row_mm + column_mm) / 2
     if min(h * row_mm, w * column_mm) < MIN_FIELD_MM:
-        field = min(h * row_mm, w * column_mm)
-        return _reject(prepared, f"field of view {field:.0f} mm is too small for a hip radiograph")
+        field_mm = min(h * row_mm, w * column_mm)
+        return _reject(prepared, f"field of view {field_mm:.0f} mm is too small for a hip radiograph")
     scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
     # collimation bands are filled before a field smaller than the grid is padded (and hides them)
     image = fill_collimation(resample(radiograph.pixels[None].astype(np.float32), scale)[0])
