@@ -71,6 +71,22 @@ def test_polychromatic_beam_hardens() -> None:
     assert np.all(per_gram < mu.max()) and np.all(per_gram > mu.min())
 
 
+def test_polychromatic_image_is_the_energy_integrated_transmission() -> None:
+    """An energy-integrating detector: each photon counts with its energy."""
+    physics = XrayPhysics()
+    soft, bone = np.array([[0.0, 5.0, 20.0, 35.0]]), np.array([[0.0, 0.0, 1.5, 4.0]])
+    image = form_image(line_integrals(soft, bone), physics, pixel_spacing_mm=1.0)
+    energies, fluence = physics.spectrum()
+    mu_soft, mu_bone = mass_attenuation("soft_tissue", energies), mass_attenuation("bone", energies)
+    for j in range(soft.shape[1]):
+        signal = sum(
+            n * e * np.exp(-(ms * soft[0, j] + mb * bone[0, j]))
+            for n, e, ms, mb in zip(fluence, energies, mu_soft, mu_bone, strict=True)
+        )
+        expected = -np.log(signal / np.sum(fluence * energies))
+        assert image[0, j] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
 def test_quantum_noise_is_poisson_and_unbiased() -> None:
     materials = line_integrals(np.full((200, 200), 15.0), 1.0)
     clean = form_image(materials, XrayPhysics(), pixel_spacing_mm=1.0)
