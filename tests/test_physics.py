@@ -118,6 +118,11 @@ def test_scatter_lowers_contrast() -> None:
     contrast = primary[32, 32] - primary[5, 5]
     assert scattered[32, 32] - scattered[5, 5] < 0.8 * contrast
     assert scattered.mean() < primary.mean()
+    # through a uniform slab the haze is uniform too, at the set scatter-to-primary ratio
+    slab = line_integrals(soft, np.zeros_like(bone))
+    plain = form_image(slab, XrayPhysics(), pixel_spacing_mm=2.0)
+    hazy = form_image(slab, XrayPhysics(scatter_to_primary=0.5), pixel_spacing_mm=2.0)
+    np.testing.assert_allclose(plain - hazy, np.log(1.5), rtol=1e-5)
 
 
 @pytest.mark.parametrize(
