@@ -306,7 +306,9 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Radiographs: DICOM, PNG, JPEG, TIFF.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Radiographs (DICOM, PNG, JPEG, TIFF), or folders of them.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     model: ModelOpt = None,
     pixel_spacing: Annotated[

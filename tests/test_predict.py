@@ -279,6 +279,25 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
               "--pixel-spacing", str(spacing)],
     )  # fmt: skip
     assert again.exit_code == 0 and ("1 ok" in again.output or "1 uncertain" in again.output)
+    # A folder stands for the radiographs in it, found as `screen` finds them (subfolders too);
+    # a folder with none is a row of its own.
+    (images / "more").mkdir()
+    shutil.copy(good, images / "more" / "copy.dcm")
+    (tmp_path / "empty").mkdir()
+    folders = runner.invoke(
+        app, ["predict", str(images), str(tmp_path / "empty"), "--model", str(model_dir),
+              "--out", str(tmp_path / "p3"), "--pixel-spacing", str(spacing)],
+    )  # fmt: skip
+    assert folders.exit_code == 0, folders.output
+    with (tmp_path / "p3" / "predictions.csv").open() as fh:
+        listed = [(r["image"], r["status"], r["reason"]) for r in csv.DictReader(fh)]
+    found = sorted(
+        str(p) for p in images.rglob("*") if p.suffix in (".dcm", ".png") and p.name != "missing.dcm"
+    )
+    assert [name for name, _, _ in listed] == [*found, str(tmp_path / "empty")]
+    assert listed[-1][1:] == ("error", "a folder, not a file")
+    row = {name: r for name, *r in listed}
+    assert row[str(images / "more" / "copy.dcm")][0] in ("ok", "uncertain")
 
 
 def test_predict_refuses_a_broken_model(trained: tuple[Path, Path], tmp_path: Path) -> None:

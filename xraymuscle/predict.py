@@ -36,10 +36,12 @@ from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
 from xraymuscle.preview import montage, overlay_masks, titled, write_png
+from xraymuscle.study import find_inputs
 
 __all__ = [
     "STATUSES",
     "GridTarget",
+    "expand_folders",
     "Prepared",
     "format_cell",
     "predict_images",
@@ -79,10 +81,12 @@ def predict_images(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Predict every image; write ``predictions.csv`` and pictures under ``out``; return the rows."""
+    """Predict every image (a folder: the radiographs in it); write ``predictions.csv`` and pictures
+    under ``out``; return the rows."""
     model = load_model(model_dir or default_model_dir(), device=device)
     if mc_samples is not None and mc_samples < 2:
         raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
+    paths = expand_folders(paths)
     if not paths:
         raise InputError("no images given")
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
@@ -128,6 +132,23 @@ def predict_images(
         + f"; {model.notice}; table: {out / 'predictions.csv'}"
     )
     return rows
+
+
+def expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
+    """The paths as given, each folder replaced by the radiographs in it, found as ``screen``
+    finds a study's (recursively, in a stable order). A folder with none stays: its row is an
+    ``error``, "a folder, not a file".
+    """
+    out: list[str | Path] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            out.append(path)
+            continue
+        try:
+            out += [item.path for item in find_inputs(path)]
+        except InputError:
+            out.append(path)
+    return out
 
 
 def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, Any]:

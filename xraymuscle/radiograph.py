@@ -351,6 +351,8 @@ def read_radiograph(
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path)
+    if path.is_dir():
+        raise InputError("a folder, not a file", path)
     if not path.is_file():
         raise InputError("not a file", path)
     try:
