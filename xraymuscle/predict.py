@@ -41,8 +41,8 @@ from xraymuscle.study import find_inputs
 __all__ = [
     "STATUSES",
     "GridTarget",
-    "expand_folders",
     "Prepared",
+    "expand_folders",
     "format_cell",
     "predict_images",
     "prediction_row",
