@@ -99,9 +99,10 @@ def test_monochrome1_inverted(tmp_path: Path) -> None:
     ],
 )
 def test_magnification_corrects_spacing(tmp_path: Path, tags: dict[str, float], source: str) -> None:
-    """0.2 mm at the detector with a magnification of 1.25 is 0.16 mm at the patient."""
-    rad = read_radiograph(write_dx(tmp_path / "mag.dcm", ramp(), ImagerPixelSpacing=[0.2, 0.2], **tags))
-    assert rad.pixel_spacing == pytest.approx((0.16, 0.16))
+    """0.2 mm at the detector with a magnification of 1.25 is 0.16 mm at the patient (rows and
+    columns each: 0.25 mm becomes 0.2 mm)."""
+    rad = read_radiograph(write_dx(tmp_path / "mag.dcm", ramp(), ImagerPixelSpacing=[0.2, 0.25], **tags))
+    assert rad.pixel_spacing == pytest.approx((0.16, 0.2))
     assert rad.spacing_source == source
     assert rad.spacing_plane == "patient"
 
