@@ -21,6 +21,7 @@ from training.unet import BayesianUNet
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.model import load_model, metadata_text
+from xraymuscle.model_grid import resample
 
 
 @pytest.fixture()
@@ -72,6 +73,14 @@ def test_resampling_keeps_volume() -> None:
         out = fit_to_grid(maps, scale, 128)
         assert out.sum() * area / scale**2 == pytest.approx(maps.sum() * area, rel=0.02)
     assert normalise(np.arange(100.0).reshape(10, 10)).max() == 1.0
+    # pixels that are not square: an axis that shrinks is area-averaged (one bright column in four
+    # becomes an even quarter), also when the other axis keeps its size or grows
+    stripes = np.zeros((1, 40, 40), np.float32)
+    stripes[0, :, ::4] = 1.0
+    for scale in ((1.0, 0.25), (2.0, 0.25), (0.5, 0.25)):
+        out = resample(stripes, scale)
+        assert out.shape == (1, round(40 * scale[0]), 10)
+        np.testing.assert_allclose(out, 0.25, atol=1e-6)
 
 
 @pytest.mark.parametrize(

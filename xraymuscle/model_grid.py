@@ -43,7 +43,7 @@ def resample(array: np.ndarray, scale: float | tuple[float, float]) -> np.ndarra
         return resample(resample(array, (sy, 1.0)), (1.0, sx))
     _, h, w = array.shape
     new_h, new_w = max(1, round(h * sy)), max(1, round(w * sx))
-    method = cv2.INTER_AREA if sy < 1 else cv2.INTER_LINEAR
+    method = cv2.INTER_AREA if min(sy, sx) < 1 else cv2.INTER_LINEAR  # (both shrink, or both grow)
     return np.stack([cv2.resize(ch, (new_w, new_h), interpolation=method) for ch in array])
 
 

@@ -102,8 +102,8 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         row_mm, column_mm = row_mm / magnification, column_mm / magnification
         prepared.notes.append(f"detector spacing divided by the training magnification {magnification:.3f}")
     prepared.spacing_mm = (row_mm + column_mm) / 2
-    if min(h * row_mm, w * column_mm) < MIN_FIELD_MM:
-        field_mm = min(h * row_mm, w * column_mm)
+    field_mm = min(h * row_mm, w * column_mm)
+    if field_mm < MIN_FIELD_MM:
         return _reject(prepared, f"field of view {field_mm:.0f} mm is too small for a hip radiograph")
     scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
     # collimation bands are filled before a field smaller than the grid is padded (and hides them)
