@@ -6,10 +6,12 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -295,9 +297,39 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
         str(p) for p in images.rglob("*") if p.suffix in (".dcm", ".png") and p.name != "missing.dcm"
     )
     assert [name for name, _, _ in listed] == [*found, str(tmp_path / "empty")]
-    assert listed[-1][1:] == ("error", "a folder, not a file")
+    assert listed[-1][1:] == ("error", "no radiographs found (DICOM, PNG, JPEG, TIFF)")
     row = {name: r for name, *r in listed}
     assert row[str(images / "more" / "copy.dcm")][0] in ("ok", "uncertain")
+
+
+def test_predict_keeps_a_subfolder_it_cannot_read_as_an_error_row(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drr, model_dir = trained
+    data = DrrDataset.load(drr)
+    spacing = float(data.info["pixel_spacing_mm"])
+    images = tmp_path / "images"
+    (images / "locked").mkdir(parents=True)
+    good = write_dx(images / "drr.dcm", data.sample(0)["image"], pixel_spacing_mm=spacing)
+    write_dx(images / "locked" / "hidden.dcm", data.sample(1)["image"], pixel_spacing_mm=spacing)
+    # As root no permission bit keeps a folder from being listed, so the refusal is made here.
+    locked, scandir = str(images / "locked"), os.scandir
+
+    def refusing(path: str = ".") -> Any:
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    result = runner.invoke(
+        app, ["predict", str(images), "--model", str(model_dir), "--out", str(tmp_path / "p"),
+              "--pixel-spacing", str(spacing)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "p" / "predictions.csv").open() as fh:
+        listed = [(r["image"], r["status"], r["reason"]) for r in csv.DictReader(fh)]
+    assert listed[0] == (str(good), *listed[0][1:]) and listed[0][1] in ("ok", "uncertain")
+    assert listed[1:] == [(locked, "error", "folder cannot be read (Permission denied)")]
 
 
 def test_predict_refuses_a_broken_model(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -86,8 +86,8 @@ def predict_images(
     model = load_model(model_dir or default_model_dir(), device=device)
     if mc_samples is not None and mc_samples < 2:
         raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
-    paths = expand_folders(paths)
-    if not paths:
+    inputs = expand_folders(paths)
+    if not inputs:
         raise InputError("no images given")
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
@@ -97,9 +97,14 @@ def predict_images(
     out.mkdir(parents=True, exist_ok=True)
     samples = mc_samples or int(model.meta["mc_samples"])
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(paths), desc="predicting", unit="image", disable=not progress)
-    for start in range(0, len(paths), BATCH):
-        chunk = [prepare(p, model, pixel_spacing=pixel_spacing) for p in paths[start : start + BATCH]]
+    bar = tqdm(total=len(inputs), desc="predicting", unit="image", disable=not progress)
+    for start in range(0, len(inputs), BATCH):
+        chunk = [
+            Prepared(str(p), status="error", reason=problem)
+            if problem
+            else prepare(p, model, pixel_spacing=pixel_spacing)
+            for p, problem in inputs[start : start + BATCH]
+        ]
         ready = [p for p in chunk if p.image is not None]
         results: dict[int, Any] = {}
         if ready:
@@ -134,20 +139,21 @@ def predict_images(
     return rows
 
 
-def expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
+def expand_folders(paths: Sequence[str | Path]) -> list[tuple[str | Path, str]]:
     """The paths as given, each folder replaced by the radiographs in it, found as ``screen``
-    finds a study's (recursively, in a stable order). A folder with none stays: its row is an
-    ``error``, "a folder, not a file".
+    finds a study's (recursively, in a stable order), each with the problem found while listing
+    (``""`` for none): a subfolder that cannot be read, or a folder with no radiographs, becomes a
+    row of its own with status ``error`` and that reason.
     """
-    out: list[str | Path] = []
+    out: list[tuple[str | Path, str]] = []
     for path in paths:
         if not Path(path).is_dir():
-            out.append(path)
+            out.append((path, ""))
             continue
         try:
-            out += [item.path for item in find_inputs(path)]
-        except InputError:
-            out.append(path)
+            out += [(item.path, item.problem) for item in find_inputs(path)]
+        except InputError as exc:
+            out.append((path, exc.problem))
     return out
 
 
