@@ -93,6 +93,21 @@ def test_rerun_skips_finished_samples_and_redoes_missing_ones(cohort: Path, tmp_
     again = generate("--cohort", str(cohort), "--out", str(out), "--views", "2", *FAST)
     assert again.exit_code == 0 and "0 views rendered, 4 already there" in again.output
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    # A finished case is not read again: its CT, now unreadable, is not opened.
+    with cohort.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"not a volume")
+    for row in rows:
+        row["ct"], row["labels"] = str(cohort.parent / row["ct"]), str(cohort.parent / row["labels"])
+    rows[0]["ct"] = str(garbage)
+    moved = tmp_path / "moved.csv"
+    with moved.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    finished = generate("--cohort", str(moved), "--out", str(out), "--views", "2", *FAST)
+    assert finished.exit_code == 0 and "0 views rendered, 4 already there" in finished.output, finished.output
     # Lose one sample and a case record, as a killed run would; leave a temporary file behind.
     (out / "samples" / "phantom_0001_v001.npz").unlink()
     (out / "cases" / "phantom_0001.json").unlink()
