@@ -42,6 +42,7 @@ from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.preview import montage, titled, write_png
+from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.weights_file import read_tensors
 
 FORMAT = "xraymuscle-cyclegan"
@@ -225,6 +226,7 @@ def _device(device: str) -> str:
     return device
 
 
+@locks_output("out")
 def train_cyclegan(
     drr_dir: Path,
     xray_source: Path,
@@ -247,7 +249,7 @@ def train_cyclegan(
         echo(f"skipped: {problem}")
     out = Path(out)
     checkpoint = out / "checkpoint"
-    if out.exists() and any(out.iterdir()) and not resume:
+    if not is_empty(out) and not resume:
         raise InputError("output folder is not empty; give --resume to go on with it, or a new --out", out)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

@@ -64,6 +64,7 @@ from xraymuscle.inference import image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
 from xraymuscle.ood import OodModel
+from xraymuscle.run_lock import locks_output
 from xraymuscle.weights_file import read_tensors
 
 # the best epoch's weights, in the checkpoint folder (the last epoch's are in training.checkpoint.TENSORS)
@@ -172,6 +173,7 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
+@locks_output("out", rank_zero_only=True)
 def train_decomposition(
     data_dir: Path,
     out: Path,

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.errors import InputError
+from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.typing import PathLikeStr
 
 FORMAT = "xraymuscle-drr"
@@ -209,6 +210,7 @@ def _parse_row(row: dict[str, str]) -> dict[str, Any]:
 DERIVING = ".derive.json"
 
 
+@locks_output("out")
 def derive_dataset(
     data: DrrDataset,
     out: Path,
@@ -235,7 +237,7 @@ def derive_dataset(
         if {k: v for k, v in done.items() if k != "date"} != stamp:
             raise InputError(f"holds another dataset ({key} otherwise); use a new --out", out)
         return 0, len(data.rows)
-    if out.exists() and any(out.iterdir()):
+    if not is_empty(out):
         marker = out / DERIVING
         if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != {key: stamp}:
             raise InputError(

@@ -44,6 +44,7 @@ from xraymuscle.drr_dataset import (
 )
 from xraymuscle.errors import InputError
 from xraymuscle.preview import colour_maps, montage, overlay_masks, titled, window, write_png
+from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.volume import read_ct_and_labels
 
 COHORT_COLUMNS = ("case_id", "ct", "labels")
@@ -350,7 +351,7 @@ def _prepare_out(out: Path, options: GenerateOptions) -> dict[str, Any]:
     info_path = out / "dataset.json"
     settings = options.settings()
     if not info_path.is_file():
-        if any(out.iterdir()):
+        if not is_empty(out):
             raise InputError("folder is not empty and holds no DRR dataset; use a new --out", out)
         info = {
             "format": FORMAT,
@@ -377,6 +378,7 @@ def _prepare_out(out: Path, options: GenerateOptions) -> dict[str, Any]:
     return dict(info)
 
 
+@locks_output("out")
 def generate_drr(
     cases: list[CaseInput],
     out: Path,

@@ -45,6 +45,7 @@ from xraymuscle.predict import (
     predictions_columns,
     write_pictures,
 )
+from xraymuscle.run_lock import locks_output
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
@@ -152,6 +153,7 @@ def table_columns(model: LoadedModel, *, keep_identifiers: bool) -> list[str]:
     return [*columns, *study, "overlay"]
 
 
+@locks_output("out")
 def screen_study(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],

@@ -32,6 +32,7 @@ from xraymuscle.phantom.anatomy import (
     sample_params,
 )
 from xraymuscle.preview import montage, overlay_masks, titled, window, write_png
+from xraymuscle.run_lock import locks_output
 from xraymuscle.volume import Volume
 
 LABEL_SOURCE = "phantom"
@@ -115,6 +116,7 @@ def _check_memory(spacing: float, total_gb: float | None = None) -> None:
         )
 
 
+@locks_output("out")
 def make_cohort(
     n: int,
     out: Path,

@@ -1,0 +1,96 @@
+"""One run at a time per output folder.
+
+The commands that resume (``phantom``, ``generate-drr``, ``train``, ``train-cyclegan``, ``adapt``,
+``clinical-style`` and ``screen``) hold an exclusive lock on ``<out>/.xraymuscle.lock`` while they
+write. A second run into the same folder is refused at once (exit code 2) instead of redoing the
+first one's work beside it, appending to the same journal and overwriting the same checkpoints. The
+operating system drops the lock when its process ends, killed or not, so a killed run leaves no stale
+lock behind: the file stays, empty, and the next run takes it. A run that fails before writing
+anything removes the folder it created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from filelock import FileLock, Timeout
+
+from xraymuscle.errors import InputError
+
+__all__ = ["LOCK_FILE", "is_empty", "locks_output", "run_lock"]
+
+LOCK_FILE = ".xraymuscle.lock"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def is_empty(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but a run's lock file (an absent folder is empty)."""
+    folder = Path(folder)
+    return not folder.is_dir() or all(p.name == LOCK_FILE for p in folder.iterdir())
+
+
+@contextmanager
+def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``folder`` if needed and hold its run lock until the block ends.
+
+    Raises:
+        InputError: when ``folder`` is a file, or another run holds the lock.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError("output exists and is not a folder", folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(
+            "another run is writing to this folder; wait for it to end, or give another --out", folder
+        ) from None
+    try:
+        yield folder
+    except BaseException:
+        if created and is_empty(folder):
+            # still locked while the file goes, so no other run can hold a lock on a removed file
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            lock.release()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    finally:
+        if lock.is_locked:
+            lock.release()
+
+
+def locks_output(
+    parameter: str = "out", *, rank_zero_only: bool = False
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function so that it runs holding the run lock of its ``parameter`` folder.
+
+    ``rank_zero_only``: in a distributed run (``RANK`` set) only rank 0 writes, and only it locks.
+    """
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if rank_zero_only and os.environ.get("RANK", "0") != "0":
+                return func(*args, **kwargs)
+            folder = signature.bind(*args, **kwargs).arguments[parameter]
+            with run_lock(folder):
+                return func(*args, **kwargs)
+
+        return run
+
+    return decorate
