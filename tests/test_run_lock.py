@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import signal
 import subprocess
 import sys
@@ -109,3 +111,15 @@ def test_in_a_distributed_run_only_rank_zero_locks(tmp_path: Path, monkeypatch: 
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(InputError, match=BUSY):
             write(out)
+
+
+def test_where_files_cannot_be_locked_the_run_goes_on_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.warns(UserWarning, match="files cannot be locked here"), run_lock(tmp_path / "nfs") as out:
+        (out / "written").write_text("x")
+    assert (tmp_path / "nfs" / "written").is_file()

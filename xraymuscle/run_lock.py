@@ -6,7 +6,9 @@ write. A second run into the same folder is refused at once (exit code 2) instea
 first one's work beside it, appending to the same journal and overwriting the same checkpoints. The
 operating system drops the lock when its process ends, killed or not, so a killed run leaves no stale
 lock behind: the file stays, empty, and the next run takes it. A run that fails before writing
-anything removes the folder it created.
+anything removes the folder it created. The lock is ``flock``; where a file system has none (some
+network mounts), runs go unlocked with a warning rather than fall back to a marker file, which a
+killed run would leave behind to refuse every later one.
 """
 
 from __future__ import annotations
@@ -15,18 +17,23 @@ import contextlib
 import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from filelock import FileLock, Timeout
-
 from xraymuscle.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs go unlocked
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LOCK_FILE", "is_empty", "locks_output", "run_lock"]
 
 LOCK_FILE = ".xraymuscle.lock"
+BUSY = "another run is writing to this folder; wait for it to end, or give another --out"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,38 +45,62 @@ def is_empty(folder: Path) -> bool:
     return not folder.is_dir() or all(p.name == LOCK_FILE for p in folder.iterdir())
 
 
+def _take(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive lock, or ``None`` where files cannot be
+    locked (no ``fcntl``, or a file system without ``flock``, as some network mounts)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot write to this folder ({exc.strerror})", path.parent) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(BUSY, path.parent) from None
+    except OSError as exc:
+        os.close(fd)
+        warnings.warn(
+            f"{path.parent}: files cannot be locked here ({exc.strerror}); make sure no other run "
+            "writes into this folder",
+            stacklevel=3,
+        )
+        return None
+    return fd
+
+
 @contextmanager
 def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Create ``folder`` if needed and hold its run lock until the block ends.
 
     Raises:
-        InputError: when ``folder`` is a file, or another run holds the lock.
+        InputError: when ``folder`` is a file or cannot be written, or another run holds the lock.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError("output exists and is not a folder", folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / LOCK_FILE, timeout=0)
     try:
-        lock.acquire()
-    except Timeout:
-        raise InputError(
-            "another run is writing to this folder; wait for it to end, or give another --out", folder
-        ) from None
+        fd = _take(folder / LOCK_FILE)
+    except InputError:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     try:
         yield folder
     except BaseException:
         if created and is_empty(folder):
-            # still locked while the file goes, so no other run can hold a lock on a removed file
+            # removed while still locked, so no other run can hold a lock on a removed file
             (folder / LOCK_FILE).unlink(missing_ok=True)
-            lock.release()
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
     finally:
-        if lock.is_locked:
-            lock.release()
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
 
 
 def locks_output(
