@@ -20,8 +20,10 @@ from training.cyclegan import train_cyclegan
 from training.decomposition import train_decomposition
 from xraymuscle.drr_dataset import derive_dataset
 from xraymuscle.errors import InputError
+from xraymuscle.evaluate import evaluate_model
 from xraymuscle.generate import generate_drr
 from xraymuscle.phantom.cohort import make_cohort
+from xraymuscle.predict import predict_images
 from xraymuscle.run_lock import LOCK_FILE, is_empty, locks_output, run_lock
 from xraymuscle.screen import screen_study
 
@@ -46,7 +48,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_writes_nothing(tmp_pat
     assert (out / "cohort.csv").is_file()
 
 
-RESUMING_RUNS: dict[str, Callable[[Path], Any]] = {
+WRITING_RUNS: dict[str, Callable[[Path], Any]] = {
     "phantom": lambda out: make_cohort(1, out),
     "generate-drr": lambda out: generate_drr([], out, None),  # type: ignore[arg-type]
     "train": lambda out: train_decomposition(out.parent / "data", out, DecompositionConfig()),
@@ -54,15 +56,19 @@ RESUMING_RUNS: dict[str, Callable[[Path], Any]] = {
         out.parent / "drr", out.parent / "xray", out, CycleGanConfig()
     ),
     "adapt and clinical-style": lambda out: derive_dataset(None, out, lambda a, b: a, "k", {}),  # type: ignore[arg-type]
+    "evaluate": lambda out: evaluate_model(out.parent / "model", out.parent / "drr", out),
+    "predict": lambda out: predict_images([out.parent / "x.png"], out),
     "screen": lambda out: screen_study(out.parent / "study", out),
 }
 
 
-@pytest.mark.parametrize("command", list(RESUMING_RUNS))
-def test_every_resuming_run_takes_the_lock_before_anything_else(command: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", list(WRITING_RUNS))
+def test_every_run_that_writes_a_folder_takes_the_lock_before_anything_else(
+    command: str, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     with run_lock(out), pytest.raises(InputError, match=BUSY):
-        RESUMING_RUNS[command](out)
+        WRITING_RUNS[command](out)
 
 
 def test_a_killed_run_leaves_no_lock_behind(tmp_path: Path) -> None:

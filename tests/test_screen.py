@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.errors import InputError
 from xraymuscle.journal import Journal
 from xraymuscle.screen import screen_study
 from xraymuscle.study import StudyInput, age_years, find_inputs
@@ -150,6 +151,37 @@ def test_inputs_from_a_csv_and_unreadable_folders(study, tmp_path: Path, monkeyp
     screen_study(tmp_path / "tree", out, workers=0, report=False, progress=False, echo=str)
     rows = _rows(out / "results.csv")
     assert rows[1]["status"] == "error" and "cannot be read" in rows[1]["reason"]
+
+
+def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: Path) -> None:
+    _, expected = study
+    good = sorted(p for p in expected if "/good/" in p)[:1]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copyfile(good[0], tree / "plain.dcm")
+    latin = os.fsdecode(os.fsencode(tree) + b"/h\xfcfte.dcm")  # an old archive's Latin-1 name
+    shutil.copyfile(good[0], latin)
+    earlier = tree / "earlier_run"  # a folder another run wrote: its pictures are no inputs
+    earlier.mkdir()
+    (earlier / ".xraymuscle.lock").touch()
+    shutil.copyfile(good[0], earlier / "copy.dcm")
+    out = tree / "results"  # this run's output, inside the study
+    for _ in range(2):
+        screen_study(tree, out, workers=1, overlays="all", progress=False, echo=str)
+    rows = _rows(out / "results.csv")
+    assert [r["image"] for r in rows] == [f"{tree}/h\\xfcfte.dcm", f"{tree}/plain.dcm"]
+    # the file under the Latin-1 name was read: its copy gives exactly its numbers
+    assert rows[1]["duplicate_of"] == rows[0]["image"] and rows[0]["status"] in expected[good[0]]
+    assert rows[0]["volume_ml__gluteus_medius_left"] == rows[1]["volume_ml__gluteus_medius_left"] != ""
+    assert len((out / "journal.jsonl").read_text(encoding="utf-8").splitlines()) == 2  # none redone
+    assert "h\\xfcfte.dcm" in (out / "report.html").read_text(encoding="utf-8")
+    # predict finds the same two, not the pictures of its own earlier run or of the screen
+    for _ in range(2):
+        result = runner.invoke(app, ["predict", str(tree), "--out", str(tree / "predicted")])
+        assert result.exit_code == 0, result.output
+    assert [r["image"] for r in _rows(tree / "predicted" / "predictions.csv")] == [r["image"] for r in rows]
+    with pytest.raises(InputError, match="a folder of its own"):
+        screen_study(tree, tree, progress=False, echo=str)
 
 
 def test_kill_and_resume_every_input_exactly_once(study, screened, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ class DecodeSettings:
 def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
     """Read one input and bring it to the model's grid. Never raises: problems become its status."""
     if item.problem:
-        return Decoded(item.index, Prepared(item.path, status="error", reason=item.problem))
+        return Decoded(item.index, Prepared(item.name, status="error", reason=item.problem))
     try:
         prepared, radiograph = read_and_prepare(
             item.path, settings.target, pixel_spacing=settings.pixel_spacing
@@ -51,6 +51,7 @@ def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
     except Exception as exc:  # a reader bug must cost one row, not the study
         prepared = Prepared(item.path, status="error", reason=f"cannot be read ({type(exc).__name__}: {exc})")
         study = {}
+    prepared.path = item.name  # read from the path, shown by its name
     study["content_sha256"] = file_sha256(item.path)
     return Decoded(item.index, prepared, study)
 
@@ -104,5 +105,5 @@ def _decode_alone(item: StudyInput, settings: DecodeSettings, context: Any) -> D
         try:
             return solo.submit(_decode_task, (item, settings)).result()
         except BrokenProcessPool:
-            prepared = Prepared(item.path, status="error", reason="reading it crashed the decoder")
+            prepared = Prepared(item.name, status="error", reason="reading it crashed the decoder")
             return Decoded(item.index, prepared, {"content_sha256": file_sha256(item.path)})

@@ -18,12 +18,14 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import mc_predict
 from xraymuscle.metrics import INTERVAL_KEYS, case_intervals, volume_metrics
 from xraymuscle.model import LoadedModel, load_model
+from xraymuscle.run_lock import locks_output
 
 METRIC_KEYS = (
     "n", "pcc", "icc", "mae_ml", "mape", "bias_ml", "spearman_sd_abs_error", "spearman_ceiling", "coverage95"
 )  # fmt: skip
 
 
+@locks_output("out")
 def evaluate_model(
     model_dir: Path,
     data_dir: Path,

@@ -36,7 +36,8 @@ from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
 from xraymuscle.preview import montage, overlay_masks, titled, write_png
-from xraymuscle.study import find_inputs
+from xraymuscle.run_lock import locks_output
+from xraymuscle.study import find_inputs, shown
 
 __all__ = [
     "STATUSES",
@@ -69,6 +70,7 @@ def predictions_columns(model: LoadedModel) -> list[str]:
     return [*columns, "ood_score", "model", "notice"]
 
 
+@locks_output("out")
 def predict_images(
     paths: Sequence[str | Path],
     out: Path,
@@ -86,7 +88,7 @@ def predict_images(
     model = load_model(model_dir or default_model_dir(), device=device)
     if mc_samples is not None and mc_samples < 2:
         raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
-    inputs = expand_folders(paths)
+    inputs = expand_folders(paths, skip=out)
     if not inputs:
         raise InputError("no images given")
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
@@ -105,6 +107,8 @@ def predict_images(
             else prepare(p, model, pixel_spacing=pixel_spacing)
             for p, problem in inputs[start : start + BATCH]
         ]
+        for p in chunk:
+            p.path = shown(p.path)  # read from the path, shown by its name
         ready = [p for p in chunk if p.image is not None]
         results: dict[int, Any] = {}
         if ready:
@@ -139,11 +143,13 @@ def predict_images(
     return rows
 
 
-def expand_folders(paths: Sequence[str | Path]) -> list[tuple[str | Path, str]]:
+def expand_folders(
+    paths: Sequence[str | Path], *, skip: str | Path | None = None
+) -> list[tuple[str | Path, str]]:
     """The paths as given, each folder replaced by the radiographs in it, found as ``screen``
-    finds a study's (recursively, in a stable order), each with the problem found while listing
-    (``""`` for none): a subfolder that cannot be read, or a folder with no radiographs, becomes a
-    row of its own with status ``error`` and that reason.
+    finds a study's (recursively, in a stable order, not searching the folder ``skip``), each with
+    the problem found while listing (``""`` for none): a subfolder that cannot be read, or a
+    folder with no radiographs, becomes a row of its own with status ``error`` and that reason.
     """
     out: list[tuple[str | Path, str]] = []
     for path in paths:
@@ -151,7 +157,7 @@ def expand_folders(paths: Sequence[str | Path]) -> list[tuple[str | Path, str]]:
             out.append((path, ""))
             continue
         try:
-            out += [(item.path, item.problem) for item in find_inputs(path)]
+            out += [(item.path, item.problem) for item in find_inputs(path, skip=skip)]
         except InputError as exc:
             out.append((path, exc.problem))
     return out

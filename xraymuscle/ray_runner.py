@@ -83,7 +83,7 @@ def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
     from xraymuscle.study import StudyInput
 
     records = [
-        _encode(decode(StudyInput(int(i), str(p), str(q)), settings), settings.target.size)
+        _encode(decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q)), settings), settings.target.size)
         for i, p, q in zip(batch["index"], batch["path"], batch["problem"], strict=True)
     ]
     return {
@@ -151,7 +151,8 @@ def screen_row_batches(
         raise InputError("--device cuda: the Ray cluster has no GPU")
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     actors = gpus if use_gpu else max(1, cpus // 4)
-    items = [{"index": t.index, "path": t.path, "problem": t.problem} for t in todo]
+    # paths travel as bytes: a file name that is not valid UTF-8 is no Arrow string
+    items = [{"index": t.index, "path": os.fsencode(t.path), "problem": t.problem} for t in todo]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch + 1, 4 * cpus)))
     decoded = dataset.map_batches(
         _decode_rows, fn_kwargs={"settings": settings}, batch_size=batch, num_cpus=1

@@ -1,9 +1,11 @@
 """One run at a time per output folder.
 
-The commands that resume (``phantom``, ``generate-drr``, ``train``, ``train-cyclegan``, ``adapt``,
-``clinical-style`` and ``screen``) hold an exclusive lock on ``<out>/.xraymuscle.lock`` while they
-write. A second run into the same folder is refused at once (exit code 2) instead of redoing the
-first one's work beside it, appending to the same journal and overwriting the same checkpoints. The
+Every command that writes an output folder (``phantom``, ``generate-drr``, ``train``,
+``train-cyclegan``, ``adapt``, ``clinical-style``, ``evaluate``, ``predict`` and ``screen``) holds an
+exclusive lock on ``<out>/.xraymuscle.lock`` while it writes. A second run into the same folder is
+refused at once (exit code 2) instead of redoing the first one's work beside it, appending to the
+same journal and overwriting the same checkpoints. The lock file also marks the folder as a run's
+output, which a search for a study's radiographs passes over (:func:`xraymuscle.study.find_inputs`). The
 operating system drops the lock when its process ends, killed or not, so a killed run leaves no stale
 lock behind: the file stays, empty, and the next run takes it. A run that fails before writing
 anything removes the folder it created. The lock is ``flock``; where a file system has none (some

@@ -46,7 +46,7 @@ from xraymuscle.predict import (
     write_pictures,
 )
 from xraymuscle.run_lock import locks_output
-from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
+from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt, shown
 
 JOURNAL = "journal.jsonl"
 RUN_FILE = "screen.json"
@@ -182,8 +182,10 @@ def screen_study(
         raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
-    inputs = find_inputs(source)
     out = Path(out)
+    if os.path.realpath(out) == os.path.realpath(source):
+        raise InputError("--out must be a folder of its own, not the study's", out)
+    inputs = find_inputs(source, skip=out)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +195,7 @@ def screen_study(
     settings_run = {
         "format": FORMAT,
         "version": VERSION,
-        "source": os.path.abspath(source),
+        "source": shown(os.path.abspath(source)),
         "model": str(model.path.resolve()),
         "mc_samples": samples,
         "pixel_spacing": pixel_spacing,
@@ -203,11 +205,11 @@ def screen_study(
     _check_same_run(out, settings_run)
     write_text_atomic(out / RUN_FILE, json.dumps(settings_run, indent=2) + "\n")
     journal = Journal(out / JOURNAL, "image")
-    todo = [item for item in inputs if item.path not in journal]
+    todo = [item for item in inputs if item.name not in journal]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(GridTarget.of(model), pixel_spacing, salt, keep_identifiers)
     columns = table_columns(model, keep_identifiers=keep_identifiers)
-    paths = [item.path for item in inputs]
+    paths = [item.name for item in inputs]
     bar = tqdm(
         total=len(inputs),
         initial=len(inputs) - len(todo),

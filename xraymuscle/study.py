@@ -18,6 +18,7 @@ from typing import Any
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
+from xraymuscle.run_lock import LOCK_FILE
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image", "file")
@@ -43,12 +44,31 @@ class StudyInput:
     path: str
     problem: str = ""
 
+    @property
+    def name(self) -> str:
+        """The path as tables and the journal show it (:func:`shown`); ``path`` is what is read."""
+        return shown(self.path)
 
-def find_inputs(source: str | os.PathLike[str]) -> list[StudyInput]:
+
+def shown(path: str) -> str:
+    """A path as text can hold it: itself, or, for a file name that is not valid UTF-8 (an old
+    archive's Latin-1 name, say), with each byte that does not decode written as ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
+def find_inputs(
+    source: str | os.PathLike[str], *, skip: str | os.PathLike[str] | None = None
+) -> list[StudyInput]:
     """The study's inputs from a folder (recursive) or a CSV list, in a stable order.
 
     A folder yields every file with an image suffix (``.dcm``, ``.png``, ``.jpg``, ``.tif`` …)
-    and every suffix-less file that starts like DICOM (``DICM`` at byte 128). A CSV names one
+    and every suffix-less file that starts like DICOM (``DICM`` at byte 128). Outputs are not
+    searched: the folder ``skip`` (the run's own, which may lie inside the study) and any subfolder
+    an earlier run has written (:mod:`xraymuscle.run_lock`). A CSV names one
     path per row in a ``path`` (or ``image``, ``file``) column, or in its only column; relative
     paths are read from the CSV's folder. Listed paths that do not exist stay inputs (their row
     will say so).
@@ -57,7 +77,7 @@ def find_inputs(source: str | os.PathLike[str]) -> list[StudyInput]:
     if not source.exists():
         raise InputError("no such file or folder", source)
     if source.is_dir():
-        paths, problems = _walk(source)
+        paths, problems = _walk(source, None if skip is None else os.path.realpath(skip))
     elif source.suffix.lower() == ".csv":
         paths, problems = _from_csv(source), {}
     else:
@@ -68,7 +88,7 @@ def find_inputs(source: str | os.PathLike[str]) -> list[StudyInput]:
     return [StudyInput(i, name, problems.get(name, "")) for i, name in enumerate(names)]
 
 
-def _walk(root: Path) -> tuple[list[str], dict[str, str]]:
+def _walk(root: Path, skip: str | None) -> tuple[list[str], dict[str, str]]:
     paths: list[str] = []
     problems: dict[str, str] = {}
 
@@ -76,6 +96,13 @@ def _walk(root: Path) -> tuple[list[str], dict[str, str]]:
         problems[os.path.abspath(exc.filename or root)] = f"folder cannot be read ({exc.strerror})"
 
     for folder, dirs, files in os.walk(root, onerror=unreadable):
+        # a run's output (``skip``, or any folder a run has locked) holds no inputs
+        dirs[:] = [
+            d
+            for d in dirs
+            if not os.path.exists(os.path.join(folder, d, LOCK_FILE))
+            and (skip is None or os.path.realpath(os.path.join(folder, d)) != skip)
+        ]
         dirs.sort()
         for name in files:
             path = os.path.abspath(os.path.join(folder, name))
