@@ -6,6 +6,7 @@ code 2; heavy modules are imported inside the commands so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -39,10 +40,30 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except InputError as exc:
+            _close_bars()
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _close_bars()
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(
+                f"error: {where}no space left on the device; files are written whole or not at all: "
+                "free some space and run the same command again (a run that resumes goes on from there)",
+                err=True,
+            )
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _close_bars() -> None:
+    """End the progress bars a failed run left open, so that its error starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:

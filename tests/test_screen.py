@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import shutil
 import signal
@@ -182,6 +183,35 @@ def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: P
     assert [r["image"] for r in _rows(tree / "predicted" / "predictions.csv")] == [r["image"] for r in rows]
     with pytest.raises(InputError, match="a folder of its own"):
         screen_study(tree, tree, progress=False, echo=str)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_goes_on(
+    study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, expected = study
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for path in sorted(p for p in expected if "/good/" in p)[:3]:
+        shutil.copyfile(path, tree / Path(path).name)
+    out = tmp_path / "out"
+    args = ["screen", str(tree), "--out", str(out), "--batch", "1", "--workers", "0", "--overlays", "none"]
+    append, calls = Journal.append, []
+
+    def filling(self: Journal, rows: object) -> None:  # the disk fills up at the second batch
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(self, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "append", filling)
+    full = runner.invoke(app, args)
+    assert full.exit_code == 2
+    assert full.output.strip().splitlines()[-1].startswith("error: no space left on the device;")
+    monkeypatch.setattr(Journal, "append", append)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "2 screened by this run" in again.output
+    assert sorted(r["image"] for r in _rows(out / "results.csv")) == sorted(str(p) for p in tree.iterdir())
 
 
 def test_kill_and_resume_every_input_exactly_once(study, screened, tmp_path: Path) -> None:
