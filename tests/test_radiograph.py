@@ -21,6 +21,7 @@ from pydicom.uid import (
 )
 
 from xraymuscle.errors import InputError
+from xraymuscle.prepare import GridTarget, prepare
 from xraymuscle.radiograph import read_radiograph
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -142,6 +143,40 @@ def test_unusable_spacing_says_why(tmp_path: Path, tags: dict[str, list[float]],
                                     PixelSpacing=[-1.0, -1.0]))  # fmt: skip
     assert good.pixel_spacing == (0.2, 0.2) and good.spacing_problem == ""
     assert any("PixelSpacing -1.0 x -1.0 is not a positive spacing" in n for n in good.notes)
+
+
+def test_one_spacing_value_where_two_belong_is_read_as_square(tmp_path: Path) -> None:
+    rad = read_radiograph(write_dx(tmp_path / "one.dcm", ramp(), PixelSpacing=0.7))
+    assert rad.pixel_spacing == (0.7, 0.7) and rad.spacing_source == "dicom:PixelSpacing"
+
+
+@pytest.mark.parametrize(("spacing", "status", "reason"), [
+    (1e9, "rejected", "larger than a body; check the pixel spacing (dicom:PixelSpacing)"),
+    (1e-9, "rejected", "too small for a hip radiograph"),
+    (3.0, "ok", ""),
+])  # fmt: skip
+def test_a_spacing_no_body_can_have_is_rejected_not_a_crash(
+    tmp_path: Path, spacing: float, status: str, reason: str
+) -> None:
+    path = write_dx(tmp_path / "a.dcm", ramp(128, 128), PixelSpacing=[spacing, spacing])
+    prepared = prepare(path, GridTarget(size=64, spacing_mm=4.0, magnification=1.15))
+    assert prepared.status == status and reason in prepared.reason
+    assert (prepared.image is not None) == (status == "ok")
+
+
+def test_a_failure_on_the_way_to_the_grid_costs_one_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(array: np.ndarray, scale: object) -> np.ndarray:
+        raise ValueError("out of memory for this size")
+
+    monkeypatch.setattr("xraymuscle.prepare.resample", broken)
+    path = write_dx(tmp_path / "a.dcm", ramp(128, 128), PixelSpacing=[3.0, 3.0])
+    prepared = prepare(path, GridTarget(size=64, spacing_mm=4.0, magnification=1.15))
+    assert prepared.status == "error" and prepared.image is None
+    assert (
+        prepared.reason == "cannot be brought to the model's grid (ValueError: out of memory for this size)"
+    )
 
 
 def test_multi_page_tiff_refused(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 MIN_SIDE_PX = 64
 MIN_FIELD_MM = 150.0
+MAX_FIELD_MM = 2500.0  # taller than any body: a spacing that gives more is wrong
 CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")  # a hip radiograph shows at least this much of the pelvis
 
 
@@ -74,7 +75,16 @@ def read_and_prepare(
     except InputError as exc:
         prepared.status, prepared.reason = "error", exc.problem
         return prepared, None
-    return _to_grid(radiograph, target, prepared), radiograph
+    except Exception as exc:  # a reader's failure on one odd file costs its row, not the run
+        prepared.status, prepared.reason = "error", f"cannot be read ({type(exc).__name__}: {exc})"
+        return prepared, None
+    try:
+        return _to_grid(radiograph, target, prepared), radiograph
+    except Exception as exc:
+        prepared.image = None
+        prepared.status = "error"
+        prepared.reason = f"cannot be brought to the model's grid ({type(exc).__name__}: {exc})"
+        return prepared, radiograph
 
 
 def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> Prepared:
@@ -105,6 +115,12 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     field_mm = min(h * row_mm, w * column_mm)
     if field_mm < MIN_FIELD_MM:
         return _reject(prepared, f"field of view {field_mm:.0f} mm is too small for a hip radiograph")
+    if max(h * row_mm, w * column_mm) > MAX_FIELD_MM:
+        return _reject(
+            prepared,
+            f"field of view {w * column_mm:.0f} x {h * row_mm:.0f} mm is larger than a body; "
+            f"check the pixel spacing ({radiograph.spacing_source})",
+        )
     scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
     # collimation bands are filled before a field smaller than the grid is padded (and hides them)
     image = fill_collimation(resample(radiograph.pixels[None].astype(np.float32), scale)[0])

@@ -95,6 +95,8 @@ class Radiograph:
 
 
 def _positive_pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, int | float):  # one value where two belong (square pixels)
+        value = [value]
     try:
         vals = [float(v) for v in value]
     except (TypeError, ValueError):
