@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from cli import app
 from training.cyclegan import ImagePool, PatchDiscriminator, ResnetGenerator, load_generator, translate
 from training.gradient_consistency import gradient_consistency, gradient_consistency_loss
+from training.unpaired import real_images
 from xraymuscle.clinical_style import clinical_style
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
@@ -200,6 +203,21 @@ def test_train_cyclegan_bad_input(tiny_drr: Path, real_domain: Path, tmp_path: P
     )
     assert result.exit_code == 2 and "dataset" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_real_domain_names_that_are_not_utf8(real_domain: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "films"
+    folder.mkdir()
+    films = sorted(real_domain.glob("*.png"))[:2]
+    for i, film in enumerate(films):
+        shutil.copyfile(film, os.fsdecode(os.fsencode(folder) + f"/r\xf6ntgen{i}.png".encode("latin-1")))
+    colour = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    Path(os.fsdecode(os.fsencode(folder) + b"/f\xe4rg.png")).write_bytes(
+        cv2.imencode(".png", colour)[1].tobytes()
+    )
+    domain = real_images(folder, 2.0, 1.15, 64)
+    assert domain.paths == [f"{folder}/r\\xf6ntgen0.png", f"{folder}/r\\xf6ntgen1.png"]
+    assert domain.skipped == [f"{folder}/f\\xe4rg.png: a colour image, not a radiograph"]
 
 
 def test_adapt_translates_images_and_keeps_maps(gan_run: Path, tiny_drr: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,15 @@ def test_not_an_image(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(InputError, match="text.nii.gz: not a readable image"):
         read_ct(path)
+
+
+def test_a_path_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path, tiny_ct: Volume) -> None:
+    latin = os.fsdecode(os.fsencode(tmp_path) + b"/t\xe4st.nii.gz")  # the library aborts on such a path
+    tiny_ct.save(tmp_path / "plain.nii.gz")
+    shutil.copyfile(tmp_path / "plain.nii.gz", latin)
+    for call in (lambda: read_ct(latin), lambda: tiny_ct.save(latin + ".mha")):
+        with pytest.raises(InputError, match=r"t\\xe4st.nii.gz.*: the path is not valid UTF-8"):
+            call()
 
 
 def test_empty_folder(tmp_path: Path) -> None:

@@ -65,15 +65,15 @@ def real_images(source: Path, spacing_mm: float, magnification: float, reference
     domain = RealDomain()
     for item in find_inputs(source):
         if item.problem:
-            domain.skipped.append(f"{item.path}: {item.problem}")
+            domain.skipped.append(f"{item.name}: {item.problem}")
             continue
         try:
             radiograph = read_radiograph(item.path)
         except InputError as exc:
-            domain.skipped.append(str(exc))
+            domain.skipped.append(f"{item.name}: {exc.problem}")
             continue
         if radiograph.is_colour:
-            domain.skipped.append(f"{item.path}: a colour image, not a radiograph")
+            domain.skipped.append(f"{item.name}: a colour image, not a radiograph")
             continue
         pixels = radiograph.pixels
         if radiograph.pixel_spacing is not None:
@@ -87,7 +87,7 @@ def real_images(source: Path, spacing_mm: float, magnification: float, reference
         size = (max(8, round(w * scale)), max(8, round(h * scale)))
         method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         domain.images.append(to_unit(cv2.resize(pixels.astype(np.float32), size, interpolation=method)))
-        domain.paths.append(item.path)
+        domain.paths.append(item.name)
     if len(domain.images) < MIN_REAL:
         raise InputError(
             f"the real domain needs at least {MIN_REAL} readable radiographs, found {len(domain.images)}"

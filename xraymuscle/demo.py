@@ -53,7 +53,7 @@ def _quiet(_: str) -> None:
 def _read_png(path: Path) -> np.ndarray | None:
     import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) if path.is_file() else None
     return None if img is None else img[..., ::-1].astype(np.float32) / 255.0
 
 

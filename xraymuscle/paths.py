@@ -1,4 +1,4 @@
-"""Where the project's configuration files and the shared real data live."""
+"""Where the project's configuration files and the shared real data live, and how paths are shown."""
 
 from __future__ import annotations
 
@@ -38,3 +38,24 @@ def shared_data_dir() -> Path:
 def default_model_dir() -> Path:
     """The shipped model (``XRAYMUSCLE_MODEL`` overrides it): trained on phantoms only."""
     return Path(os.environ.get("XRAYMUSCLE_MODEL", Path(__file__).resolve().parent / "models" / "default"))
+
+
+def shown(path: str) -> str:
+    """A path as text can hold it: itself, or, for a file name that is not valid UTF-8 (an old
+    archive's Latin-1 name, say), with each byte that does not decode written as ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
+def library_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text for the compiled image libraries, which cannot open a path that is not
+    valid UTF-8 (one aborts the process): such a path is refused with a clear error instead."""
+    text = os.fspath(path)
+    if shown(text) != text:
+        raise InputError(
+            "the path is not valid UTF-8, which the image library cannot open; rename it", shown(text)
+        )
+    return text

@@ -33,11 +33,11 @@ from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
 from xraymuscle.inference import mc_predict
 from xraymuscle.model import LoadedModel, load_model
-from xraymuscle.paths import default_model_dir
+from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
 from xraymuscle.preview import montage, overlay_masks, titled, write_png
 from xraymuscle.run_lock import locks_output
-from xraymuscle.study import find_inputs, shown
+from xraymuscle.study import find_inputs
 
 __all__ = [
     "STATUSES",

@@ -104,6 +104,8 @@ def write_png(path: PathLikeStr, rgb: np.ndarray) -> None:
     img8 = (img * 255 + 0.5).astype(np.uint8)
     if img8.ndim == 3:
         img8 = np.ascontiguousarray(img8[..., ::-1])  # RGB -> BGR
+    ok, png = cv2.imencode(".png", img8)  # encoded here: the library cannot open every path
+    if not ok:
+        raise OSError(f"{path}: could not encode PNG")
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), img8):
-            raise OSError(f"{path}: could not write PNG")
+        tmp.write_bytes(png.tobytes())

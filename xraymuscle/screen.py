@@ -36,7 +36,7 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import mc_predict
 from xraymuscle.journal import Journal
 from xraymuscle.model import LoadedModel, load_model
-from xraymuscle.paths import default_model_dir
+from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.predict import (
     STATUSES,
     GridTarget,
@@ -46,7 +46,7 @@ from xraymuscle.predict import (
     write_pictures,
 )
 from xraymuscle.run_lock import locks_output
-from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt, shown
+from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
 RUN_FILE = "screen.json"

@@ -18,6 +18,7 @@ from typing import Any
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
+from xraymuscle.paths import shown
 from xraymuscle.run_lock import LOCK_FILE
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -48,16 +49,6 @@ class StudyInput:
     def name(self) -> str:
         """The path as tables and the journal show it (:func:`shown`); ``path`` is what is read."""
         return shown(self.path)
-
-
-def shown(path: str) -> str:
-    """A path as text can hold it: itself, or, for a file name that is not valid UTF-8 (an old
-    archive's Latin-1 name, say), with each byte that does not decode written as ``\\xNN``."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-    return path
 
 
 def find_inputs(

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from xraymuscle.errors import InputError
+from xraymuscle.paths import library_path
 from xraymuscle.typing import PathLikeStr
 
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -116,12 +117,13 @@ class Volume:
 
     def save(self, path: PathLikeStr, *, compress: bool = True) -> None:
         """Write to any format SimpleITK knows from the extension (``.nii.gz``, ``.mha``, ...)."""
-        sitk.WriteImage(self.to_sitk(), str(path), useCompression=compress)
+        sitk.WriteImage(self.to_sitk(), library_path(path), useCompression=compress)
 
 
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputError("no such file or folder", path)
+    library_path(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))
