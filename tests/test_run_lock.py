@@ -98,7 +98,7 @@ def test_a_run_that_fails_before_writing_removes_the_folder_it_made(tmp_path: Pa
     for out in (new, old):
         result = runner.invoke(app, ["screen", str(tmp_path / "absent"), "--out", str(out)])
         assert result.exit_code == 2 and "no such file or folder" in result.output
-    assert not new.exists() and old.is_dir()
+    assert not new.exists() and old.is_dir() and not any(old.iterdir())  # no lock file left either
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="output exists and is not a folder"), run_lock(tmp_path / "file"):
         pass

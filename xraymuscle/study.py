@@ -19,7 +19,6 @@ from typing import Any
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
 from xraymuscle.paths import shown
-from xraymuscle.run_lock import LOCK_FILE
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image", "file")
@@ -57,9 +56,8 @@ def find_inputs(
     """The study's inputs from a folder (recursive) or a CSV list, in a stable order.
 
     A folder yields every file with an image suffix (``.dcm``, ``.png``, ``.jpg``, ``.tif`` …)
-    and every suffix-less file that starts like DICOM (``DICM`` at byte 128). Outputs are not
-    searched: the folder ``skip`` (the run's own, which may lie inside the study) and any subfolder
-    an earlier run has written (:mod:`xraymuscle.run_lock`). A CSV names one
+    and every suffix-less file that starts like DICOM (``DICM`` at byte 128), but none in the
+    folder ``skip`` (the run's own output, which may lie inside the study). A CSV names one
     path per row in a ``path`` (or ``image``, ``file``) column, or in its only column; relative
     paths are read from the CSV's folder. Listed paths that do not exist stay inputs (their row
     will say so).
@@ -87,13 +85,8 @@ def _walk(root: Path, skip: str | None) -> tuple[list[str], dict[str, str]]:
         problems[os.path.abspath(exc.filename or root)] = f"folder cannot be read ({exc.strerror})"
 
     for folder, dirs, files in os.walk(root, onerror=unreadable):
-        # a run's output (``skip``, or any folder a run has locked) holds no inputs
-        dirs[:] = [
-            d
-            for d in dirs
-            if not os.path.exists(os.path.join(folder, d, LOCK_FILE))
-            and (skip is None or os.path.realpath(os.path.join(folder, d)) != skip)
-        ]
+        if skip is not None:  # the run's own output holds no inputs
+            dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) != skip]
         dirs.sort()
         for name in files:
             path = os.path.abspath(os.path.join(folder, name))
