@@ -181,6 +181,9 @@ def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: P
     assert len(predicted) == 6  # two radiographs, and an overlay and an uncertainty map of each
     with pytest.raises(InputError, match="a folder of its own"):
         screen_study(tree, tree, progress=False, echo=str)
+    refused = runner.invoke(app, ["predict", str(tree), "--out", str(tree)])
+    assert refused.exit_code == 2 and "--out must be a folder of its own" in refused.output
+    assert not (tree / ".xraymuscle.lock").exists()  # the refused runs left nothing behind
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_goes_on(

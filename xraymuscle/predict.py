@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,8 @@ def expand_folders(
         if not Path(path).is_dir():
             out.append((path, ""))
             continue
+        if skip is not None and os.path.realpath(path) == os.path.realpath(skip):
+            raise InputError("--out must be a folder of its own, not one searched for radiographs", skip)
         try:
             out += [(item.path, item.problem) for item in find_inputs(path, skip=skip)]
         except InputError as exc:
