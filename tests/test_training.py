@@ -159,7 +159,12 @@ def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) 
 def test_with_mirrored_draws_a_left_right_pair_shares_its_calibration(drr: Path, tmp_path: Path) -> None:
     # validated on all eight samples, enough for per-muscle scales (fewer than five leave them 1)
     recipe = DecompositionConfig.from_dict({**TINY, "epochs": 1})
-    train_decomposition(drr, tmp_path / "m", recipe, val_dir=drr, progress=False, echo=lambda s: None)
+    with pytest.raises(InputError, match="--val is the training dataset itself"):
+        train_decomposition(drr, tmp_path / "m", recipe, val_dir=drr, progress=False, echo=lambda s: None)
+    # a copy of the same cases is let through, with a warning
+    same = shutil.copytree(drr, tmp_path / "copy")
+    with pytest.warns(UserWarning, match="copy: 2 of its cases come from the same CT files as training"):
+        train_decomposition(drr, tmp_path / "m", recipe, val_dir=same, progress=False, echo=lambda s: None)
     model = load_model(tmp_path / "m")
     assert model.twins is not None and model.twins != list(range(len(model.muscles)))
     for key in ("sd_scale", "mass_sd_scale", "cv_threshold"):

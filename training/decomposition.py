@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,6 +168,17 @@ def learning_rate(epoch: int, epochs: int, peak: float) -> float:
     return peak / 1000 + 0.5 * (peak - peak / 1000) * (1 + math.cos(math.pi * progress))
 
 
+def _shared_cases(data: DrrDataset, val: DrrDataset) -> set[str]:
+    """Validation case ids whose CT file is also a training case's, as ``dataset.json`` records them
+    (an adapted or restyled copy of the training data shares all of them)."""
+    seen = {os.path.normpath(str(c.get("ct", ""))) for c in data.info.get("source_cases", [])}
+    return {
+        str(c.get("case_id"))
+        for c in val.info.get("source_cases", [])
+        if c.get("ct") and os.path.normpath(str(c["ct"])) in seen
+    }
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -211,9 +223,23 @@ def train_decomposition(
     if len(data) == 0:
         raise InputError("the dataset has no samples", data_dir)
     if val_dir is not None:
+        if os.path.realpath(val_dir) == os.path.realpath(data_dir):
+            raise InputError(
+                "--val is the training dataset itself; calibrated on the cases it learnt, the intervals "
+                "would be too narrow: give held-out cases, or leave --val out to hold some back",
+                val_dir,
+            )
         val_data = DrrDataset.load(val_dir)
         if val_data.muscles != data.muscles:
             raise InputError("validation dataset lists other muscles than the training one", val_dir)
+        shared = _shared_cases(data, val_data)
+        if shared:
+            warnings.warn(
+                f"{val_dir}: {len(shared)} of its cases come from the same CT files as training cases "
+                f"({', '.join(sorted(shared)[:3])}{', ...' if len(shared) > 3 else ''}); the validation "
+                "figures and the calibration made on them will be too optimistic",
+                stacklevel=2,
+            )
         train_idx, val_idx = list(range(len(data))), list(range(len(val_data)))
     else:
         val_data = data
