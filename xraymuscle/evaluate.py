@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,16 @@ def evaluate_model(
     """Write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` (and PNG plots) under ``out``."""
     model = load_model(model_dir, device=device)
     data = DrrDataset.load(data_dir)
+    training = model.meta.get("training") or {}
+    for role in ("data", "validation"):
+        recorded = training.get(role)
+        if isinstance(recorded, str) and os.path.realpath(recorded) == os.path.realpath(data_dir):
+            what = "training" if role == "data" else "validation (calibration)"
+            warnings.warn(
+                f"{data_dir}: this is the model's {what} data, so its figures will be too optimistic; "
+                "held-out cases measure a model",
+                stacklevel=2,
+            )
     if data.muscles != model.muscles:
         raise InputError(
             f"dataset muscles {data.muscles} differ from the model's {model.muscles} (order matters)",
