@@ -530,7 +530,12 @@ def screen(
 @app.command()
 @user_errors
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A CT / label map (file or DICOM folder) or a radiograph.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A CT / label map (file or DICOM folder), a radiograph, a DRR dataset or a model folder."
+        ),
+    ],
     labels: Annotated[
         Path | None, typer.Option("--labels", help="A label map to check against the CT.")
     ] = None,
@@ -544,7 +549,7 @@ def inspect(
         typer.Option("--pixel-spacing", help="Radiograph pixel spacing, mm (overrides the file)."),
     ] = None,
 ) -> None:
-    """Print the geometry of a CT, label map or radiograph as JSON (and muscle volumes)."""
+    """Print what a CT, label map, radiograph, DRR dataset or model folder holds, as JSON."""
     import numpy as np
 
     from xraymuscle.catalog import MuscleCatalog
@@ -553,7 +558,15 @@ def inspect(
     from xraymuscle.volume import is_volume_path, read_ct, read_labels
 
     info: dict[str, Any]
-    if is_volume_path(path):
+    if path.is_dir() and (path / "model.json").is_file():
+        from xraymuscle.model import load_model, model_summary
+
+        info = model_summary(load_model(path))
+    elif path.is_dir() and (path / "dataset.json").is_file():
+        from xraymuscle.drr_dataset import DrrDataset, dataset_summary
+
+        info = dataset_summary(DrrDataset.load(path))
+    elif is_volume_path(path):
         ct = read_ct(path)
         info = {
             "kind": "volume",

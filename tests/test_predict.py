@@ -181,6 +181,20 @@ def _assert_intervals_in_csv(metrics: dict, rows: list[dict[str, str]]) -> None:
                 assert ci[key][0] <= ci[key][1]
 
 
+def test_inspect_describes_a_dataset_and_a_model_folder(trained: tuple[Path, Path]) -> None:
+    drr, model_dir = trained
+    data = DrrDataset.load(drr)
+    shown = json.loads(runner.invoke(app, ["inspect", str(drr)]).output)
+    assert shown["kind"] == "drr_dataset" and shown["samples"] == len(data) > 0
+    assert shown["cases"] == len({r["case_id"] for r in data.rows}) and shown["muscles"] == data.muscles
+    model = load_model(model_dir)
+    shown = json.loads(runner.invoke(app, ["inspect", str(model_dir)]).output)
+    assert shown["kind"] == "model" and shown["muscles"] == model.muscles
+    assert shown["training"]["samples"] == model.meta["training"]["samples"]
+    assert shown["parameters"] == sum(p.numel() for p in model.network.parameters())
+    assert "phantoms only" in shown["notice"]
+
+
 def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Path) -> None:
     drr, model_dir = trained
     data = DrrDataset.load(drr)

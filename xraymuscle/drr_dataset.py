@@ -66,6 +66,28 @@ def sample_file(sample_id: str) -> str:
     return f"samples/{sample_id}.npz"
 
 
+def dataset_summary(data: DrrDataset) -> dict[str, Any]:
+    """What ``inspect`` says of a DRR dataset folder: its size, grid and provenance in brief."""
+    info = data.info
+    geometry = info.get("geometry") or {}
+    derived = [k for k in ("adapted", "clinical_style", "ideal_view") if k in info]
+    return {
+        "kind": "drr_dataset",
+        "path": str(data.root),
+        "format": info.get("format"),
+        "version": info.get("version"),
+        "code_version": info.get("code_version"),
+        "muscles": data.muscles,
+        "samples": len(data),
+        "cases": len({row["case_id"] for row in data.rows}),
+        "views_per_case": info.get("views_per_case"),
+        "image_size": [geometry.get("rows"), geometry.get("cols")],
+        "pixel_spacing_mm": info.get("pixel_spacing_mm"),
+        "label_sources": sorted({str(c.get("label_source")) for c in info.get("source_cases", [])}),
+        "derived_by": derived,
+    }
+
+
 class DiskFullError(InputError):
     """The disk filled up while writing; the run cannot go on."""
 

@@ -185,6 +185,47 @@ def _numbers(value: Any, n: int | None = None, *, positive: bool = False) -> boo
     return ok and (not positive or all(v > 0 for v in value))
 
 
+def model_summary(model: LoadedModel) -> dict[str, Any]:
+    """What ``inspect`` says of a model folder: its grid, training and calibration in brief."""
+    meta, training = model.meta, model.meta.get("training") or {}
+    calibration = meta.get("calibration") or {}
+    return {
+        "kind": "model",
+        "path": str(model.path),
+        "format": meta.get("format"),
+        "version": meta.get("version"),
+        "code_version": meta.get("code_version"),
+        "notice": model.notice,
+        "muscles": model.muscles,
+        "input_size": model.input_size,
+        "pixel_spacing_mm": model.pixel_spacing_mm,
+        "parameters": sum(p.numel() for p in model.network.parameters()),
+        "mc_samples": meta.get("mc_samples"),
+        "mc_mirror": meta.get("mc_mirror", False),
+        "training": {
+            k: training.get(k)
+            for k in (
+                "data",
+                "samples",
+                "cases",
+                "validation",
+                "best_epoch",
+                "best_validation_mape",
+                "seconds",
+            )
+        },
+        "calibration": {
+            k: calibration.get(k)
+            for k in (
+                "sd_scale",
+                "validation_coverage95_raw",
+                "validation_coverage95_calibrated",
+                "validation_cases",
+            )
+        },
+    }
+
+
 def metadata_problem(meta: dict[str, Any]) -> str | None:
     """What ``model.json`` lacks for inference, in one line (None: nothing).
 

@@ -126,7 +126,12 @@ def _read_sitk(path: Path) -> sitk.Image:
     library_path(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
+        shown_before = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "no series found" is said below, once
+        try:
+            series = reader.GetGDCMSeriesIDs(str(path))
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown_before)
         if not series:
             raise InputError("folder holds no DICOM series", path)
         files_per_series = [reader.GetGDCMSeriesFileNames(str(path), s) for s in series]
