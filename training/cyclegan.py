@@ -274,7 +274,6 @@ def train_cyclegan(
         rng = np.random.default_rng([config.seed, first_epoch])
         torch.manual_seed(config.seed + first_epoch)
         echo(f"resuming after epoch {first_epoch}")
-    out.mkdir(parents=True, exist_ok=True)
     pool_a, pool_b = ImagePool(config.pool_size, rng), ImagePool(config.pool_size, rng)
     use_amp = device.startswith("cuda")
     show_drr = [drrs[int(i)] for i in np.linspace(0, len(drrs) - 1, 4).round()]

@@ -265,7 +265,6 @@ def derive_dataset(
             raise InputError(
                 "folder is not empty and holds no unfinished run of this kind; use a new --out", out
             )
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / DERIVING, json.dumps({key: stamp}))
     for stale in (out / "samples").glob(".*.tmp*") if (out / "samples").is_dir() else []:
         stale.unlink(missing_ok=True)

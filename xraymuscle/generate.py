@@ -344,10 +344,7 @@ def _worker_case(case: CaseInput, out: Path, options: GenerateOptions) -> dict[s
 
 
 def _prepare_out(out: Path, options: GenerateOptions) -> dict[str, Any]:
-    """Create the dataset folder, or check that an existing one was made with the same settings."""
-    if out.exists() and not out.is_dir():
-        raise InputError("output exists and is not a folder", out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Check that the dataset folder (made by the run lock) is new or was made with the same settings."""
     info_path = out / "dataset.json"
     settings = options.settings()
     if not info_path.is_file():

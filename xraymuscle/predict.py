@@ -95,9 +95,6 @@ def predict_images(
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError("output exists and is not a folder", out)
-    out.mkdir(parents=True, exist_ok=True)
     samples = mc_samples or int(model.meta["mc_samples"])
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(inputs), desc="predicting", unit="image", disable=not progress)

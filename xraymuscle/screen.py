@@ -186,9 +186,6 @@ def screen_study(
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
     inputs = find_inputs(source, skip=out)
-    if out.exists() and not out.is_dir():
-        raise InputError("output exists and is not a folder", out)
-    out.mkdir(parents=True, exist_ok=True)
     on_ray = ray or ray_address is not None
     model = load_model(model_dir or default_model_dir(), device="cpu" if on_ray else device)
     samples = mc_samples or int(model.meta["mc_samples"])

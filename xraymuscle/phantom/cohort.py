@@ -144,9 +144,6 @@ def make_cohort(
     catalog = catalog or MuscleCatalog.load()
     catalog.check_source(LABEL_SOURCE)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError("output exists and is not a folder", out)
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for index in tqdm(range(n), desc="phantom cases", unit="case", disable=not progress):
         folder = out / case_id(index)
