@@ -28,8 +28,8 @@ def test_formats_keep_geometry(tmp_path: Path, tiny_ct: Volume, suffix: str) -> 
     assert vol.array.dtype == np.float32
 
 
-def test_dicom_series_folder(tmp_path: Path, tiny_ct: Volume) -> None:
-    image = Volume(tiny_ct.array, tiny_ct.spacing, tiny_ct.origin).to_sitk()
+def _write_series(folder: Path, volume: Volume) -> None:
+    image = Volume(volume.array, volume.spacing, volume.origin).to_sitk()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
@@ -45,12 +45,23 @@ def test_dicom_series_folder(tmp_path: Path, tiny_ct: Volume) -> None:
             "0008|0018": f"1.2.3.4.5.{k}",
         }.items():
             sl.SetMetaData(tag, value)
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(sl)
+
+
+def test_dicom_series_folder(tmp_path: Path, tiny_ct: Volume) -> None:
+    _write_series(tmp_path, tiny_ct)
     vol = read_ct(tmp_path)
     np.testing.assert_array_equal(vol.array, tiny_ct.array)
     np.testing.assert_allclose(vol.spacing, tiny_ct.spacing, rtol=1e-5)
     np.testing.assert_allclose(vol.origin, tiny_ct.origin, atol=1e-4)
+
+
+def test_a_series_file_name_that_is_not_utf8_is_named(tmp_path: Path, tiny_ct: Volume) -> None:
+    _write_series(tmp_path, tiny_ct)
+    os.rename(tmp_path / "slice001.dcm", os.fsencode(tmp_path) + b"/sch\xe4del.dcm")
+    with pytest.raises(InputError, match=r"sch\\xe4del.dcm: the path is not valid UTF-8"):
+        read_ct(tmp_path)
 
 
 def test_missing_path() -> None:

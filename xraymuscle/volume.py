@@ -141,6 +141,8 @@ def _read_sitk(path: Path) -> sitk.Image:
                 f"{path}: {len(series)} DICOM series found; reading the largest ({len(files)} files)",
                 stacklevel=3,
             )
+        for name in files:  # the library lists such names, then cannot take them back
+            library_path(name)
         reader.SetFileNames(files)
         try:
             return reader.Execute()
