@@ -86,6 +86,20 @@ def test_dataset_follows_the_contract(cohort: Path, tmp_path: Path) -> None:
     assert data.rows[0]["pose_rx"] != data.rows[1]["pose_rx"]
 
 
+def test_source_cases_record_absolute_paths(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(cohort.parent.parent)  # the cohort given relative to where the run starts
+    relative = Path(cohort.parent.name) / cohort.name
+    out = tmp_path / "drr"
+    result = generate("--cohort", str(relative), "--out", str(out), "--views", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    for case in DrrDataset.load(out).info["source_cases"]:
+        for key in ("ct", "labels"):
+            assert Path(case[key]).is_absolute() and Path(case[key]).is_file(), case
+            assert Path(case[key]).parent.parent == cohort.parent.resolve()
+
+
 def test_rerun_skips_finished_samples_and_redoes_missing_ones(cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "drr"
     assert generate("--cohort", str(cohort), "--out", str(out), "--views", "2", *FAST).exit_code == 0

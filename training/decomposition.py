@@ -170,7 +170,9 @@ def learning_rate(epoch: int, epochs: int, peak: float) -> float:
 
 def _shared_cases(data: DrrDataset, val: DrrDataset) -> set[str]:
     """Validation case ids whose CT file is also a training case's, as ``dataset.json`` records them
-    (an adapted or restyled copy of the training data shares all of them)."""
+    (an adapted or restyled copy of the training data shares all of them). Datasets made before
+    the paths were recorded absolute hold them as given, relative to where that run started, and are
+    compared as they are."""
     seen = {os.path.normpath(str(c.get("ct", ""))) for c in data.info.get("source_cases", [])}
     return {
         str(c.get("case_id"))

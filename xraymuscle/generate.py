@@ -236,8 +236,8 @@ def render_case(
         notes.append(f"case {case.case_id}: shadow partly off the detector (worst view): {', '.join(off)}")
     record: dict[str, Any] = {
         "case_id": case.case_id,
-        "ct": str(case.ct),
-        "labels": str(case.labels),
+        "ct": os.path.abspath(case.ct),  # absolute: a relative one would depend on where the run started
+        "labels": os.path.abspath(case.labels),
         "label_source": source,
         "rows": sorted(rows, key=lambda r: r["sample_id"]),
         "notes": notes,
