@@ -517,12 +517,15 @@ def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_pat
 def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, tmp_path: Path) -> None:
     """Images of the wrong kind that the diagonal score of the bottleneck features let through
     (smoothed noise; a processed clinical-style radiograph, whose volumes it misses by some 40 %)
-    are ``rejected`` by the whitened score of all levels, and a phantom radiograph is not."""
+    are ``rejected`` by the whitened score of all levels, and a phantom radiograph is not. So is a
+    radiograph whose grey scale is the wrong way round (bone dark), as a wrong photometric
+    interpretation or presentation shape in an archive's file would show it."""
     pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
     rng = np.random.default_rng(0)
     images = {
         "phantom.dcm": pixels,
         "clinical.dcm": clinical_style(pixels, spacing, rng),
+        "inverted.dcm": pixels.max() + pixels.min() - pixels,
         **{f"noise{s}.dcm": cv2.GaussianBlur(rng.normal(size=(128, 128)), (0, 0), s) for s in (1, 3)},
     }
     paths = [write_dx(tmp_path / name, image, pixel_spacing_mm=spacing) for name, image in images.items()]
@@ -532,7 +535,7 @@ def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, 
     with (out / "predictions.csv").open() as fh:
         rows = {Path(r["image"]).name: r for r in csv.DictReader(fh)}
     assert rows["phantom.dcm"]["status"] in ("ok", "uncertain")
-    for name in ("clinical.dcm", "noise1.dcm", "noise3.dcm"):
+    for name in ("clinical.dcm", "inverted.dcm", "noise1.dcm", "noise3.dcm"):
         assert rows[name]["status"] == "rejected" and "not like the radiographs" in rows[name]["reason"], name
 
 
