@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from xraymuscle import __version__
+from xraymuscle.paths import default_model_dir
 from xraymuscle.phantom.anatomy import DEFAULT_LAYERING
 from xraymuscle.volume import Volume
 
@@ -116,6 +117,19 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (
             ["phantom", "--n", "1", "--spacing", "0.1", "--out", str(tmp / "o")],
             "--spacing 0.1 mm needs about 4000 GB of memory per phantom",
+        ),
+        (
+            ["predict", str(tmp / "x.png"), "--out", str(tmp / "o"), "--mc-samples", "1"],
+            "from 2 to 1000, not 1",
+        ),
+        (
+            ["screen", str(tmp), "--out", str(tmp / "o"), "--mc-samples", "100000"],
+            "from 2 to 1000, not 100000",
+        ),
+        (
+            ["evaluate", "--model", str(default_model_dir()), "--data", str(tmp), "--out", str(tmp / "o")]
+            + ["--mc-samples", "1"],
+            "--mc-samples must be from 2 to 1000, not 1",
         ),
     ]
 

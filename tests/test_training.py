@@ -294,6 +294,43 @@ def test_mc_prediction_is_reproducible() -> None:
     assert (a.volume_sd > 0).all()
 
 
+def test_draws_decoded_in_small_passes_give_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many draws are asked for, a pass decodes a bounded number (the memory stays bounded
+    where 100 000 draws of one image once asked for 26 GB at once), and the figures do not change:
+    the same seeded dropout masks, the maps' mean and spread accumulated pass by pass."""
+    from xraymuscle import inference
+
+    torch.manual_seed(4)
+    twins = twin_order(["a_left", "a_right", "spine"])
+    net = BayesianUNet(3, base_channels=4, depth=3, dropout=0.3, mass_head=True, aleatoric=True)
+    x = torch.rand(3, 1, 32, 32)
+    kw = {"samples": 9, "pixel_area_mm2": 4.0, "map_scale_mm": 50.0, "twins": twins}
+    whole = inference.mc_predict(net, x, **kw)
+    sizes: list[int] = []
+    decode = net.decode
+
+    def counted(feats: list[torch.Tensor], *args: object, **kwargs: object) -> object:
+        sizes.append(feats[0].shape[0])
+        return decode(feats, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(net, "decode", counted)
+    monkeypatch.setattr(inference, "DRAWS_PER_PASS", 7)  # 2 draws of the 3 images per pass
+    parts = inference.mc_predict(net, x, **kw)
+    assert sizes == [6, 6, 3, 6, 6] and max(sizes) <= 7  # 5 plain draws, then 4 mirrored
+    for key in ("volume", "volume_sd", "volume_sd_draws", "mass", "mass_sd", "features"):
+        np.testing.assert_allclose(
+            getattr(parts, key), getattr(whole, key), rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    np.testing.assert_allclose(parts.maps, whole.maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts.map_sd, whole.map_sd, rtol=1e-4, atol=1e-5)
+    # the maps' moments, against all draws of one pass taken at once
+    plain = inference.mc_predict(net, x, **{**kw, "twins": None})
+    draws, _, _ = net.mc_draws(x, 9, [inference.image_seed(img) for img in x])
+    np.testing.assert_allclose(plain.maps, 50.0 * draws[:, :, :3].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain.map_sd, 50.0 * draws[:, :, :3].std(0).numpy(), rtol=1e-4, atol=1e-5)
+    assert (plain.map_sd > 0).any()
+
+
 def test_mirrored_draws_read_the_mirrored_radiograph_with_left_and_right_swapped() -> None:
     from xraymuscle.inference import image_features, mc_predict
 

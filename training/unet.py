@@ -14,6 +14,7 @@ log-variance of the relative volume error. A volume's sd then combines both (see
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Literal, overload
 
 import torch
@@ -276,17 +277,52 @@ class BayesianUNet(nn.Module):
         With ``seeds`` (one per image), each image's draws come from its own seed
         (:meth:`dropout_masks`); without, from the global random state.
         """
+        pooled, passes = self.mc_passes(x, samples, seeds)
+        parts = list(passes)
+        return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts]), pooled
+
+    def mc_passes(
+        self, x: torch.Tensor, samples: int, seeds: list[int] | None = None, *, per_pass: int | None = None
+    ) -> tuple[torch.Tensor, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """The draws of :meth:`mc_draws`, decoded at most ``per_pass`` image-draws at a time.
+
+        Returns the pooled features and an iterator over consecutive groups of draws, each the
+        ``(t, B, C, H, W)`` maps and ``(t, B, K)`` log-variances. The memory a pass takes grows
+        with its draws times the batch; bounding it lets any number of draws run. With ``seeds``
+        the numbers are those of :meth:`mc_draws` whatever ``per_pass`` is.
+        """
+        was_training = self.training
+        self.eval()  # normalisation from running statistics, never updated here
+        with torch.no_grad():
+            feats = self.encode(x)
+            pooled = self._pooled(feats)  # as features(): no dropout yet
+        self.train(was_training)
+        batch = x.shape[0]
+        masks = None if seeds is None else self.dropout_masks(seeds, samples)
+        step = samples if per_pass is None else max(1, per_pass // batch)
+
+        def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for first in range(0, samples, step):
+                t = min(step, samples - first)
+                part = None if masks is None else [m[first * batch : (first + t) * batch] for m in masks]
+                yield self._decode_draws(feats, t, part)
+
+        return pooled, passes()
+
+    @torch.no_grad()
+    def _decode_draws(
+        self, feats: list[torch.Tensor], samples: int, masks: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = self.training
         self.eval()
-        feats = self.encode(x)
-        pooled = self._pooled(feats)  # as features(): no dropout yet
         self.dropout.train()  # only dropout is stochastic; normalisation stays in inference mode
-        repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
-        masks = None if seeds is None else self.dropout_masks(seeds, samples)
-        out = self.decode(repeated, masks, with_variance=True)
-        self.train(was_training)
-        maps = out[0].reshape(samples, x.shape[0], *out[0].shape[1:])
-        return maps, out[1].reshape(samples, x.shape[0], -1), pooled
+        try:
+            repeated = [f.repeat(samples, *([1] * (f.ndim - 1))) for f in feats]
+            out = self.decode(repeated, masks, with_variance=True)
+        finally:
+            self.train(was_training)
+        batch = feats[0].shape[0]
+        return out[0].reshape(samples, batch, *out[0].shape[1:]), out[1].reshape(samples, batch, -1)
 
     @overload
     def mc_forward(

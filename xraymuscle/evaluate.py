@@ -17,7 +17,7 @@ from training.data import DrrTrainingSet, GridSpec, collect
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.inference import mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.metrics import INTERVAL_KEYS, case_intervals, volume_metrics
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.run_lock import locks_output
@@ -38,6 +38,7 @@ def evaluate_model(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` (and PNG plots) under ``out``."""
+    check_mc_samples(mc_samples)
     model = load_model(model_dir, device=device)
     data = DrrDataset.load(data_dir)
     training = model.meta.get("training") or {}

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
-from xraymuscle.inference import mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
@@ -87,8 +87,7 @@ def predict_images(
     """Predict every image (a folder: the radiographs in it); write ``predictions.csv`` and pictures
     under ``out``; return the rows."""
     model = load_model(model_dir or default_model_dir(), device=device)
-    if mc_samples is not None and mc_samples < 2:
-        raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
+    check_mc_samples(mc_samples)
     inputs = expand_folders(paths, skip=out)
     if not inputs:
         raise InputError("no images given")

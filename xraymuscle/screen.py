@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.decoding import Decoded, DecodeSettings, decoded_stream
 from xraymuscle.errors import InputError
-from xraymuscle.inference import mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.journal import Journal
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
@@ -178,8 +178,7 @@ def screen_study(
         raise InputError(f"--overlays must be one of {', '.join(OVERLAYS)}, not {overlays!r}")
     if batch < 1:
         raise InputError(f"--batch must be at least 1, not {batch}")
-    if mc_samples is not None and mc_samples < 2:
-        raise InputError(f"--mc-samples must be at least 2, not {mc_samples}")
+    check_mc_samples(mc_samples)
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
