@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_SEED = 2**32 - 1
 R = TypeVar("R")
 
 
@@ -38,6 +39,7 @@ def user_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _check_seed(kwargs.get("seed"))
             return func(*args, **kwargs)
         except InputError as exc:
             _close_bars()
@@ -56,6 +58,12 @@ def user_errors(func: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_seed(seed: int | None) -> None:
+    """Every command's ``--seed`` goes to the random generators, which take 0 to 2³² − 1."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be from 0 to {MAX_SEED}, not {seed}")
 
 
 def _close_bars() -> None:

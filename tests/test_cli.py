@@ -119,6 +119,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             "--spacing 0.1 mm needs about 4000 GB of memory per phantom",
         ),
         (
+            ["phantom", "--n", "1", "--seed", "-1", "--out", str(tmp / "o")],
+            "--seed must be from 0 to 4294967295, not -1",
+        ),
+        (
+            ["demo", "--seed", str(2**32), "--out", str(tmp / "o")],
+            f"--seed must be from 0 to 4294967295, not {2**32}",
+        ),
+        (
             ["predict", str(tmp / "x.png"), "--out", str(tmp / "o"), "--mc-samples", "1"],
             "from 2 to 1000, not 1",
         ),

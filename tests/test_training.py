@@ -120,6 +120,42 @@ def test_recipe_is_checked(tmp_path: Path) -> None:
         DecompositionConfig(cache_mb=-1)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("epochs: [1, 2]\n", "epochs must be a whole number, not [1, 2]"),
+        ("epochs: 2.5\n", "epochs must be a whole number, not 2.5"),
+        ("mass_head: 1\n", "mass_head must be true or false, not 1"),
+        ("dropout: fast\n", "dropout must be a number, not 'fast'"),
+        ("seed: -3\n", "invalid setting(s) ['seed']"),
+        ("augment: 3\n", "augment must be a mapping of settings, not 3"),
+        ("augment:\n  flip: 2\n", "invalid setting(s) ['flip']"),
+        ("augment:\n  gamma: [1.5, 0.7]\n", "invalid setting(s) ['gamma']"),
+        ("augment:\n  gamma: 0.7\n", "gamma must be two numbers [low, high], not 0.7"),
+        ("epochs: [1,\n", "not valid YAML at line 2"),
+        ("- 1\n- 2\n", "must be a YAML mapping"),
+    ],
+)
+def test_a_recipe_of_the_wrong_kinds_is_refused_by_name(tmp_path: Path, text: str, problem: str) -> None:
+    """Each setting has the type its field declares; a wrong one is named, not met later as an
+    error deep in training (or, for YAML that does not parse, a traceback)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        DecompositionConfig.load(path)
+    assert problem in str(caught.value)
+
+
+def test_a_recipe_takes_numbers_as_yaml_writes_them(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as text: it is still the number meant; ints are floats."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("learning_rate: 1e-3\nmap_scale_mm: 40\naugment:\n  gamma: [1, 2]\n")
+    recipe = DecompositionConfig.load(path)
+    assert recipe.learning_rate == 0.001 and isinstance(recipe.map_scale_mm, float)
+    assert recipe.augment.gamma == (1.0, 2.0)
+    assert DecompositionConfig.from_dict(recipe.to_dict()) == recipe  # as model.json stores it
+
+
 def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) -> None:
     recipe = DecompositionConfig.from_dict({**TINY, "epochs": 2})
     out = tmp_path / "model"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,21 +11,6 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation of training radiographs (maps follow every geometric change)."""
-
-    flip: float = 0.5
-    rotate_deg: float = 5.0
-    shift: float = 0.04
-    gamma: tuple[float, float] = (0.7, 1.5)
-    brightness: float = 0.15
-    contrast: float = 0.25
-    noise_sd: float = 0.03
-    blur: float = 0.3
-    clahe: float = 0.3
 
 
 R = TypeVar("R", bound="_Recipe")
@@ -55,6 +41,35 @@ class _Recipe:
     def load(cls: type[R], path: str | Path) -> R:
         """Read a YAML recipe."""
         return cls.from_dict(_read_mapping(path))
+
+
+@dataclass(frozen=True)
+class AugmentConfig(_Recipe):
+    """Augmentation of training radiographs (maps follow every geometric change)."""
+
+    flip: float = 0.5
+    rotate_deg: float = 5.0
+    shift: float = 0.04
+    gamma: tuple[float, float] = (0.7, 1.5)
+    brightness: float = 0.15
+    contrast: float = 0.25
+    noise_sd: float = 0.03
+    blur: float = 0.3
+    clahe: float = 0.3
+
+    def _checks(self) -> dict[str, bool]:
+        lo, hi = self.gamma
+        return {
+            "flip": 0.0 <= self.flip <= 1.0,
+            "rotate_deg": 0.0 <= self.rotate_deg <= 180.0,
+            "shift": 0.0 <= self.shift < 1.0,
+            "gamma": 0.0 < lo <= hi,
+            "brightness": 0.0 <= self.brightness < 1.0,
+            "contrast": 0.0 <= self.contrast < 1.0,
+            "noise_sd": self.noise_sd >= 0.0,
+            "blur": 0.0 <= self.blur <= 1.0,
+            "clahe": 0.0 <= self.clahe <= 1.0,
+        }
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ class DecompositionConfig(_Recipe):
             "loader_workers": self.loader_workers >= 0,
             "cache_mb": self.cache_mb >= 0,
             "average_epochs": self.average_epochs >= 0,
+            "seed": 0 <= self.seed < 2**32,
         }
         return checks
 
@@ -152,15 +168,42 @@ class CycleGanConfig(_Recipe):
             "identity_weight": self.identity_weight >= 0,
             "gc_weight": self.gc_weight >= 0,
             "pool_size": self.pool_size >= 0,
+            "seed": 0 <= self.seed < 2**32,
         }
         return checks
 
 
 def _read_mapping(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError("not a UTF-8 text file") from None
     if not isinstance(data, dict):
         raise ValueError("a training recipe must be a YAML mapping")
     return data
+
+
+def _number(value: Any) -> bool:
+    """A number, or text that reads as one: YAML 1.1 takes ``1e-3`` (no dot) for a string."""
+    if isinstance(value, str):
+        try:
+            return math.isfinite(float(value))
+        except ValueError:
+            return False
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what a setting of each declared type may be given as (a bool is not taken for a number)
+_KINDS: dict[str, tuple[str, Any]] = {
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", _number),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("text", lambda v: isinstance(v, str)),
+}
 
 
 def _build(cls: type[T], data: dict[str, Any]) -> T:
@@ -170,10 +213,21 @@ def _build(cls: type[T], data: dict[str, Any]) -> T:
         raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
     values: dict[str, Any] = {}
     for name, value in data.items():
+        kind = str(fields[name].type)
         if name == "augment":
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"augment must be a mapping of settings, not {value!r}")
             values[name] = _build(AugmentConfig, dict(value or {}))
         elif name == "gamma":
-            values[name] = tuple(float(v) for v in value)
+            pair = value if isinstance(value, (list, tuple)) else ()
+            if len(pair) != 2 or not all(_number(v) for v in pair):
+                raise ValueError(f"gamma must be two numbers [low, high], not {value!r}")
+            values[name] = (float(pair[0]), float(pair[1]))
+        elif kind in _KINDS:
+            what, accepts = _KINDS[kind]
+            if not accepts(value):
+                raise ValueError(f"{name} must be {what}, not {value!r}")
+            values[name] = float(value) if kind == "float" else value
         else:
             values[name] = value
     return cls(**values)
