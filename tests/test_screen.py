@@ -186,6 +186,39 @@ def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: P
     assert not (tree / ".xraymuscle.lock").exists()  # the refused runs left nothing behind
 
 
+def test_pipes_and_devices_in_a_study_are_error_rows_not_a_hang(study, tmp_path: Path) -> None:
+    """A named pipe blocks whoever opens it and ``/dev/zero`` never ends: listing, hashing and
+    reading must not open them. Each is an ``error`` row and the run goes on (it hung before)."""
+    _, expected = study
+    good = sorted(p for p in expected if "/good/" in p)[0]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copyfile(good, tree / "plain.dcm")
+    os.mkfifo(tree / "pipe.dcm")
+    os.mkfifo(tree / "pipe")  # no suffix: looked into for a DICOM preamble
+    (tree / "zero.dcm").symlink_to("/dev/zero")
+    out = tmp_path / "out"
+
+    class Hung(BaseException):  # not an OSError or an Exception, which the run would catch
+        pass
+
+    def hung(*_: object) -> None:
+        raise Hung("the run hung on a pipe or a device")
+
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        screen_study(tree, out, workers=1, progress=False, echo=str)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    rows = {Path(r["image"]).name: r for r in _rows(out / "results.csv")}
+    assert sorted(rows) == ["pipe.dcm", "plain.dcm", "zero.dcm"]
+    assert rows["plain.dcm"]["status"] in expected[good]
+    for name in ("pipe.dcm", "zero.dcm"):
+        assert rows[name]["status"] == "error" and "not a regular file" in rows[name]["reason"], rows[name]
+
+
 def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_goes_on(
     study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

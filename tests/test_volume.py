@@ -85,6 +85,13 @@ def test_a_path_that_is_not_utf8_is_refused_not_a_crash(tmp_path: Path, tiny_ct:
             call()
 
 
+def test_a_pipe_or_a_device_is_refused_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "ct.nii")  # the library would wait on it for ever
+    for path in (tmp_path / "ct.nii", Path("/dev/zero")):
+        with pytest.raises(InputError, match="not a regular file"):
+            read_ct(path)
+
+
 def test_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no DICOM series"):
         read_ct(tmp_path)

@@ -356,7 +356,7 @@ def read_radiograph(
     if path.is_dir():
         raise InputError("a folder, not a file", path)
     if not path.is_file():
-        raise InputError("not a file", path)
+        raise InputError("not a regular file (a pipe, a device or a socket)", path)
     try:
         if path.stat().st_size == 0:
             raise InputError("empty file", path)

@@ -97,6 +97,8 @@ def _walk(root: Path, skip: str | None) -> tuple[list[str], dict[str, str]]:
 
 
 def _starts_like_dicom(path: str) -> bool:
+    if not os.path.isfile(path):  # a pipe would block the read, a device never end it
+        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -130,7 +132,10 @@ def _from_csv(path: Path) -> list[str]:
 
 
 def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:
-    """The content hash of a file (hex), read in chunks; empty string when it cannot be read."""
+    """The content hash of a file (hex), read in chunks; empty string when it cannot be read or is
+    not a regular file (a pipe would block the read, a device such as ``/dev/zero`` never end it)."""
+    if not os.path.isfile(path):
+        return ""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:

@@ -123,6 +123,8 @@ class Volume:
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputError("no such file or folder", path)
+    if not (path.is_dir() or path.is_file()):
+        raise InputError("not a regular file (a pipe, a device or a socket)", path)
     library_path(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
