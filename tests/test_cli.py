@@ -119,6 +119,11 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             "--spacing 0.1 mm needs about 4000 GB of memory per phantom",
         ),
         (
+            ["adapt", "--cyclegan", str(tmp), "--data", str(tmp), "--out", str(tmp / "o")]
+            + ["--direction", "sideways"],
+            "--direction must be one of drr-to-real, real-to-drr, not 'sideways'",
+        ),
+        (
             ["phantom", "--n", "1", "--seed", "-1", "--out", str(tmp / "o")],
             "--seed must be from 0 to 4294967295, not -1",
         ),

@@ -47,7 +47,8 @@ def adapt_dataset(
     on plain DRRs can read it (translation at test time).
     """
     if direction not in GENERATORS:
-        raise InputError(f"--direction must be one of {sorted(GENERATORS)}, not {direction!r}")
+        known = ", ".join(d.replace("_", "-") for d in sorted(GENERATORS))  # as the option spells them
+        raise InputError(f"--direction must be one of {known}, not {direction.replace('_', '-')!r}")
     generator, meta = load_generator(Path(cyclegan), direction, device=device)
     data = DrrDataset.load(data_dir)
     provenance = {
