@@ -318,6 +318,31 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     assert row[str(images / "more" / "copy.dcm")][0] in ("ok", "uncertain")
 
 
+def test_a_second_predict_into_the_same_folder_replaces_the_first(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The table is replaced, and so are the pictures: none is left of an image the new table
+    does not name (they once stayed, beside a table that no longer listed them)."""
+    drr, model_dir = trained
+    data = DrrDataset.load(drr)
+    spacing = float(data.info["pixel_spacing_mm"])
+    a = write_dx(tmp_path / "a.dcm", data.sample(0)["image"], pixel_spacing_mm=spacing)
+    b = write_dx(tmp_path / "b.dcm", data.sample(1)["image"], pixel_spacing_mm=spacing)
+    out = tmp_path / "out"
+    keep = out / "overlays" / "notes.txt"  # not a picture of an earlier run: left alone
+    for images in ([a, b], [b]):
+        result = runner.invoke(
+            app, ["predict", *map(str, images), "--out", str(out), "--model", str(model_dir)]
+        )
+        assert result.exit_code == 0, result.output
+        keep.write_text("mine")
+    with (out / "predictions.csv").open() as fh:
+        assert [Path(r["image"]).name for r in csv.DictReader(fh)] == ["b.dcm"]
+    for folder in ("overlays", "uncertainty"):
+        assert sorted(p.name for p in (out / folder).glob("*.png")) == ["0000_b.png"], folder
+    assert keep.read_text() == "mine"
+
+
 def test_predict_keeps_a_subfolder_it_cannot_read_as_an_error_row(
     trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

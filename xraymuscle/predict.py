@@ -58,6 +58,7 @@ __all__ = [
 STATUSES = ("ok", "uncertain", "rejected", "error")
 PICTURE_MM = 40.0
 BATCH = 8
+PICTURE_FOLDERS = ("overlays", "uncertainty")  # per image: maps over the radiograph, their spread
 
 
 def predictions_columns(model: LoadedModel) -> list[str]:
@@ -94,6 +95,8 @@ def predict_images(
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
+    earlier = picture_names(out / "predictions.csv")  # an earlier run's, replaced by this one's
+    written: set[str] = set()
     samples = mc_samples or int(model.meta["mc_samples"])
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(inputs), desc="predicting", unit="image", disable=not progress)
@@ -128,10 +131,15 @@ def predict_images(
             rows.append(row)
             if pictures and p.image is not None and id(p) in results:
                 mc, i, _ = results[id(p)]
-                write_pictures(out, f"{index:04d}_{Path(p.path).stem}.png", p, mc.maps[i], mc.map_sd[i], row)
+                name = picture_name(index, p.path)
+                write_pictures(out, name, p, mc.maps[i], mc.map_sd[i], row)
+                written.add(name)
             bar.update(1)
     bar.close()
     write_text_atomic(out / "predictions.csv", predictions_csv(model, rows))
+    for name in earlier - written:  # the table no longer names their images: a picture of it would mislead
+        for folder in PICTURE_FOLDERS:
+            (out / folder / name).unlink(missing_ok=True)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     echo(
         ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -230,6 +238,23 @@ def format_cell(value: Any) -> Any:
     return value
 
 
+def picture_name(index: int, image: str) -> str:
+    """The file name of the pictures of the table's row ``index`` (from 0), whose image is ``image``."""
+    return f"{index:04d}_{Path(image).stem}.png"
+
+
+def picture_names(table: Path) -> set[str]:
+    """The names of the pictures an earlier run wrote beside ``table`` (its ``predictions.csv``),
+    from its rows; none when there is no such table or it cannot be read."""
+    try:
+        with table.open(encoding="utf-8", newline="") as fh:
+            return {
+                picture_name(i, row["image"]) for i, row in enumerate(csv.DictReader(fh)) if row.get("image")
+            }
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
 def write_pictures(
     out: Path, name: str, p: Prepared, maps: np.ndarray, sd: np.ndarray, row: dict[str, Any]
 ) -> Path:
@@ -243,9 +268,9 @@ def write_pictures(
         titled(overlay_masks(p.image, scaled, alpha=0.7), Path(p.path).name[:40]),
         titled(overlay_masks(np.zeros_like(p.image), scaled, alpha=1.0), status),
     ]
-    write_png(out / "overlays" / name, montage(panels, columns=2))
+    write_png(out / PICTURE_FOLDERS[0] / name, montage(panels, columns=2))
     spread = sd.sum(axis=0) / max(float(maps.sum(axis=0).max()), 1e-6)
     heat = np.clip(spread / max(float(np.percentile(spread, 99.5)), 1e-6), 0, 1)
     rgb = np.stack([heat, heat**2, 0.3 * (1 - heat)], axis=-1)
-    write_png(out / "uncertainty" / name, titled(rgb, "map sd between dropout draws"))
-    return out / "overlays" / name
+    write_png(out / PICTURE_FOLDERS[1] / name, titled(rgb, "map sd between dropout draws"))
+    return out / PICTURE_FOLDERS[0] / name
