@@ -144,6 +144,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             + ["--mc-samples", "1"],
             "--mc-samples must be from 2 to 1000, not 1",
         ),
+        (
+            ["evaluate", "--model", str(default_model_dir()), "--data", str(tmp), "--out", str(tmp)],
+            "--out must be a folder of its own, not the model's or the dataset's",
+        ),
     ]
 
 

@@ -3,6 +3,7 @@ training writes a model folder that loads without pickle and resumes, and recipe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -190,6 +191,30 @@ def test_train_writes_a_model_that_loads_and_resumes(drr: Path, tmp_path: Path) 
     other = DecompositionConfig.from_dict({**TINY, "epochs": 2, "dropout": 0.3})
     with pytest.raises(InputError, match="another recipe"):
         train_decomposition(drr, out, other, epochs=3, resume=True, progress=False, echo=lambda s: None)
+
+
+def test_training_leaves_what_else_its_folder_holds(drr: Path, tmp_path: Path) -> None:
+    """The model is written file by file: a user's own file in --out, and the run's lock, stay (the
+    folder was once replaced whole, and ``train --out DATA`` deleted the dataset it had read)."""
+    recipe = DecompositionConfig.from_dict({**TINY, "epochs": 2})
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    run = {"progress": False, "echo": lambda s: None}
+    train_decomposition(drr, out, recipe, epochs=1, **run)
+    assert (out / "notes.txt").read_text() == "mine" and (out / ".xraymuscle.lock").is_file()
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["weights_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    train_decomposition(drr, out, recipe, epochs=2, resume=True, **run)
+    assert (out / "notes.txt").read_text() == "mine" and load_model(out).meta["weights_sha256"] != meta[
+        "weights_sha256"
+    ]
+    copy = tmp_path / "data"
+    shutil.copytree(drr, copy)
+    for val in (None, copy):
+        with pytest.raises(InputError, match="--out must be a folder of its own"):
+            train_decomposition(drr if val else copy, copy, recipe, val_dir=val, epochs=1, **run)
+    assert DrrDataset.load(copy).rows == DrrDataset.load(drr).rows and not (copy / "model.json").exists()
 
 
 def test_with_mirrored_draws_a_left_right_pair_shares_its_calibration(drr: Path, tmp_path: Path) -> None:

@@ -221,6 +221,9 @@ def train_decomposition(
             device = f"cuda:{local}"
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     torch.manual_seed(config.seed + rank)
+    for given in (data_dir, val_dir):
+        if given is not None and os.path.realpath(out) == os.path.realpath(given):
+            raise InputError("--out must be a folder of its own, not a dataset the run reads", out)
     data = DrrDataset.load(data_dir)
     if len(data) == 0:
         raise InputError("the dataset has no samples", data_dir)
@@ -383,8 +386,8 @@ def train_decomposition(
     summary.seconds = earlier_seconds + time.perf_counter() - start_time
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
     save_model(out, network, meta)
-    # the folder was replaced whole: put the checkpoint (the last epoch's weights, from which a
-    # resumed run goes on) and the log back beside the model
+    # the checkpoint keeps the last epoch's weights (from which a resumed run goes on), with the
+    # summary of this run, and the best epoch's; the log goes beside the model
     network.load_state_dict(last_state)
     _save_checkpoint(checkpoint, network, optimiser, config, summary, last_epoch, average)
     with atomic_path(checkpoint / BEST) as tmp:

@@ -39,6 +39,9 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` (and PNG plots) under ``out``."""
     check_mc_samples(mc_samples)
+    for given in (model_dir, data_dir):
+        if os.path.realpath(out) == os.path.realpath(given):
+            raise InputError("--out must be a folder of its own, not the model's or the dataset's", out)
     model = load_model(model_dir, device=device)
     data = DrrDataset.load(data_dir)
     training = model.meta.get("training") or {}

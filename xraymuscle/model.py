@@ -24,9 +24,10 @@ from safetensors.torch import save_file
 
 from training.data import twin_order
 from training.unet import BayesianUNet
-from xraymuscle.atomic import atomic_dir
+from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.errors import InputError
 from xraymuscle.ood import OodModel
+from xraymuscle.study import file_sha256
 from xraymuscle.typing import PathLikeStr
 from xraymuscle.weights_file import read_tensors
 
@@ -92,13 +93,20 @@ def build_network(architecture: dict[str, Any], n_muscles: int) -> BayesianUNet:
 
 
 def save_model(folder: PathLikeStr, network: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write the folder atomically (a reader never sees half a model)."""
+    """Write the weights, then ``model.json``, each under a temporary name and renamed.
+
+    ``model.json`` names the weights' SHA-256 (``weights_sha256``), so a reader that comes between
+    the two renames is told so by :func:`load_model` instead of pairing new weights with old
+    metadata. Whatever else the folder holds (the training checkpoint and log, a user's own files)
+    is left as it is.
+    """
     folder = Path(folder)
-    meta = {"format": FORMAT, "version": VERSION, **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / METADATA).write_text(metadata_text(meta), encoding="utf-8")
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        digest = file_sha256(str(tmp))
+    meta = {"format": FORMAT, "version": VERSION, **meta, "weights_sha256": digest}
+    write_text_atomic(folder / METADATA, metadata_text(meta))
     return folder
 
 
@@ -163,6 +171,13 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
         problem = f"calibration.ood describes {len(ood.mean)} features; the network gives {features}"
         raise InputError(problem, folder / METADATA)
     state = read_tensors(folder / WEIGHTS)
+    recorded = meta.get("weights_sha256")  # absent in folders written before it was recorded
+    if recorded is not None and file_sha256(str(folder / WEIGHTS)) != recorded:
+        raise InputError(
+            f"not the weights {METADATA} describes (SHA-256 differs): a run may be writing the folder, "
+            "or its files come from two models",
+            folder / WEIGHTS,
+        )
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
