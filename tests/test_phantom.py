@@ -139,6 +139,14 @@ def test_cohort_resumes_without_redrawing(tmp_path: Path) -> None:
     assert (out / "phantom_0001" / "case.json").is_file()
     rows = read_rows(out / "cohort.csv")
     assert len(rows) == 3 and len({r["case_id"] for r in rows}) == 3
+    # a case folder is replaced whole when drawn again: one holding other files is refused, kept
+    (out / "phantom_0003").mkdir()
+    (out / "phantom_0003" / "mine.txt").write_text("mine")
+    with pytest.raises(
+        InputError, match=r"phantom_0003: holds files that are not a phantom case's \(mine.txt\)"
+    ):
+        make_cohort(4, out, seed=5, spacing=SPACING, progress=False)
+    assert (out / "phantom_0003" / "mine.txt").read_text() == "mine"
 
 
 def _muscle_ml(labels, value: int | list[int]) -> float:

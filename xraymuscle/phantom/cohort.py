@@ -99,6 +99,16 @@ def _case_done(folder: Path) -> dict[str, Any] | None:
     return row
 
 
+def _check_only_ours(folder: Path) -> None:
+    """A case folder is replaced whole when drawn again: refuse one that holds files of another kind."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (*CASE_FILES, "preview.png"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise InputError(f"holds files that are not a phantom case's ({shown}); use a new --out", folder)
+
+
 def _check_memory(spacing: float, total_gb: float | None = None) -> None:
     """Refuse a spacing whose phantoms would not fit in this machine's memory (``total_gb``:
     the machine's, read from the system when None)."""
@@ -155,6 +165,7 @@ def make_cohort(
             or row["layering"] != layering
             or (preview and not (folder / "preview.png").is_file())
         ):
+            _check_only_ours(folder)
             row = make_case(
                 seed, index, out, spacing=spacing, catalog=catalog, preview=preview, layering=layering
             )
