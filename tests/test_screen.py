@@ -306,6 +306,10 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "other mc_samples" in result.output
     result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--overlays", "some"])
     assert result.exit_code == 2
+    (empty / "notes.txt").write_text("mine")  # a folder of something else: not written into
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(empty)])
+    assert result.exit_code == 2 and "not empty and holds no screening run" in result.output
+    assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]
 
 
 def test_report_renders_every_figure(screened, tmp_path: Path) -> None:

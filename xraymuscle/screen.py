@@ -45,7 +45,7 @@ from xraymuscle.predict import (
     predictions_columns,
     write_pictures,
 )
-from xraymuscle.run_lock import locks_output
+from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
@@ -271,7 +271,9 @@ def _local_row_batches(
 
 def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
     path = out / RUN_FILE
-    if not path.is_file():
+    if not path.is_file():  # a run writes it before anything else
+        if not is_empty(out):
+            raise InputError("folder is not empty and holds no screening run; use a new --out", out)
         return
     try:
         earlier = json.loads(path.read_text(encoding="utf-8"))
