@@ -375,9 +375,14 @@ def test_draws_decoded_in_small_passes_give_the_same_figures(monkeypatch: pytest
         return decode(feats, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(net, "decode", counted)
-    monkeypatch.setattr(inference, "DRAWS_PER_PASS", 7)  # 2 draws of the 3 images per pass
+    monkeypatch.setattr(inference, "DRAWS_PER_PASS", 7)  # at most 2 draws of the 3 images per pass
     parts = inference.mc_predict(net, x, **kw)
-    assert sizes == [6, 6, 3, 6, 6] and max(sizes) <= 7  # 5 plain draws, then 4 mirrored
+    assert sizes == [6, 6, 3, 6, 6] and max(sizes) <= 7  # 5 plain draws (2, 2, 1), then 4 mirrored
+    sizes.clear()
+    monkeypatch.setattr(inference, "DRAWS_PER_PASS", 12)
+    evened = inference.mc_predict(net, x, **kw)
+    assert sizes == [9, 6, 12]  # the 5 plain draws as 3 + 2 (not 4 + 1), the 4 mirrored at once
+    np.testing.assert_allclose(evened.volume, whole.volume, rtol=1e-5)
     for key in ("volume", "volume_sd", "volume_sd_draws", "mass", "mass_sd", "features"):
         np.testing.assert_allclose(
             getattr(parts, key), getattr(whole, key), rtol=1e-5, atol=1e-6, err_msg=key

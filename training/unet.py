@@ -299,7 +299,8 @@ class BayesianUNet(nn.Module):
         self.train(was_training)
         batch = x.shape[0]
         masks = None if seeds is None else self.dropout_masks(seeds, samples)
-        step = samples if per_pass is None else max(1, per_pass // batch)
+        passes_needed = 1 if per_pass is None else -(-samples * batch // max(1, per_pass))
+        step = -(-samples // passes_needed)  # the draws spread evenly over the fewest passes
 
         def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for first in range(0, samples, step):
