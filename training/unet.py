@@ -284,7 +284,8 @@ class BayesianUNet(nn.Module):
     def mc_passes(
         self, x: torch.Tensor, samples: int, seeds: list[int] | None = None, *, per_pass: int | None = None
     ) -> tuple[torch.Tensor, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-        """The draws of :meth:`mc_draws`, decoded at most ``per_pass`` image-draws at a time.
+        """The draws of :meth:`mc_draws`, decoded in the fewest passes of at most ``per_pass``
+        image-draws (draws × images), the draws spread evenly over them.
 
         Returns the pooled features and an iterator over consecutive groups of draws, each the
         ``(t, B, C, H, W)`` maps and ``(t, B, K)`` log-variances. The memory a pass takes grows
