@@ -306,6 +306,9 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "other mc_samples" in result.output
     result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--overlays", "some"])
     assert result.exit_code == 2
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--workers", "-1"])
+    assert result.exit_code == 2 and "--workers must be 0 (decode here) or more, not -1" in result.output
+    assert not (tmp_path / "o").exists()
     (empty / "notes.txt").write_text("mine")  # a folder of something else: not written into
     result = runner.invoke(app, ["screen", str(folder), "--out", str(empty)])
     assert result.exit_code == 2 and "not empty and holds no screening run" in result.output

@@ -178,6 +178,8 @@ def screen_study(
         raise InputError(f"--overlays must be one of {', '.join(OVERLAYS)}, not {overlays!r}")
     if batch < 1:
         raise InputError(f"--batch must be at least 1, not {batch}")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers must be 0 (decode here) or more, not {workers}")
     check_mc_samples(mc_samples)
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
