@@ -224,9 +224,13 @@ def _recipe(kind: type[R], name: str, **overrides: Any) -> R:
     path = config_file("train", name)
     try:
         recipe = kind.load(path)  # type: ignore[attr-defined]
-        return dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     except (ValueError, TypeError) as exc:
         raise InputError(str(exc), path) from None
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return dataclasses.replace(recipe, **given)
+    except (ValueError, TypeError) as exc:  # the options' values, not the file's
+        raise InputError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: {exc}") from None
 
 
 @app.command("train-cyclegan")
@@ -437,9 +441,14 @@ def generate_drr(
         cat.check_source(label_source)
     preset_path = config_file("geometry", geometry)
     try:
-        preset = load_preset(preset_path, image_size=image_size, pixel_spacing=pixel_spacing, sid=sid)
+        load_preset(preset_path)  # the file's own problems are the file's
     except (ValueError, TypeError) as exc:
         raise InputError(str(exc), preset_path) from None
+    try:
+        preset = load_preset(preset_path, image_size=image_size, pixel_spacing=pixel_spacing, sid=sid)
+    except (ValueError, TypeError) as exc:
+        given = {"--image-size": image_size, "--pixel-spacing": pixel_spacing, "--sid": sid}
+        raise InputError(f"{', '.join(k for k, v in given.items() if v is not None)}: {exc}") from None
     problems: list[str] = []
     if cohort is not None:
         cases, problems = read_cohort(cohort)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,12 @@ def load_preset(
     ValueError
         For unknown keys or impossible values (the message names the setting).
     """
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = "" if line is None else f" at line {line + 1}"
+        raise ValueError(f"not valid YAML{at} ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ValueError("a geometry preset must be a YAML mapping")
     unknown = sorted(set(data) - _KEYS)
@@ -71,6 +77,8 @@ def load_preset(
         spacing = float(data["detector_mm"]) / size
     base_sid, base_sod = float(data["sid"]), float(data["sod"])
     new_sid = float(sid) if sid is not None else base_sid
+    if not math.isfinite(new_sid):
+        raise ValueError(f"sid must be a finite number of mm, not {new_sid}")
     if sid is not None and not new_sid > base_sid - base_sod:
         raise ValueError(
             f"sid {new_sid:g} mm leaves no room for the patient: this preset keeps the isocentre "

@@ -232,10 +232,11 @@ def test_cohort_without_columns_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--image-size", "0"], "image size must be 1 to 4096 pixels a side, not 0"),
+        (["--image-size", "0"], "--image-size: image size must be 1 to 4096 pixels a side, not 0"),
         (["--image-size", "100000"], "image size must be 1 to 4096 pixels a side, not 100000"),
-        (["--pixel-spacing", "-1"], "pixel_spacing must be a positive number"),
-        (["--sid", "100"], "sid 100 mm leaves no room for the patient"),
+        (["--pixel-spacing", "-1"], "--pixel-spacing: pixel_spacing must be a positive number"),
+        (["--sid", "100"], "--sid: sid 100 mm leaves no room for the patient"),
+        (["--sid", "nan"], "--sid: sid must be a finite number of mm, not nan"),
         (["--sid", "170"], "lies inside the volume"),
         (["--backend", "deepdrr"], "deepdrr backend needs"),
         (["--backend", "deepdr"], "did you mean 'deepdrr'"),
@@ -269,6 +270,14 @@ def test_bad_options_give_one_line_and_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.count("error:") == 1
+
+
+def test_a_broken_geometry_file_is_named(cohort: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "mine.yaml"
+    broken.write_text("sid: [1000,\n")
+    result = generate("--cohort", str(cohort), "--out", str(tmp_path / "o"), "--geometry", str(broken))
+    assert result.exit_code == 2 and f"error: {broken}: not valid YAML at line 2" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
 
 
 def test_existing_dataset_with_other_settings_is_refused(cohort: Path, tmp_path: Path) -> None:
