@@ -218,6 +218,17 @@ def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_pa
     assert [r["case_id"] for r in DrrDataset.load(out).rows] == ["phantom_0000"]
 
 
+def test_a_cohort_as_a_spreadsheet_exports_it(cohort: Path, tmp_path: Path) -> None:
+    """A byte-order mark and semicolons (where the decimal separator is a comma) are read as the
+    plain file is; they once gave "lacks column(s) ['case_id']"."""
+    plain, _ = read_cohort(cohort)
+    exported = cohort.parent / "exported.csv"  # beside it: the paths are relative to the CSV's folder
+    text = cohort.read_text(encoding="utf-8").replace(",", ";")
+    exported.write_text("\ufeff" + text.replace("\n", "\r\n"), encoding="utf-8")
+    cases, problems = read_cohort(exported)
+    assert cases == plain and not problems
+
+
 def test_cohort_without_columns_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "cohort.csv"
     bad.write_text("case,image\nx,y\n")

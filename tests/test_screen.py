@@ -131,6 +131,11 @@ def test_inputs_from_a_csv_and_unreadable_folders(study, tmp_path: Path, monkeyp
     listing.write_text(f"path\n{rel}\n{good[1]}\n{good[2]}\n{tmp_path / 'gone.dcm'}\n", encoding="utf-8")
     found = find_inputs(listing)
     assert [i.path for i in found] == sorted([*good, str(tmp_path / "gone.dcm")])
+    # as a spreadsheet exports it: a byte-order mark, semicolons, more columns; or tabs
+    for sep in (";", "\t"):
+        lines = [f"age{sep}Path{sep}sex", *(f"61{sep}{p}{sep}F" for p in good)]
+        listing.write_text("\ufeff" + "\r\n".join(lines) + "\r\n", encoding="utf-8")
+        assert [i.path for i in find_inputs(listing)] == good
     # a suffix-less DICOM file is found by its content
     bare = tmp_path / "tree" / "IM0001"
     bare.parent.mkdir()

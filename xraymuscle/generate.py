@@ -10,7 +10,6 @@ duplicating work. ``manifest.csv`` is rebuilt from the case records at the end o
 from __future__ import annotations
 
 import concurrent.futures as futures
-import csv
 import json
 import math
 import multiprocessing
@@ -33,6 +32,7 @@ from drr.renderer import Renderer
 from xraymuscle import __version__
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.catalog import MuscleCatalog
+from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.drr_dataset import (
     FORMAT,
     VERSION,
@@ -120,16 +120,12 @@ def read_cohort(path: Path) -> tuple[list[CaseInput], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
-    try:
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in COHORT_COLUMNS if c not in header]
-            if missing:
-                raise InputError(f"cohort CSV lacks column(s) {missing} (needs {list(COHORT_COLUMNS)})", path)
-            raw = list(reader)
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 CSV file", path) from None
+    table = read_csv_rows(path, COHORT_COLUMNS)
+    header = [h.strip() for h in table[0]] if table else []
+    missing = [c for c in COHORT_COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"cohort CSV lacks column(s) {missing} (needs {list(COHORT_COLUMNS)})", path)
+    raw = [dict(zip(header, row, strict=False)) for row in table[1:] if any(cell.strip() for cell in row)]
     cases: list[CaseInput] = []
     problems: list[str] = []
     seen: set[str] = set()

@@ -7,7 +7,6 @@ Folders that cannot be read become inputs of their own, so that they get a row s
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xraymuscle.atomic import write_text_atomic
+from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
 from xraymuscle.paths import shown
 
@@ -108,11 +108,7 @@ def _starts_like_dicom(path: str) -> bool:
 
 
 def _from_csv(path: Path) -> list[str]:
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the list ({exc})", path) from None
+    rows = read_csv_rows(path, PATH_COLUMNS)
     if not rows:
         raise InputError("the list is empty", path)
     header = [h.strip().lower() for h in rows[0]]
