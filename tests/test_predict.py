@@ -65,6 +65,15 @@ def test_metrics_against_hand_values() -> None:
     assert math.isnan(row["spearman_ceiling"])  # one sd for every case ranks nothing
 
 
+def test_table_cells_stay_short() -> None:
+    """An absurd value (a DICOM spacing of 1e308 mm, rejected) takes a few characters, not 300."""
+    from xraymuscle.predict import format_cell
+
+    assert [format_cell(v) for v in (1234.56789, 0.000123456, 5e307, float("inf"), float("nan"), None)] == [
+        "1234.568", "0.0001235", "5e+307", "inf", "", ""
+    ]  # fmt: skip
+
+
 def test_spearman_ceiling_is_what_exact_sds_reach() -> None:
     rng = np.random.default_rng(5)
     sd = np.exp(rng.normal(0.0, 0.35, 100))

@@ -208,6 +208,18 @@ def test_rescale_and_window_applied(tmp_path: Path) -> None:
     assert np.corrcoef(rad.pixels[inside], values[inside])[0, 1] > 0.999
 
 
+def test_a_broken_display_window_is_left_out_not_the_image(tmp_path: Path) -> None:
+    """A window of width 0 cannot be applied; the window is for display and the image is read
+    without it (with a note) rather than lost as an error row."""
+    px = ramp(bits=10)
+    path = write_dx(
+        tmp_path / "w0.dcm", px, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=900, WindowWidth=0
+    )
+    rad = read_radiograph(path)
+    np.testing.assert_allclose(rad.pixels, px.astype(np.float64) * 2 - 100)
+    assert any("display window not applied" in note for note in rad.notes)
+
+
 def test_grey_stored_as_rgb(tmp_path: Path) -> None:
     grey = ramp(bits=8).astype(np.uint8)
     rad = read_radiograph(write_dx(tmp_path / "rgb.dcm", np.repeat(grey[..., None], 3, axis=-1)))

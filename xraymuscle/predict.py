@@ -230,11 +230,15 @@ def predictions_csv(model: LoadedModel, rows: list[dict[str, Any]]) -> str:
 
 
 def format_cell(value: Any) -> Any:
-    """A table cell: numbers rounded (3 decimals, or 4 significant digits when tiny), missing as empty."""
+    """A table cell: numbers rounded (3 decimals, or 4 significant digits when tiny or huge), missing as
+    empty."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.3f}"
+        if math.isnan(value):
+            return ""
+        # an absurd value (a spacing of 1e308 mm, say) in a few characters, not hundreds of digits
+        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e9 else f"{value:.3f}"
     return value
 
 

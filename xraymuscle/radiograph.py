@@ -238,7 +238,10 @@ def _read_dicom(path: Path) -> Radiograph:
         bits = int(ds.get("BitsStored", 16))
         values = apply_modality_lut(arr, ds)
         if "VOILUTSequence" in ds or "WindowCenter" in ds:
-            values = apply_voi_lut(values, ds, prefer_lut=True)
+            try:
+                values = apply_voi_lut(values, ds, prefer_lut=True)
+            except (ValueError, TypeError, IndexError) as exc:  # a window of width 0, a broken table
+                notes.append(f"display window not applied ({exc})")
         pixels = np.asarray(values, dtype=np.float32)
         if photometric == "MONOCHROME1":
             pixels = pixels.max() + pixels.min() - pixels
