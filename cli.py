@@ -584,7 +584,13 @@ def inspect(
 
         info = dataset_summary(DrrDataset.load(path))
     elif is_volume_path(path):
-        ct = read_ct(path)
+        try:
+            ct = read_ct(path)
+        except InputError as exc:
+            if path.is_dir() and exc.problem == "folder holds no DICOM series":
+                what = "no DICOM series, DRR dataset (dataset.json) or model (model.json)"
+                raise InputError(f"folder holds {what}", path) from None
+            raise
         info = {
             "kind": "volume",
             "path": str(path),

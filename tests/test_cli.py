@@ -101,6 +101,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["inspect", str(tmp / "text.nii.gz")], "text.nii.gz: not a readable image"),
         (["inspect", str(tmp / "note.dcm")], "note.dcm: not a readable DICOM"),
         (
+            ["inspect", str(tmp)],
+            "folder holds no DICOM series, DRR dataset (dataset.json) or model (model.json)",
+        ),
+        (
             ["inspect", str(tmp / "ct.nii.gz"), "--labels", str(tmp / "frac.nii.gz")],
             "frac.nii.gz: label map holds non-integer",
         ),
