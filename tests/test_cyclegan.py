@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli import app
@@ -94,8 +95,6 @@ def test_skip_generator_passes_the_anatomy_through_and_learns_a_correction() -> 
 
 def test_cyclegan_folder_without_the_newer_architecture_keys_loads(gan_run: Path, tmp_path: Path) -> None:
     """Run folders written before global_skip/upsample existed hold a plain transposed-conv generator."""
-    from safetensors.torch import save_file
-
     from training.checkpoint import module_state
 
     old = tmp_path / "old_run"
@@ -103,7 +102,7 @@ def test_cyclegan_folder_without_the_newer_architecture_keys_loads(gan_run: Path
     meta = json.loads((gan_run / "cyclegan.json").read_text())
     arch = meta["architecture"]
     assert arch["global_skip"] is True and arch["upsample"] == "resize"  # the recipe's defaults
-    del arch["global_skip"], arch["upsample"]
+    del arch["global_skip"], arch["upsample"], meta["generator_sha256"]  # none of them then
     (old / "cyclegan.json").write_text(json.dumps(meta))
     plain = ResnetGenerator(int(arch["base_channels"]), int(arch["residual_blocks"]))
     save_file(module_state(plain), str(old / "generator_drr_to_real.safetensors"))
@@ -260,6 +259,13 @@ def test_adapt_refuses_a_broken_cyclegan_folder(gan_run: Path, tiny_drr: Path, t
         app, ["adapt", "--cyclegan", str(broken), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and f"{broken / generator.name}: not a readable safetensors" in result.output
+    # a generator that reads and fits, but not the one cyclegan.json was written with
+    other = {k: v * 1.01 if v.is_floating_point() else v for k, v in load_file(str(generator)).items()}
+    save_file(other, str(broken / generator.name))
+    result = runner.invoke(
+        app, ["adapt", "--cyclegan", str(broken), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "not the generator cyclegan.json describes (SHA-256" in result.output
     result = runner.invoke(
         app, ["adapt", "--cyclegan", str(tmp_path), "--data", str(tiny_drr), "--out", str(tmp_path / "o")]
     )

@@ -43,6 +43,7 @@ from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.preview import montage, titled, write_png
 from xraymuscle.run_lock import is_empty, locks_output
+from xraymuscle.study import file_sha256
 from xraymuscle.weights_file import read_tensors
 
 FORMAT = "xraymuscle-cyclegan"
@@ -436,9 +437,11 @@ def _save_generators(
     summary: CycleGanSummary,
     spacing: float,
 ) -> None:
+    digests = {}
     for generator, name in ((g_ab, GENERATORS["drr_to_real"]), (g_ba, GENERATORS["real_to_drr"])):
         with atomic_path(out / name) as tmp:
             save_file(module_state(generator), str(tmp))
+            digests[name] = file_sha256(str(tmp))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -446,6 +449,8 @@ def _save_generators(
         "architecture": _architecture(config),
         "config": config.to_dict(),
         "generators": GENERATORS,
+        # the metadata is written after the generators: a reader between the renames is told so
+        "generator_sha256": digests,
         "intensity": (
             "each image's 0.5th-99.5th percentiles (collimation bands left out, set to -1) mapped to [-1, 1]"
         ),
@@ -487,6 +492,13 @@ def load_generator(
     if not weights.is_file():
         raise InputError(f"missing the generator {GENERATORS[direction]}", folder)
     state = read_tensors(weights)
+    recorded = (meta.get("generator_sha256") or {}).get(weights.name)  # absent in older folders
+    if recorded is not None and file_sha256(str(weights)) != recorded:
+        raise InputError(
+            f"not the generator {METADATA} describes (SHA-256 differs): a run may be writing the folder, "
+            "or its files come from two runs",
+            weights,
+        )
     try:
         generator = _generator(meta["architecture"])
         generator.load_state_dict(state)
