@@ -46,7 +46,9 @@ def write_text_atomic(path: PathLikeStr, text: str) -> None:
 def atomic_dir(path: PathLikeStr) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it becomes ``path``.
 
-    An existing ``path`` is replaced only after the new folder is complete.
+    An existing ``path`` is replaced only after the new folder is complete, and replaced whole,
+    whatever it holds: only for a folder that is wholly the caller's (a phantom case, checked
+    first by its writer), never for one a user names.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
