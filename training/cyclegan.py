@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -38,13 +37,12 @@ from training.config import CycleGanConfig
 from training.gradient_consistency import gradient_consistency_loss
 from training.unpaired import drr_geometry, drr_images, random_crops, real_images
 from xraymuscle import __version__
-from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.preview import montage, titled, write_png
 from xraymuscle.run_lock import is_empty, locks_output
-from xraymuscle.study import file_sha256
-from xraymuscle.weights_file import read_tensors
+from xraymuscle.weights_file import read_tensors, write_tensors
 
 FORMAT = "xraymuscle-cyclegan"
 VERSION = 1
@@ -437,11 +435,10 @@ def _save_generators(
     summary: CycleGanSummary,
     spacing: float,
 ) -> None:
-    digests = {}
-    for generator, name in ((g_ab, GENERATORS["drr_to_real"]), (g_ba, GENERATORS["real_to_drr"])):
-        with atomic_path(out / name) as tmp:
-            save_file(module_state(generator), str(tmp))
-            digests[name] = file_sha256(str(tmp))
+    digests = {
+        name: write_tensors(out / name, module_state(generator))
+        for generator, name in ((g_ab, GENERATORS["drr_to_real"]), (g_ba, GENERATORS["real_to_drr"]))
+    }
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -491,14 +488,8 @@ def load_generator(
     weights = folder / GENERATORS[direction]
     if not weights.is_file():
         raise InputError(f"missing the generator {GENERATORS[direction]}", folder)
-    state = read_tensors(weights)
     recorded = (meta.get("generator_sha256") or {}).get(weights.name)  # absent in older folders
-    if recorded is not None and file_sha256(str(weights)) != recorded:
-        raise InputError(
-            f"not the generator {METADATA} describes (SHA-256 differs): a run may be writing the folder, "
-            "or its files come from two runs",
-            weights,
-        )
+    state = read_tensors(weights, sha256=recorded, described_as=f"the generator {METADATA} describes")
     try:
         generator = _generator(meta["architecture"])
         generator.load_state_dict(state)

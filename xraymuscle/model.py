@@ -20,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from training.data import twin_order
 from training.unet import BayesianUNet
-from xraymuscle.atomic import atomic_path, write_text_atomic
+from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
 from xraymuscle.ood import OodModel
-from xraymuscle.study import file_sha256
 from xraymuscle.typing import PathLikeStr
-from xraymuscle.weights_file import read_tensors
+from xraymuscle.weights_file import read_tensors, write_tensors
 
 FORMAT = "xraymuscle-model"
 VERSION = 1
@@ -102,9 +100,7 @@ def save_model(folder: PathLikeStr, network: torch.nn.Module, meta: dict[str, An
     """
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-        digest = file_sha256(str(tmp))
+    digest = write_tensors(folder / WEIGHTS, state, metadata={"format": FORMAT})
     meta = {"format": FORMAT, "version": VERSION, **meta, "weights_sha256": digest}
     write_text_atomic(folder / METADATA, metadata_text(meta))
     return folder
@@ -170,14 +166,10 @@ def load_model(folder: PathLikeStr, *, device: str = "cpu") -> LoadedModel:
     if len(ood.mean) != features:
         problem = f"calibration.ood describes {len(ood.mean)} features; the network gives {features}"
         raise InputError(problem, folder / METADATA)
-    state = read_tensors(folder / WEIGHTS)
-    recorded = meta.get("weights_sha256")  # absent in folders written before it was recorded
-    if recorded is not None and file_sha256(str(folder / WEIGHTS)) != recorded:
-        raise InputError(
-            f"not the weights {METADATA} describes (SHA-256 differs): a run may be writing the folder, "
-            "or its files come from two models",
-            folder / WEIGHTS,
-        )
+    # weights_sha256 is absent in folders written before it was recorded
+    state = read_tensors(
+        folder / WEIGHTS, sha256=meta.get("weights_sha256"), described_as=f"the weights {METADATA} describes"
+    )
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
