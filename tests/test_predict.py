@@ -539,11 +539,23 @@ def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_pat
     mirror = write_dx(
         tmp_path / "mirror.dcm", np.ascontiguousarray(pixels[:, ::-1]), pixel_spacing_mm=spacing
     )
+    # the same mirrored pixels, but the file says so (PatientOrientation R\\F): the same sides
+    stored_mirrored = write_dx(
+        tmp_path / "stored_mirrored.dcm",
+        np.ascontiguousarray(pixels[:, ::-1]),
+        pixel_spacing_mm=spacing,
+        tags={"PatientOrientation": ["R", "F"]},
+    )
     out = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", str(image), str(mirror), "--out", str(out)])
+    result = runner.invoke(
+        app, ["predict", str(image), str(mirror), str(stored_mirrored), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     with (out / "predictions.csv").open() as fh:
-        row, mirrored = list(csv.DictReader(fh))
+        row, mirrored, restored = list(csv.DictReader(fh))
+    for column in row:
+        if column.startswith(("volume_", "mass_")):
+            assert float(restored[column]) == pytest.approx(float(row[column]), rel=1e-4), column
     assert row["status"] in ("ok", "uncertain") and row["notice"] == model.notice
     truth = data.rows[0]
     # the large muscles, measured to about 6 % on held-out phantoms (README)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -227,6 +228,46 @@ def test_grey_stored_as_rgb(tmp_path: Path) -> None:
     assert not rad.is_colour
 
 
+@pytest.mark.parametrize(
+    ("orientation", "shown", "spacing"),
+    [
+        (["L", "F"], lambda p: p, (0.2, 0.3)),  # as radiographs are read: unchanged
+        (["R", "F"], lambda p: p[:, ::-1], (0.2, 0.3)),  # stored mirrored
+        (["LP", "FL"], lambda p: p, (0.2, 0.3)),  # oblique codes: the first letter leads
+        (["L", "H"], lambda p: p[::-1], (0.2, 0.3)),  # upside down
+        (["R", "H"], lambda p: p[::-1, ::-1], (0.2, 0.3)),  # turned half way
+        (["F", "R"], lambda p: p.T[:, ::-1], (0.3, 0.2)),  # turned a quarter: spacing follows
+        (["H", "L"], lambda p: p.T[::-1], (0.3, 0.2)),
+        (["A", "F"], lambda p: p, (0.2, 0.3)),  # lateral: left as stored (and rejected, below)
+        (["X", "F"], lambda p: p, (0.2, 0.3)),  # not an orientation: left as stored
+        (None, lambda p: p, (0.2, 0.3)),
+    ],
+)
+def test_dicom_patient_orientation_brings_the_image_to_the_reading_orientation(
+    tmp_path: Path,
+    orientation: list[str] | None,
+    shown: Callable[[np.ndarray], np.ndarray],
+    spacing: tuple[float, float],
+) -> None:
+    """Read as stored, a DICOM radiograph stored mirrored would exchange the patient's left and
+    right muscles; its Patient Orientation says how it is stored."""
+    px = ramp(h=32, w=40)
+    tags = {} if orientation is None else {"PatientOrientation": orientation}
+    path = write_dx(tmp_path / "x.dcm", px, PixelSpacing=[0.2, 0.3], **tags)
+    rad = read_radiograph(path)
+    np.testing.assert_array_equal(rad.pixels, shown(px).astype(np.float32))
+    assert rad.pixel_spacing == pytest.approx(spacing)
+    changed = shown(px).shape != px.shape or not np.array_equal(shown(px), px)
+    assert any("PatientOrientation" in note for note in rad.notes) == changed
+
+
+def test_a_lateral_by_its_patient_orientation_is_rejected(tmp_path: Path) -> None:
+    px = (ramp(h=256, w=256) // 16).astype(np.uint16)
+    path = write_dx(tmp_path / "lat.dcm", px, PixelSpacing=[1.4, 1.4], PatientOrientation=["P", "F"])
+    prepared = prepare(path, GridTarget(size=64, spacing_mm=4.0, magnification=1.15))
+    assert prepared.status == "rejected" and "PatientOrientation P\\F" in prepared.reason
+
+
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_dicom(tmp_path: Path, syntax: str) -> None:
     px = ramp()
@@ -293,6 +334,24 @@ def test_raster_bit_depths(tmp_path: Path, suffix: str, dtype: type) -> None:
     np.testing.assert_array_equal(rad.pixels, px.astype(np.float32))
     assert rad.bits_stored == (8 if dtype == np.uint8 else 16)
     assert rad.spacing_source == "unknown" and rad.pixel_spacing is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+@pytest.mark.parametrize("orientation", [2, 6, 8])  # mirrored; turned a quarter either way
+def test_raster_orientation_tag_is_applied(tmp_path: Path, suffix: str, orientation: int) -> None:
+    """A file tagged as mirrored or turned is read as a viewer shows it: read as stored, a mirrored
+    radiograph would exchange the patient's left and right muscles."""
+    px = np.zeros((48, 64), np.uint8)
+    px[4:16, 6:22] = 250  # one bright block, near the stored image's top left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"tagged{suffix}"
+    Image.fromarray(px).save(path, exif=exif.tobytes(), quality=95)  # (quality: for the JPEG)
+    # what the tag means (EXIF 2.3, 0x0112): 2 mirrors left-right, 6 turns clockwise, 8 anticlockwise
+    shown = {2: px[:, ::-1], 6: np.rot90(px, -1), 8: np.rot90(px, 1)}[orientation].astype(np.float32)
+    pixels = read_radiograph(path).pixels
+    assert pixels.shape == shown.shape
+    assert np.abs(pixels - shown).max() <= (0 if suffix != ".jpg" else 8)  # (JPEG's ringing)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -1,12 +1,14 @@
 """Write a radiograph as a DICOM DX file (for exporting synthetic radiographs to other tools).
 
-The image is windowed to 12 bits (bone bright, MONOCHROME2). ``pixel_spacing_mm`` goes into
+The image is windowed to 12 bits (bone bright, MONOCHROME2) and marked as shown as radiographs are
+read (``PatientOrientation`` L\\F). ``pixel_spacing_mm`` goes into
 ``PixelSpacing`` (calibrated, at the patient plane); the detector pitch, when given, into
 ``ImagerPixelSpacing`` with the magnification.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ def write_dx(
     detector_spacing_mm: float | None = None,
     magnification: float | None = None,
     description: str = "synthetic radiograph",
-    tags: dict[str, str] | None = None,
+    tags: Mapping[str, object] | None = None,
 ) -> Path:
     """Write ``image`` (any float range) as an uncompressed 12-bit DX DICOM, atomically.
 
@@ -48,6 +50,7 @@ def write_dx(
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
     ds.ViewPosition = "AP"
+    ds.PatientOrientation = ["L", "F"]  # columns run to the patient's left, rows to the feet
     ds.BodyPartExamined = "PELVIS"
     ds.SeriesDescription = description
     ds.Rows, ds.Columns = pixels.shape

@@ -16,7 +16,7 @@ import numpy as np
 from xraymuscle.collimation import fill_collimation
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import fit_to_grid, normalise, resample
-from xraymuscle.radiograph import Radiograph, read_radiograph
+from xraymuscle.radiograph import Radiograph, is_lateral, read_radiograph
 
 if TYPE_CHECKING:
     from xraymuscle.model import LoadedModel
@@ -97,6 +97,11 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     view = (radiograph.metadata.get("view_position") or "").upper()
     if view in ("LAT", "LL", "RL", "LATERAL"):
         return _reject(prepared, f"a lateral view ({view}); the model reads AP radiographs")
+    orientation = radiograph.metadata.get("patient_orientation") or ""
+    if orientation and is_lateral(tuple(orientation.split("\\"))):
+        return _reject(
+            prepared, f"a lateral view (PatientOrientation {orientation}); the model reads AP radiographs"
+        )
     if radiograph.is_colour:
         return _reject(prepared, "a colour image, not a radiograph")
     if min(h, w) < MIN_SIDE_PX:

@@ -32,6 +32,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from xraymuscle.errors import InputError
@@ -184,9 +185,62 @@ def _dicom_metadata(ds: pydicom.Dataset) -> dict[str, Any]:
         "study_date": get("StudyDate"),
         "view_position": get("ViewPosition"),
         "laterality": get("ImageLaterality") or get("Laterality"),
+        "patient_orientation": "\\".join(patient_orientation(ds) or ()) or None,
         "manufacturer": get("Manufacturer"),
         "body_part": get("BodyPartExamined"),
     }
+
+
+_DIRECTIONS = frozenset("LRAPHF")
+
+
+def patient_orientation(ds: pydicom.Dataset) -> tuple[str, str] | None:
+    """The file's Patient Orientation: the patient directions along a row (left to right) and
+    down a column, as ``("L", "F")`` for an AP radiograph displayed as radiographs are read;
+    ``None`` when absent or not two codes of the letters L, R, A, P, H, F."""
+    value = ds.get("PatientOrientation")
+    if value is None:
+        return None
+    codes = [str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value])]
+    if len(codes) != 2 or not all(c and set(c) <= _DIRECTIONS for c in codes):
+        return None
+    return codes[0], codes[1]
+
+
+def _to_reading_orientation(
+    pixels: np.ndarray, spacing: tuple[float, float] | None, orientation: tuple[str, str] | None
+) -> tuple[np.ndarray, tuple[float, float] | None, str | None]:
+    """Turn and mirror a frontal image so that its columns run to the patient's left and its rows
+    to the feet, as the model's training images do; return it, its ``(row, column)`` spacing and
+    a note of what was done (``None``: nothing). A lateral image (rows or columns running front to
+    back) and one without a usable orientation are left as stored."""
+    if orientation is None:
+        return pixels, spacing, None
+    across, down = orientation[0][0], orientation[1][0]
+    if not ({across, down} & {"L", "R"} and {across, down} & {"H", "F"}):  # lateral, or nonsense
+        return pixels, spacing, None
+    done = []
+    if across in "HF":  # stored turned a quarter: rows run along the body
+        pixels, across, down = pixels.T, down, across
+        spacing = None if spacing is None else (spacing[1], spacing[0])
+        done.append("transposed")
+    if across == "R":
+        pixels = pixels[:, ::-1]
+        done.append("mirrored left-right")
+    if down == "H":
+        pixels = pixels[::-1, :]
+        done.append("turned upside down")
+    if not done:
+        return pixels, spacing, None
+    shown = "\\".join(orientation)
+    note = f"{' and '.join(done)} to the reading orientation (PatientOrientation {shown})"
+    return np.ascontiguousarray(pixels), spacing, note
+
+
+def is_lateral(orientation: tuple[str, ...]) -> bool:
+    """Whether a Patient Orientation (as :func:`patient_orientation` gives it) puts the
+    front-to-back axis in the image plane, as a lateral view does."""
+    return any(code[:1] in ("A", "P") for code in orientation)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -247,6 +301,10 @@ def _read_dicom(path: Path) -> Radiograph:
             pixels = pixels.max() + pixels.min() - pixels
     spacing, source, plane, spacing_notes = dicom_spacing(ds)
     notes += spacing_notes
+    # a file stored mirrored or turned says so here; read as stored, the sides would be exchanged
+    pixels, spacing, turned = _to_reading_orientation(pixels, spacing, patient_orientation(ds))
+    if turned:
+        notes.append(turned)
     problem = "" if spacing is not None else "; ".join(spacing_notes) or "none in the file"
     return Radiograph(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
@@ -309,7 +367,9 @@ def _read_raster(path: Path) -> Radiograph:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise InputError("empty file", path)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    # Any depth and any colour, but not "unchanged": that flag would also ignore the EXIF
+    # orientation, and a file tagged as mirrored would be read with the patient's sides exchanged.
+    arr = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if arr is None:
         raise InputError("not a readable PNG, JPEG or TIFF image", path)
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
@@ -318,9 +378,7 @@ def _read_raster(path: Path) -> Radiograph:
         raise InputError(f"unsupported pixel type {arr.dtype}", path)
     bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(np.dtype(arr.dtype), 32)
     is_colour = False
-    if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[..., :3]
+    if arr.ndim == 3:  # (a fourth, alpha channel is ignored)
         arr, is_colour = _grey_from_colour(arr)
     return Radiograph(
         pixels=np.ascontiguousarray(arr, dtype=np.float32),
