@@ -547,9 +547,7 @@ def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_pat
         tags={"PatientOrientation": ["R", "F"]},
     )
     out = tmp_path / "pred"
-    result = runner.invoke(
-        app, ["predict", str(image), str(mirror), str(stored_mirrored), "--out", str(out)]
-    )
+    result = runner.invoke(app, ["predict", str(image), str(mirror), str(stored_mirrored), "--out", str(out)])
     assert result.exit_code == 0, result.output
     with (out / "predictions.csv").open() as fh:
         row, mirrored, restored = list(csv.DictReader(fh))
