@@ -268,6 +268,24 @@ def test_a_lateral_by_its_patient_orientation_is_rejected(tmp_path: Path) -> Non
     assert prepared.status == "rejected" and "PatientOrientation P\\F" in prepared.reason
 
 
+@pytest.mark.parametrize("limit", [None, 4000])
+def test_pixel_padding_is_taken_as_unexposed(tmp_path: Path, limit: int | None) -> None:
+    """Pixels the file marks as padding (a shuttered field's corner, stored bright) are not
+    anatomy: they get the level of air, so they neither pass for bone nor set the percentiles."""
+    px = (ramp(h=32, w=40) % 3000).astype(np.uint16) + 500  # anatomy: 500..3499
+    corner = np.add.outer(np.arange(32), np.arange(40)) < 20  # a triangle, not an edge band
+    px[corner] = 4095 if limit is None else np.linspace(4000, 4095, corner.sum()).astype(np.uint16)
+    tags = {"PixelPaddingValue": 4095} | ({} if limit is None else {"PixelPaddingRangeLimit": limit})
+    rad = read_radiograph(write_dx(tmp_path / "padded.dcm", px, **tags))
+    air = np.percentile(px[~corner].astype(np.float32), 0.5)
+    np.testing.assert_allclose(rad.pixels[corner], air)
+    np.testing.assert_array_equal(rad.pixels[~corner], px[~corner].astype(np.float32))
+    assert any("padding" in note for note in rad.notes)
+    px[:] = 4095
+    with pytest.raises(InputError, match=r"all_padding.dcm: every pixel is padding"):
+        read_radiograph(write_dx(tmp_path / "all_padding.dcm", px, **tags))
+
+
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_dicom(tmp_path: Path, syntax: str) -> None:
     px = ramp()

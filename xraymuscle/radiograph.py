@@ -191,6 +191,19 @@ def _dicom_metadata(ds: pydicom.Dataset) -> dict[str, Any]:
     }
 
 
+def _padding_mask(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
+    """The pixels whose stored value is the file's Pixel Padding Value (or lies between it and the
+    Pixel Padding Range Limit): not part of the image, such as the unexposed area around a
+    shuttered field. ``None`` when the file names no padding or no pixel has it."""
+    value = ds.get("PixelPaddingValue")
+    if not isinstance(value, int | np.integer):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    low, high = (value, value) if not isinstance(limit, int | np.integer) else sorted((value, limit))
+    mask = (stored >= low) & (stored <= high)
+    return mask if mask.any() else None
+
+
 _DIRECTIONS = frozenset("LRAPHF")
 
 
@@ -299,6 +312,15 @@ def _read_dicom(path: Path) -> Radiograph:
         pixels = np.asarray(values, dtype=np.float32)
         if photometric == "MONOCHROME1":
             pixels = pixels.max() + pixels.min() - pixels
+        padding = _padding_mask(arr, ds)
+        if padding is not None:
+            if padding.all():
+                raise InputError("every pixel is padding (PixelPaddingValue): no image", path)
+            pixels[padding] = np.percentile(pixels[~padding], 0.5)
+            notes.append(
+                f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue), "
+                "taken as unexposed: set to the level of air"
+            )
     spacing, source, plane, spacing_notes = dicom_spacing(ds)
     notes += spacing_notes
     # a file stored mirrored or turned says so here; read as stored, the sides would be exchanged
