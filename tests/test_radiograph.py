@@ -286,6 +286,41 @@ def test_pixel_padding_is_taken_as_unexposed(tmp_path: Path, limit: int | None) 
         read_radiograph(write_dx(tmp_path / "all_padding.dcm", px, **tags))
 
 
+@pytest.mark.parametrize(
+    ("relationship", "sign", "stored"),
+    [
+        ("LIN", 1, lambda a: 60000 * np.exp(-a)),  # counts: fewer behind bone
+        ("LOG", 1, lambda a: 1000 * (8 - a)),  # log counts
+        ("LOG", -1, lambda a: 1000 * (a + 2)),  # log counts, negated
+    ],
+)
+def test_raw_detector_images_are_read_as_attenuation(
+    tmp_path: Path, relationship: str, sign: int, stored: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """A FOR PROCESSING image holds the detector's signal, not a picture made for display: its
+    pixel intensity relationship says how to get the attenuation a DRR shows (the line integral,
+    up to an offset and a scale), whatever its photometric interpretation."""
+    attenuation = np.linspace(0.0, 4.0, 32 * 40).reshape(32, 40)  # line integrals (mu x length)
+    px = np.round(stored(attenuation)).astype(np.uint16)
+    tags = {
+        "PresentationIntentType": "FOR PROCESSING",
+        "PixelIntensityRelationship": relationship,
+        "PixelIntensityRelationshipSign": sign,
+    }
+    rad = read_radiograph(write_dx(tmp_path / "raw.dcm", px, BitsStored=16, HighBit=15, **tags))
+    # an increasing affine function of the attenuation, to the stored values' rounding
+    slope, offset = np.polyfit(attenuation.ravel(), rad.pixels.ravel(), 1)
+    assert slope > 0
+    residual = rad.pixels - (slope * attenuation + offset)
+    assert np.abs(residual).max() <= (2e-3 if relationship == "LIN" else 1.0) * slope
+    assert any("FOR PROCESSING" in note for note in rad.notes)
+    # one whose values fall as the intensity rises in proportion has no zero to take a log from
+    path = write_dx(tmp_path / "lin_neg.dcm", px, **{**tags, "PixelIntensityRelationshipSign": -1})
+    if relationship == "LIN":
+        with pytest.raises(InputError, match=r"lin_neg.dcm: a raw detector image .* LIN Pixel"):
+            read_radiograph(path)
+
+
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_dicom(tmp_path: Path, syntax: str) -> None:
     px = ramp()

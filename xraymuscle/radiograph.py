@@ -273,6 +273,63 @@ def _grey_from_colour(arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return grey, is_colour
 
 
+def _monochrome_pixels(stored: np.ndarray, ds: pydicom.Dataset, path: Path, notes: list[str]) -> np.ndarray:
+    """A greyscale DICOM image's pixels, bone bright: the modality LUT, then for an image processed
+    for presentation its display window and photometric interpretation, for a raw detector image
+    (``FOR PROCESSING``) the attenuation its pixel intensity relationship gives; padding pixels
+    get the level of air."""
+    padding = _padding_mask(stored, ds)
+    if padding is not None and padding.all():
+        raise InputError("every pixel is padding (PixelPaddingValue): no image", path)
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if str(ds.get("PresentationIntentType", "")).upper() == "FOR PROCESSING":
+        pixels = _attenuation_from_raw(values, ds, path, padding)
+        relationship = ds.get("PixelIntensityRelationship")
+        notes.append(f"a raw detector image (FOR PROCESSING, {relationship}) read as attenuation")
+    else:
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            try:
+                values = apply_voi_lut(values, ds, prefer_lut=True)
+            except (ValueError, TypeError, IndexError) as exc:  # a window of width 0, a broken table
+                notes.append(f"display window not applied ({exc})")
+        pixels = np.asarray(values, dtype=np.float32)
+        if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+            pixels = pixels.max() + pixels.min() - pixels
+    if padding is not None:
+        pixels[padding] = np.percentile(pixels[~padding], 0.5)
+        notes.append(
+            f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue), "
+            "taken as unexposed: set to the level of air"
+        )
+    return pixels
+
+
+def _attenuation_from_raw(
+    values: np.ndarray, ds: pydicom.Dataset, path: Path, padding: np.ndarray | None
+) -> np.ndarray:
+    """The attenuation (up to an offset and a scale, which the normalisation removes) of a raw
+    detector image, as a DRR shows it: ``-log`` of the beam's intensity. The Pixel Intensity
+    Relationship says how values follow the intensity (``LIN``: in proportion; ``LOG``: as its
+    logarithm), and its sign which way (+1: higher values, more intensity)."""
+    relationship = str(ds.get("PixelIntensityRelationship", "")).upper()
+    sign = ds.get("PixelIntensityRelationshipSign")
+    sign = 1 if sign is None else int(sign)
+    if sign not in (1, -1):
+        raise InputError(f"PixelIntensityRelationshipSign must be +1 or -1, not {sign}", path)
+    inside = values if padding is None else values[~padding]
+    if relationship == "LOG":
+        return np.asarray(-sign * values, dtype=np.float32)
+    if relationship == "LIN" and sign == 1:
+        positive = inside[inside > 0]
+        if positive.size == 0:
+            raise InputError("a raw detector image (FOR PROCESSING, LIN) with no positive pixel value", path)
+        return np.asarray(-np.log(np.maximum(values, positive.min())), dtype=np.float32)
+    shown = f"{relationship or 'no'} PixelIntensityRelationship, sign {sign:+d}"
+    raise InputError(
+        f"a raw detector image (FOR PROCESSING) with {shown}: cannot be read as attenuation", path
+    )
+
+
 def _read_dicom(path: Path) -> Radiograph:
     # pydicom reports truncation as a warning, not an error: catch it and refuse the file.
     with warnings.catch_warnings(record=True) as caught:
@@ -303,24 +360,7 @@ def _read_dicom(path: Path) -> Radiograph:
         bits = int(ds.get("BitsStored", 8))
     else:
         bits = int(ds.get("BitsStored", 16))
-        values = apply_modality_lut(arr, ds)
-        if "VOILUTSequence" in ds or "WindowCenter" in ds:
-            try:
-                values = apply_voi_lut(values, ds, prefer_lut=True)
-            except (ValueError, TypeError, IndexError) as exc:  # a window of width 0, a broken table
-                notes.append(f"display window not applied ({exc})")
-        pixels = np.asarray(values, dtype=np.float32)
-        if photometric == "MONOCHROME1":
-            pixels = pixels.max() + pixels.min() - pixels
-        padding = _padding_mask(arr, ds)
-        if padding is not None:
-            if padding.all():
-                raise InputError("every pixel is padding (PixelPaddingValue): no image", path)
-            pixels[padding] = np.percentile(pixels[~padding], 0.5)
-            notes.append(
-                f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue), "
-                "taken as unexposed: set to the level of air"
-            )
+        pixels = _monochrome_pixels(arr, ds, path, notes)
     spacing, source, plane, spacing_notes = dicom_spacing(ds)
     notes += spacing_notes
     # a file stored mirrored or turned says so here; read as stored, the sides would be exchanged
