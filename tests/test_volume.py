@@ -28,13 +28,16 @@ def test_formats_keep_geometry(tmp_path: Path, tiny_ct: Volume, suffix: str) -> 
     assert vol.array.dtype == np.float32
 
 
-def _write_series(folder: Path, volume: Volume) -> None:
+def _write_series(folder: Path, volume: Volume, *, sideways_mm: float = 0.0) -> None:
+    """One DICOM file per slice; ``sideways_mm`` shifts each slice along y by that much more than
+    the one before (a gantry tilt)."""
     image = Volume(volume.array, volume.spacing, volume.origin).to_sitk()
+    folder.mkdir(exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
         sl = image[:, :, k]
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        position = np.add(image.TransformIndexToPhysicalPoint((0, 0, k)), (0.0, k * sideways_mm, 0.0))
         for tag, value in {
             "0008|0060": "CT",
             "0020|000d": "1.2.3.4",
@@ -55,6 +58,22 @@ def test_dicom_series_folder(tmp_path: Path, tiny_ct: Volume) -> None:
     np.testing.assert_array_equal(vol.array, tiny_ct.array)
     np.testing.assert_allclose(vol.spacing, tiny_ct.spacing, rtol=1e-5)
     np.testing.assert_allclose(vol.origin, tiny_ct.origin, atol=1e-4)
+
+
+def test_a_series_that_is_not_a_regular_grid_is_refused(tmp_path: Path, tiny_ct: Volume) -> None:
+    """Read as a grid, a series with a missing slice takes the mean gap as its spacing (every
+    length along it then wrong by that much), and a tilted one is stacked unsheared."""
+    assert tiny_ct.array.shape[0] >= 4
+    _write_series(tmp_path / "missing", tiny_ct)
+    (tmp_path / "missing" / "slice002.dcm").unlink()
+    with pytest.raises(InputError, match=r"missing: the slices are not evenly spaced \(gaps from"):
+        read_ct(tmp_path / "missing")
+    gap = tiny_ct.spacing[2]
+    _write_series(tmp_path / "tilted", tiny_ct, sideways_mm=gap * np.tan(np.radians(15)))
+    with pytest.raises(InputError, match=r"tilted: the slices are sheared by 15.0 degrees"):
+        read_ct(tmp_path / "tilted")
+    _write_series(tmp_path / "slight", tiny_ct, sideways_mm=gap * np.tan(np.radians(0.2)))
+    np.testing.assert_array_equal(read_ct(tmp_path / "slight").array, tiny_ct.array)
 
 
 def test_a_series_file_name_that_is_not_utf8_is_named(tmp_path: Path, tiny_ct: Volume) -> None:

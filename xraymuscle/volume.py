@@ -146,14 +146,79 @@ def _read_sitk(path: Path) -> sitk.Image:
         for name in files:  # the library lists such names, then cannot take them back
             library_path(name)
         reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # uneven slices are refused below, in one line
         try:
-            return reader.Execute()
+            image = reader.Execute()
         except RuntimeError as exc:
             raise InputError(f"cannot read DICOM series: {_first_line(exc)}", path) from None
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown_before)
+        _check_slice_geometry(reader, len(files), path)
+        return image
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"not a readable image ({_first_line(exc)})", path) from None
+
+
+SLICE_GAP_TOLERANCE = 0.01  # of the usual gap between slice positions
+TILT_TOLERANCE_DEG = 0.5
+
+
+def _check_slice_geometry(reader: sitk.ImageSeriesReader, count: int, path: Path) -> None:
+    """Refuse a DICOM series that a grid of evenly spaced, unsheared slices does not describe.
+
+    The series is read as a regular grid whose slice spacing is the mean distance between slice
+    positions, and whose slices stack along their normal. A missing slice, a series of stacks
+    with different gaps, or a gantry tilt (each slice shifted sideways) would be read so without
+    an error, and every length, volume and projection made from it would be wrong. Each slice's
+    Image Position and Orientation (Patient) are checked; a series without them is not.
+    """
+
+    def vector(i: int, tag: str, size: int) -> np.ndarray | None:
+        if not reader.HasMetaDataKey(i, tag):
+            return None
+        try:
+            values = np.array([float(v) for v in reader.GetMetaData(i, tag).split("\\")])
+        except ValueError:
+            return None
+        return values if values.shape == (size,) and np.all(np.isfinite(values)) else None
+
+    if count < 3:
+        return
+    read = [(vector(i, "0020|0032", 3), vector(i, "0020|0037", 6)) for i in range(count)]
+    positions = [p for p, _ in read if p is not None]
+    orientations = [o for _, o in read if o is not None]
+    if len(positions) < count or len(orientations) < count:
+        return
+    first = orientations[0]
+    if any(not np.allclose(o, first, atol=1e-3) for o in orientations):
+        raise InputError("the slices do not share one orientation (several stacks in one series?)", path)
+    normal = np.cross(first[:3], first[3:])
+    normal /= max(float(np.linalg.norm(normal)), 1e-12)
+    points = np.array(positions)
+    along = points @ normal
+    gaps = np.abs(np.diff(along))
+    usual = float(np.median(gaps))
+    if usual <= 1e-3 or gaps.min() <= 1e-3:
+        raise InputError("two slices lie at the same position (a duplicated slice or a second stack)", path)
+    if float(np.max(np.abs(gaps - usual))) > SLICE_GAP_TOLERANCE * usual:
+        raise InputError(
+            f"the slices are not evenly spaced (gaps from {gaps.min():.3g} to {gaps.max():.3g} mm, "
+            f"usually {usual:.3g}): a missing slice or stacks of different spacing; "
+            "give the CT as one resampled volume (NIfTI, NRRD, MHA)",
+            path,
+        )
+    span = points[-1] - points[0]
+    sideways = float(np.linalg.norm(span - (span @ normal) * normal))
+    tilt = float(np.degrees(np.arctan2(sideways, abs(float(span @ normal)))))
+    if tilt > TILT_TOLERANCE_DEG:
+        raise InputError(
+            f"the slices are sheared by {tilt:.1f} degrees (a gantry tilt): a grid of stacked "
+            "slices would misplace them; give the CT as one resampled volume (NIfTI, NRRD, MHA)",
+            path,
+        )
 
 
 def _first_line(exc: BaseException) -> str:
