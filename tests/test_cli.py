@@ -54,7 +54,7 @@ def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["spacing_source"] == "user" and info["shape"] == [20, 30] and info["bits_stored"] == 16
-    ct = Volume(np.zeros((4, 5, 6), np.float32), (1.0, 2.0, 3.0))
+    ct = Volume(np.full((4, 5, 6), -1000.0, np.float32), (1.0, 2.0, 3.0))  # air, in HU
     ct.save(tmp_path / "ct.nii.gz")
     lab = Volume(np.zeros((4, 5, 6), np.uint8), (1.0, 2.0, 3.0))
     lab.array[1, 1, 1] = 3
@@ -94,7 +94,7 @@ def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "text.nii.gz").write_text("not an image")
     (tmp / "note.dcm").write_text("not a dicom" * 30)
-    Volume(np.zeros((3, 3, 3), np.float32), (1, 1, 1)).save(tmp / "ct.nii.gz")
+    Volume(np.full((3, 3, 3), -1000.0, np.float32), (1, 1, 1)).save(tmp / "ct.nii.gz")  # air, in HU
     Volume(np.full((3, 3, 3), 0.5, np.float32), (1, 1, 1)).save(tmp / "frac.nii.gz")
     return [
         (["inspect", str(tmp / "missing.nii.gz")], "missing.nii.gz: no such file"),
@@ -108,6 +108,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             ["inspect", str(tmp / "ct.nii.gz"), "--labels", str(tmp / "frac.nii.gz")],
             "frac.nii.gz: label map holds non-integer",
         ),
+        (["inspect", str(tmp / "frac.nii.gz")], "frac.nii.gz: values do not look like Hounsfield units"),
         (
             ["catalog", "--label-source", "atlas"],
             "known sources: ['phantom', 'totalsegmentator_v2']",

@@ -83,6 +83,17 @@ def test_a_series_file_name_that_is_not_utf8_is_named(tmp_path: Path, tiny_ct: V
         read_ct(tmp_path)
 
 
+def test_a_ct_not_in_hounsfield_units_is_refused(tmp_path: Path, tiny_ct: Volume) -> None:
+    """A CT whose rescale intercept was lost reads air as about 0 rather than -1000: projected
+    as it is, its air would attenuate as tissue. It is refused; the same CT in HU is read."""
+    stored = Volume((tiny_ct.array.astype(np.int32) + 1024).astype(np.int16), tiny_ct.spacing, tiny_ct.origin)
+    stored.save(tmp_path / "stored.nii.gz")
+    with pytest.raises(InputError, match=r"stored.nii.gz: values do not look like Hounsfield units"):
+        read_ct(tmp_path / "stored.nii.gz")
+    tiny_ct.save(tmp_path / "hu.nii.gz")
+    assert read_ct(tmp_path / "hu.nii.gz").array.min() < -200
+
+
 def test_missing_path() -> None:
     with pytest.raises(InputError, match="nope.nii.gz: no such file"):
         read_ct("nope.nii.gz")

@@ -162,6 +162,7 @@ def _read_sitk(path: Path) -> sitk.Image:
         raise InputError(f"not a readable image ({_first_line(exc)})", path) from None
 
 
+AIR_CHECK_HU = -200.0  # a CT of a body holds air (and fat) below this; raw stored values do not
 SLICE_GAP_TOLERANCE = 0.01  # of the usual gap between slice positions
 TILT_TOLERANCE_DEG = 0.5
 
@@ -260,12 +261,21 @@ def read_ct(path: PathLikeStr) -> Volume:
     Raises
     ------
     InputError
-        As :func:`read_volume`, and when the values are not finite.
+        As :func:`read_volume`; when the values are not finite, or are not in Hounsfield units
+        (no voxel below ``AIR_CHECK_HU``: no air, no fat).
     """
     vol = read_volume(path)
     arr = vol.array.astype(np.float32, copy=False)
     if not np.all(np.isfinite(arr)):
         raise InputError("CT holds NaN or infinite values", path)
+    lowest = float(arr.min()) if arr.size else 0.0
+    if lowest > AIR_CHECK_HU:
+        raise InputError(
+            f"values do not look like Hounsfield units: none below {AIR_CHECK_HU:g} (the lowest "
+            f"{lowest:g}), where the air around a body reads about -1000 and fat -100; "
+            "a rescale slope and intercept lost on the way, or not a CT",
+            path,
+        )
     vol.array = arr
     return vol
 
