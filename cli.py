@@ -388,7 +388,10 @@ def generate_drr(
         Path | None, typer.Option("--cohort", help="Cohort CSV: case_id, ct, labels[, label_source].")
     ] = None,
     ct: Annotated[Path | None, typer.Option("--ct", help="One CT (file or DICOM folder).")] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Its label map.")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Its label map, or a folder of one mask per muscle named after it."),
+    ] = None,
     catalog: CatalogOpt = "hip",
     label_source: Annotated[
         str | None,
@@ -554,7 +557,8 @@ def inspect(
         ),
     ],
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="A label map to check against the CT.")
+        Path | None,
+        typer.Option("--labels", help="A label map (or folder of masks named after muscles) to check."),
     ] = None,
     catalog: CatalogOpt = "hip",
     label_source: Annotated[
@@ -602,10 +606,12 @@ def inspect(
             "max": float(ct.array.max()),
         }
         if labels is not None:
-            lab = read_labels(labels, reference=ct)
+            muscles = None if label_source is None else MuscleCatalog.load(catalog)
+            masks = None if muscles is None or label_source is None else muscles.mask_values(label_source)
+            lab = read_labels(labels, reference=ct, masks=masks)
             info["labels"] = [int(v) for v in np.unique(lab.array) if v != 0]
-            if label_source is not None:
-                info["muscles"] = muscle_volumes(ct, lab, MuscleCatalog.load(catalog), label_source)
+            if muscles is not None and label_source is not None:
+                info["muscles"] = muscle_volumes(ct, lab, muscles, label_source)
     else:
         rad = read_radiograph(path, pixel_spacing=pixel_spacing)
         info = {

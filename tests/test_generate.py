@@ -25,7 +25,7 @@ from xraymuscle.errors import InputError
 from xraymuscle.generate import GenerateOptions, generate_drr, read_cohort
 from xraymuscle.paths import config_file
 from xraymuscle.phantom.cohort import make_cohort
-from xraymuscle.volume import read_ct
+from xraymuscle.volume import Volume, read_ct, read_labels
 
 runner = CliRunner()
 FAST = ["--geometry", "hip_ap_fast"]
@@ -98,6 +98,31 @@ def test_source_cases_record_absolute_paths(
         for key in ("ct", "labels"):
             assert Path(case[key]).is_absolute() and Path(case[key]).is_file(), case
             assert Path(case[key]).parent.parent == cohort.parent.resolve()
+
+
+def test_a_folder_of_masks_renders_as_its_label_map(cohort: Path, tmp_path: Path) -> None:
+    """Labels given as one mask per muscle, named after it (a segmentation tool's default output),
+    give the samples the label map gives."""
+    with cohort.open() as fh:
+        case = next(csv.DictReader(fh))
+    labels = read_labels(cohort.parent / case["labels"])
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for muscle, value in MuscleCatalog.load().mask_values("phantom").items():
+        mask = Volume(
+            (labels.array == value).astype(np.uint8), labels.spacing, labels.origin, labels.direction
+        )
+        mask.save(masks / f"{muscle}.nii.gz")
+    ct = str(cohort.parent / case["ct"])
+    common = ["--ct", ct, "--label-source", "phantom", "--views", "1", *FAST]
+    for name, given in (("map", cohort.parent / case["labels"]), ("masks", masks)):
+        result = generate(*common, "--labels", str(given), "--out", str(tmp_path / f"drr_{name}"))
+        assert result.exit_code == 0, result.output
+    from_map, from_masks = DrrDataset.load(tmp_path / "drr_map"), DrrDataset.load(tmp_path / "drr_masks")
+    np.testing.assert_array_equal(from_masks.sample(0)["maps"], from_map.sample(0)["maps"])
+    for column, value in from_map.rows[0].items():
+        if column.startswith(("volume_ml__", "mass_g__")):
+            assert from_masks.rows[0][column] == value, column
 
 
 def test_rerun_skips_finished_samples_and_redoes_missing_ones(cohort: Path, tmp_path: Path) -> None:

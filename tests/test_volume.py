@@ -94,6 +94,47 @@ def test_a_ct_not_in_hounsfield_units_is_refused(tmp_path: Path, tiny_ct: Volume
     assert read_ct(tmp_path / "hu.nii.gz").array.min() < -200
 
 
+def _split_into_masks(labels: Volume, folder: Path, names: dict[str, int]) -> None:
+    """One binary mask per named value, as segmentation tools write them by default."""
+    folder.mkdir()
+    for name, value in names.items():
+        Volume(
+            (labels.array == value).astype(np.uint8), labels.spacing, labels.origin, labels.direction
+        ).save(folder / f"{name}.nii.gz")
+
+
+def test_a_folder_of_masks_named_after_muscles_is_one_label_map(tmp_path: Path, tiny_ct: Volume) -> None:
+    rng = np.random.default_rng(3)
+    labels = Volume(rng.integers(0, 4, size=tiny_ct.array.shape).astype(np.uint16), *_grid(tiny_ct))
+    names = {"gluteus_medius_left": 1, "gluteus_medius_right": 2, "iliopsoas_left": 3}
+    _split_into_masks(labels, tmp_path / "masks", {**names, "liver": 0})  # (a structure of no muscle)
+    (tmp_path / "masks" / "notes.txt").write_text("other files are left alone")
+    read = read_labels(tmp_path / "masks", reference=tiny_ct, masks=names)
+    np.testing.assert_array_equal(read.array, labels.array)
+    assert read.same_grid(tiny_ct)
+    # labelled with the source's values, whatever the file order
+    values = {name: 10 * v for name, v in names.items()}
+    np.testing.assert_array_equal(read_labels(tmp_path / "masks", masks=values).array, labels.array * 10)
+    # two masks that claim one voxel are refused, naming both
+    Volume(np.ones(tiny_ct.array.shape, np.uint8), *_grid(tiny_ct)).save(
+        tmp_path / "masks" / "iliopsoas_left.nii.gz"
+    )
+    with pytest.raises(
+        InputError, match=r"iliopsoas_left.nii.gz: mask shares voxels with gluteus_medius_left"
+    ):
+        read_labels(tmp_path / "masks", masks=names)
+    (tmp_path / "other").mkdir()
+    Volume(labels.array, *_grid(tiny_ct)).save(tmp_path / "other" / "spleen.nii.gz")
+    with pytest.raises(
+        InputError, match=r"other: folder holds no DICOM series and no mask named after a muscle"
+    ):
+        read_labels(tmp_path / "other", masks=names)
+
+
+def _grid(volume: Volume) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
+    return volume.spacing, volume.origin, volume.direction
+
+
 def test_missing_path() -> None:
     with pytest.raises(InputError, match="nope.nii.gz: no such file"):
         read_ct("nope.nii.gz")
@@ -197,3 +238,23 @@ def test_real_ct_and_totalsegmentator_labels(real_ct_dir: Path) -> None:
     for v in volumes.values():
         assert 1.0 < v["mass_g"] / v["volume_ml"] < 1.1  # muscle density, g/ml
     assert "quadriceps_left" not in volumes
+
+
+@pytest.mark.realdata
+def test_real_labels_as_a_folder_of_masks(real_ct_dir: Path, tmp_path: Path) -> None:
+    """The segmentation tool's default output, one mask per structure named after it (written here
+    from the shared label map and its names, all 117 of them where present), measures as the
+    label map does."""
+    import json
+
+    ct, labels = read_ct_and_labels(real_ct_dir / "ct.nii.gz", real_ct_dir / "labels_total_v2.nii.gz")
+    names = json.loads((real_ct_dir / "label_names_total_v2.json").read_text())
+    present = {int(v) for v in np.unique(labels.array)} - {0}
+    _split_into_masks(labels, tmp_path / "segmentations", {names[str(v)]: v for v in sorted(present)})
+    catalog = MuscleCatalog.load()
+    from_masks = read_labels(
+        tmp_path / "segmentations", reference=ct, masks=catalog.mask_values("totalsegmentator_v2")
+    )
+    source = "totalsegmentator_v2"
+    assert muscle_volumes(ct, from_masks, catalog, source) == muscle_volumes(ct, labels, catalog, source)
+    assert len(list((tmp_path / "segmentations").iterdir())) == len(present) > 8

@@ -125,6 +125,12 @@ class MuscleCatalog:
         table = self.check_source(source)
         return {m: np.isin(labels, table[m]) for m in self.muscles if m in table}
 
+    def mask_values(self, source: str) -> dict[str, int]:
+        """For a folder of one mask per muscle named after it: the label value that stands for
+        each muscle of the source (its first)."""
+        table = self.check_source(source)
+        return {m: table[m][0] for m in self.muscles if table.get(m)}
+
     def lookup(self, source: str, max_label: int) -> np.ndarray:
         """Array mapping each label value (0..max_label) to a channel index + 1 (0: none)."""
         table = self.check_source(source)

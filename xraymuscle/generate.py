@@ -173,7 +173,7 @@ def render_case(
     """
     source = case.label_source or options.label_source
     table = options.catalog.check_source(source)
-    ct, labels = read_ct_and_labels(case.ct, case.labels)
+    ct, labels = read_ct_and_labels(case.ct, case.labels, masks=options.catalog.mask_values(source))
     muscles = list(options.catalog.muscles)
     groups = [LabelGroup(m, tuple(table[m])) for m in muscles if m in table]
     notes: list[str] = []

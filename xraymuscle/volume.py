@@ -8,6 +8,7 @@ origin and the direction cosines are given in ``(i, j, k)`` order, in mm.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,19 +281,40 @@ def read_ct(path: PathLikeStr) -> Volume:
     return vol
 
 
-def read_labels(path: PathLikeStr, *, reference: Volume | None = None) -> Volume:
+def read_labels(
+    path: PathLikeStr, *, reference: Volume | None = None, masks: Mapping[str, int] | None = None
+) -> Volume:
     """Read an integer label map; put it on ``reference``'s grid when given.
 
     A label map on another grid is resampled onto the reference grid (nearest neighbour) with a
     warning. Values must be non-negative integers (floats holding integers are accepted).
 
+    ``masks`` maps structure names to label values. With it, ``path`` may also be a folder of one
+    mask per structure, each named after its structure (``gluteus_medius_left.nii.gz``), as
+    segmentation tools write them by default: the masks so named (non-zero inside) are read into
+    one label map of those values; other files are left alone.
+
     Raises
     ------
     InputError
         As :func:`read_volume`; for non-integer or negative values; when the map does not
-        overlap the reference volume.
+        overlap the reference volume; for a mask folder, when two masks share a voxel.
     """
-    vol = read_volume(path)
+    path = Path(path)
+    if masks is not None and path.is_dir():
+        found = _named_masks(path, masks)
+        if found:
+            return _read_mask_folder(path, found, reference)
+    try:
+        vol = read_volume(path)
+    except InputError as exc:
+        if masks and exc.problem == "folder holds no DICOM series":
+            raise InputError(
+                "folder holds no DICOM series and no mask named after a muscle of the label source "
+                f"(as {next(iter(masks))}.nii.gz)",
+                path,
+            ) from None
+        raise
     arr = vol.array
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
@@ -319,6 +341,41 @@ def read_labels(path: PathLikeStr, *, reference: Volume | None = None) -> Volume
     return out
 
 
+def _named_masks(folder: Path, masks: Mapping[str, int]) -> dict[Path, int]:
+    """The files of ``folder`` named after a structure of ``masks`` (any volume suffix), with the
+    label value each stands for."""
+    found = {}
+    for file in sorted(folder.iterdir()):
+        suffix = next((s for s in _VOLUME_SUFFIXES if file.name.lower().endswith(s)), None)
+        if suffix is not None and file.is_file() and file.name[: -len(suffix)] in masks:
+            found[file] = masks[file.name[: -len(suffix)]]
+    return found
+
+
+def _read_mask_folder(folder: Path, found: dict[Path, int], reference: Volume | None) -> Volume:
+    """One label map from the masks ``found`` (file: value), on ``reference``'s grid when given,
+    else on the first mask's."""
+    combined: Volume | None = None
+    owner: dict[int, Path] = {}
+    for file, value in found.items():
+        mask = read_labels(file, reference=reference)
+        if combined is None:
+            combined = Volume(
+                np.zeros_like(mask.array), mask.spacing, mask.origin, mask.direction, str(folder)
+            )
+        elif not mask.same_grid(combined):
+            raise InputError(f"mask is on another grid than {next(iter(found)).name}", file)
+        inside = mask.array != 0
+        taken = np.unique(combined.array[inside])
+        taken = taken[taken != 0]
+        if taken.size:
+            raise InputError(f"mask shares voxels with {owner[int(taken[0])].name}", file)
+        combined.array[inside] = value
+        owner[value] = file
+    assert combined is not None
+    return combined
+
+
 def _overlaps(a: Volume, b: Volume) -> bool:
     """Whether the axis-aligned LPS bounding boxes of two grids intersect."""
     ca, cb = a.world_corners(), b.world_corners()
@@ -327,10 +384,13 @@ def _overlaps(a: Volume, b: Volume) -> bool:
     return bool(np.all(hi > lo))
 
 
-def read_ct_and_labels(ct_path: PathLikeStr, labels_path: PathLikeStr) -> tuple[Volume, Volume]:
-    """Read a CT and its label map, the labels on the CT's grid."""
+def read_ct_and_labels(
+    ct_path: PathLikeStr, labels_path: PathLikeStr, *, masks: Mapping[str, int] | None = None
+) -> tuple[Volume, Volume]:
+    """Read a CT and its label map (or folder of masks, see :func:`read_labels`), the labels on
+    the CT's grid."""
     ct = read_ct(ct_path)
-    return ct, read_labels(labels_path, reference=ct)
+    return ct, read_labels(labels_path, reference=ct, masks=masks)
 
 
 def is_volume_path(path: PathLikeStr) -> bool:
