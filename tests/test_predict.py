@@ -34,8 +34,9 @@ from xraymuscle.metrics import case_intervals, icc_2_1, spearman_ceiling, volume
 from xraymuscle.model import load_model
 from xraymuscle.paths import default_model_dir
 from xraymuscle.phantom.cohort import make_cohort
-from xraymuscle.predict import prediction_row
+from xraymuscle.predict import _legend_line, prediction_row
 from xraymuscle.prepare import GridTarget, Prepared, prepare
+from xraymuscle.preview import colour, legend
 
 runner = CliRunner()
 
@@ -325,6 +326,20 @@ def test_predict_statuses_and_pictures(trained: tuple[Path, Path], tmp_path: Pat
     assert listed[-1][1:] == ("error", "no radiographs found (DICOM, PNG, JPEG, TIFF)")
     row = {name: r for name, *r in listed}
     assert row[str(images / "more" / "copy.dcm")][0] in ("ok", "uncertain")
+
+
+def test_the_overlay_legend_names_each_colour_with_its_volume() -> None:
+    row: dict[str, Any] = {
+        "volume_ml__gluteus_medius_left": 242.4,
+        "volume_sd_ml__gluteus_medius_left": 18.2,
+        "volume_ml__iliopsoas_right": "",  # (a rejected image: no volume)
+        "volume_sd_ml__iliopsoas_right": "",
+    }
+    assert _legend_line("gluteus_medius_left", row) == "gluteus medius L  242 ml, sd 18"
+    assert _legend_line("iliopsoas_right", row) == "iliopsoas R"
+    panel = legend(["first", "second", "third"])
+    for i in range(3):  # each line's swatch is its channel's colour, as the maps are drawn
+        np.testing.assert_allclose(panel[4 + 18 * i + 6, 8], colour(i), atol=1 / 255)
 
 
 def test_a_second_predict_into_the_same_folder_replaces_the_first(

@@ -36,7 +36,7 @@ from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
-from xraymuscle.preview import montage, overlay_masks, titled, write_png
+from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import locks_output
 from xraymuscle.study import find_inputs
 
@@ -259,6 +259,15 @@ def picture_names(table: Path) -> set[str]:
         return set()
 
 
+def _legend_line(muscle: str, row: dict[str, Any]) -> str:
+    """``gluteus medius L  242 ml, sd 18`` (the name alone when the row holds no volume)."""
+    name = muscle.replace("_left", " L").replace("_right", " R").replace("_", " ")
+    volume, sd = row.get(f"volume_ml__{muscle}"), row.get(f"volume_sd_ml__{muscle}")
+    if not isinstance(volume, int | float) or not isinstance(sd, int | float):
+        return name
+    return f"{name}  {volume:.0f} ml, sd {sd:.0f}"
+
+
 def write_pictures(
     out: Path, name: str, p: Prepared, maps: np.ndarray, sd: np.ndarray, row: dict[str, Any]
 ) -> Path:
@@ -269,10 +278,17 @@ def write_pictures(
     scaled = [np.clip(m / PICTURE_MM, 0, 1) for m in maps]
     status = f"{row['status']}" + (f": {row['reason'][:60]}" if row["reason"] else "")
     panels = [
-        titled(overlay_masks(p.image, scaled, alpha=0.7), Path(p.path).name[:40]),
+        side_marks(titled(overlay_masks(p.image, scaled, alpha=0.7), Path(p.path).name[:40])),
         titled(overlay_masks(np.zeros_like(p.image), scaled, alpha=1.0), status),
+        legend(
+            [
+                _legend_line(column[len("volume_ml__") :], row)
+                for column in row
+                if column.startswith("volume_ml__")
+            ]
+        ),
     ]
-    write_png(out / PICTURE_FOLDERS[0] / name, montage(panels, columns=2))
+    write_png(out / PICTURE_FOLDERS[0] / name, montage(panels, columns=3))
     spread = sd.sum(axis=0) / max(float(maps.sum(axis=0).max()), 1e-6)
     heat = np.clip(spread / max(float(np.percentile(spread, 99.5)), 1e-6), 0, 1)
     rgb = np.stack([heat, heat**2, 0.3 * (1 - heat)], axis=-1)

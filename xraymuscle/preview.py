@@ -80,6 +80,31 @@ def titled(rgb: np.ndarray, title: str, *, height: int = 256) -> np.ndarray:
     return img8.astype(np.float32) / 255.0
 
 
+def side_marks(rgb: np.ndarray) -> np.ndarray:
+    """Mark the patient's sides on a picture shown as radiographs are read: ``R`` at the bottom
+    left, ``L`` at the bottom right."""
+    img8 = np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    h, w = img8.shape[:2]
+    for text, x in (("R", 4), ("L", w - 14)):
+        cv2.putText(img8, text, (x, h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 80), 1, cv2.LINE_AA)
+    return img8.astype(np.float32) / 255.0
+
+
+def legend(lines: Sequence[str], *, height: int = 256, width: int = 230) -> np.ndarray:
+    """A panel that names each channel's colour: a swatch of ``colour(i)`` and ``lines[i]``."""
+    img8 = np.zeros((height, width, 3), np.uint8)
+    step = max(1, min(18, (height - 4) // max(len(lines), 1)))
+    for i, text in enumerate(lines):
+        top = 4 + i * step
+        rgb = tuple(int(v) for v in np.round(colour(i) * 255))
+        cv2.rectangle(img8, (4, top), (4 + step - 4, top + step - 4), rgb, thickness=-1)
+        baseline = top + step - 6
+        cv2.putText(
+            img8, text, (step + 4, baseline), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (235, 235, 235), 1, cv2.LINE_AA
+        )
+    return img8.astype(np.float32) / 255.0
+
+
 def montage(panels: Sequence[np.ndarray], *, columns: int = 3, pad: int = 4) -> np.ndarray:
     """Tile RGB panels (same height) in rows, left to right."""
     rows = [list(panels[i : i + columns]) for i in range(0, len(panels), columns)]
