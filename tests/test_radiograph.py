@@ -261,6 +261,21 @@ def test_dicom_patient_orientation_brings_the_image_to_the_reading_orientation(
     assert any("PatientOrientation" in note for note in rad.notes) == changed
 
 
+@pytest.mark.parametrize(
+    ("part", "rejected"), [("CHEST", True), ("HAND", True), ("PELVIS", False), ("", False)]
+)
+def test_a_radiograph_of_another_body_part_is_rejected(tmp_path: Path, part: str, rejected: bool) -> None:
+    px = (ramp(h=256, w=256) // 16).astype(np.uint16)
+    path = write_dx(tmp_path / "x.dcm", px, PixelSpacing=[1.4, 1.4], BodyPartExamined=part)
+    prepared = prepare(path, GridTarget(size=64, spacing_mm=4.0, magnification=1.15))
+    assert (prepared.status == "rejected") == rejected
+    if rejected:
+        assert (
+            f"BodyPartExamined {part.strip().upper()}" in prepared.reason
+            and "not of the hip" in prepared.reason
+        )
+
+
 def test_a_lateral_by_its_patient_orientation_is_rejected(tmp_path: Path) -> None:
     px = (ramp(h=256, w=256) // 16).astype(np.uint16)
     path = write_dx(tmp_path / "lat.dcm", px, PixelSpacing=[1.4, 1.4], PatientOrientation=["P", "F"])

@@ -22,9 +22,16 @@ if TYPE_CHECKING:
     from xraymuscle.model import LoadedModel
 
 MIN_SIDE_PX = 64
-MIN_FIELD_MM = 150.0
+MIN_FIELD_MM = 150.0  # a hip radiograph shows at least this much of the pelvis
 MAX_FIELD_MM = 2500.0  # taller than any body: a spacing that gives more is wrong
-CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")  # a hip radiograph shows at least this much of the pelvis
+CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")
+# Body Part Examined values (DICOM defined terms) of radiographs that cannot show the hip; values
+# near it (PELVIS, HIP, ABDOMEN, LSPINE, THIGH, FEMUR, LEG, EXTREMITY, ...) and none are left to the
+# out-of-distribution score, as archives often carry a vague or wrong one.
+ELSEWHERE = frozenset(
+    "BRAIN CHEST CLAVICLE CSPINE ELBOW FINGER FOOT FOREARM HAND HEAD HEART HUMERUS JAW KNEE "
+    "NECK RIB SCAPULA SHOULDER SKULL TSPINE TMJ TOE WRIST BREAST ANKLE HEEL".split()
+)
 
 
 @dataclass
@@ -94,6 +101,11 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     modality = (radiograph.metadata.get("modality") or "").upper()
     if modality in CROSS_SECTIONAL:
         return _reject(prepared, f"a {modality} image (modality {modality}), not a radiograph")
+    part = (radiograph.metadata.get("body_part") or "").strip().upper()
+    if part in ELSEWHERE:
+        return _reject(
+            prepared, f"a radiograph of the {part.lower()} (BodyPartExamined {part}), not of the hip"
+        )
     view = (radiograph.metadata.get("view_position") or "").upper()
     if view in ("LAT", "LL", "RL", "LATERAL"):
         return _reject(prepared, f"a lateral view ({view}); the model reads AP radiographs")
