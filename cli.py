@@ -576,7 +576,7 @@ def inspect(
     from xraymuscle.catalog import MuscleCatalog
     from xraymuscle.measure import muscle_volumes
     from xraymuscle.radiograph import read_radiograph
-    from xraymuscle.volume import is_volume_path, read_ct, read_labels
+    from xraymuscle.volume import is_volume_path, read_ct, read_labels, sides_cut_off
 
     info: dict[str, Any]
     if path.is_dir() and (path / "model.json").is_file():
@@ -604,6 +604,7 @@ def inspect(
             "direction": ct.direction.round(6).ravel().tolist(),
             "min": float(ct.array.min()),
             "max": float(ct.array.max()),
+            "slices_cut_off_at_the_sides": round(sides_cut_off(ct), 3),
         }
         if labels is not None:
             muscles = None if label_source is None else MuscleCatalog.load(catalog)

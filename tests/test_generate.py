@@ -343,3 +343,17 @@ def test_full_disk_stops_cleanly(cohort: Path, tmp_path: Path, monkeypatch: pyte
         generate_drr(cases, out, options, progress=False)
     assert list((out / "samples").iterdir()) == []  # nothing half-written
     assert json.loads((out / "dataset.json").read_text())["source_cases"] == []
+
+
+@pytest.mark.realdata
+def test_the_real_ct_renders_with_a_note_on_its_cut_off_sides(real_ct_dir: Path, tmp_path: Path) -> None:
+    """The shared CT is narrower than the pelvis it holds: its DRRs lack the tissue beyond the
+    field of view, and the run says so; its muscles are measured all the same."""
+    args = ["--ct", str(real_ct_dir / "ct.nii.gz"), "--labels", str(real_ct_dir / "labels_total_v2.nii.gz")]
+    result = generate(
+        *args, "--label-source", "totalsegmentator_v2", "--views", "1", *FAST, "--out", str(tmp_path / "d")
+    )
+    assert result.exit_code == 0, result.output
+    assert "reaches the CT's left or right border on 39% of its slices" in result.output
+    row = DrrDataset.load(tmp_path / "d").rows[0]
+    assert row["volume_ml__gluteus_medius_left"] == pytest.approx(239, abs=1)  # the data's README

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from xraymuscle.catalog import MuscleCatalog
 from xraymuscle.errors import InputError
 from xraymuscle.measure import muscle_volumes
-from xraymuscle.volume import Volume, read_ct, read_ct_and_labels, read_labels, read_volume
+from xraymuscle.volume import Volume, read_ct, read_ct_and_labels, read_labels, read_volume, sides_cut_off
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
@@ -135,6 +135,24 @@ def _grid(volume: Volume) -> tuple[tuple[float, float, float], tuple[float, floa
     return volume.spacing, volume.origin, volume.direction
 
 
+def test_sides_cut_off_counts_slices_where_the_body_reaches_the_side_borders() -> None:
+    """A body wider than the field of view on half the slices (axial slices along k), and the
+    same CT stored with its axes in another order (sagittal slices: i runs head-feet, k
+    left-right): the share follows the patient's axes, not the array's."""
+    arr = np.full((10, 30, 12), -1000.0, np.float32)  # [k, j, i]: k head-feet, j front-back, i left-right
+    arr[:, 2:27, 3:9] = 40.0  # a body inside the field, 50 mm deep
+    arr[:5, 2:27, :] = 40.0  # wider than the field in the lower five slices
+    arr[:, 28:30, :] = 200.0  # a table at the back, 4 mm thick, reaching both sides: not the body
+    axial = Volume(arr, (1.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    assert sides_cut_off(axial) == pytest.approx(0.5)
+    sagittal = np.transpose(arr, (2, 1, 0))  # [k', j, i'] with k' = i (left-right), i' = k
+    direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # columns: i', j, k'
+    assert sides_cut_off(Volume(sagittal, (2.0, 2.0, 1.0), (0.0, 0.0, 0.0), direction)) == pytest.approx(0.5)
+    arr[:5, 2:27, :] = -1000.0
+    arr[:5, 2:27, 3:9] = 40.0
+    assert sides_cut_off(Volume(arr, (1.0, 2.0, 2.0), (0.0, 0.0, 0.0))) == 0.0
+
+
 def test_missing_path() -> None:
     with pytest.raises(InputError, match="nope.nii.gz: no such file"):
         read_ct("nope.nii.gz")
@@ -238,6 +256,7 @@ def test_real_ct_and_totalsegmentator_labels(real_ct_dir: Path) -> None:
     for v in volumes.values():
         assert 1.0 < v["mass_g"] / v["volume_ml"] < 1.1  # muscle density, g/ml
     assert "quadriceps_left" not in volumes
+    assert 0.3 < sides_cut_off(ct) < 0.6  # the pelvis is wider than the field of view (0.39)
 
 
 @pytest.mark.realdata

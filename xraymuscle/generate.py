@@ -45,9 +45,10 @@ from xraymuscle.drr_dataset import (
 from xraymuscle.errors import InputError
 from xraymuscle.preview import colour_maps, montage, overlay_masks, titled, window, write_png
 from xraymuscle.run_lock import is_empty, locks_output
-from xraymuscle.volume import read_ct_and_labels
+from xraymuscle.volume import read_ct_and_labels, sides_cut_off
 
 COHORT_COLUMNS = ("case_id", "ct", "labels")
+CUT_OFF_NOTE = 0.1  # report a CT whose body reaches its side borders on more than a tenth of its slices
 OFFDETECTOR_NOTE = 0.001  # report muscles with more than 0.1 % of their shadow off the detector
 VIEWS_PER_BATCH = 8
 
@@ -181,6 +182,12 @@ def render_case(
         warnings.simplefilter("always")
         scene = Scene(ct.array, ct.index_to_world, labels.array, groups)
     notes += [f"case {case.case_id}: {w.message}" for w in caught]
+    cut = sides_cut_off(ct)
+    if cut > CUT_OFF_NOTE:
+        notes.append(
+            f"case {case.case_id}: the body reaches the CT's left or right border on {cut:.0%} of its "
+            "slices; tissue beyond the field of view is missing from its DRRs"
+        )
     del ct, labels  # the scene holds what rendering needs
     present = {g.name: i for i, g in enumerate(groups) if scene.voxel_counts[i] > 0}
     missing = [m for m in muscles if m not in present]

@@ -384,6 +384,33 @@ def _overlaps(a: Volume, b: Volume) -> bool:
     return bool(np.all(hi > lo))
 
 
+BODY_HU = -500.0  # above this, a voxel is taken as part of the body (or of the table)
+CUT_SIDE_MM = 40.0  # a side of the body cut off by the border is at least this deep front to back
+
+
+def sides_cut_off(ct: Volume) -> float:
+    """The share of the CT's axial slices in which the body reaches its left or right border, as
+    when a large patient does not fit the field of view: tissue beyond it is missing, and a
+    projection of the CT then lacks it. A slice counts when the tissue on a side border runs at
+    least ``CUT_SIDE_MM`` front to back without a gap: the table under the patient, a few
+    millimetres thick, does not count."""
+    axes = np.abs(ct.direction)  # columns: the LPS directions of the i, j, k axes
+    across = int(np.argmax(axes[0]))  # the axis (i, j or k) nearest the patient's left-right
+    along = int(np.argmax(axes[2]))  # and the one nearest head-feet
+    if across == along:
+        return 0.0
+    depth = ({0, 1, 2} - {across, along}).pop()  # the third: front to back
+    # the array is indexed [k, j, i]: axis a of (i, j, k) is array axis 2 - a
+    body = np.moveaxis(ct.array > BODY_HU, (2 - along, 2 - across), (0, 1))  # [slice, side, depth]
+    faces = body[:, [0, -1], :]
+    # the longest run of tissue along the depth, per slice and side: each run's length is read at
+    # its last voxel as the distance back to the gap before it
+    index = np.arange(faces.shape[2])
+    last_gap = np.maximum.accumulate(np.where(faces, -1, index), axis=2)
+    longest = (index - last_gap).max(axis=(1, 2)) * ct.spacing[depth]
+    return float(np.mean(longest >= CUT_SIDE_MM))
+
+
 def read_ct_and_labels(
     ct_path: PathLikeStr, labels_path: PathLikeStr, *, masks: Mapping[str, int] | None = None
 ) -> tuple[Volume, Volume]:
