@@ -276,6 +276,19 @@ def test_a_radiograph_of_another_body_part_is_rejected(tmp_path: Path, part: str
         )
 
 
+@pytest.mark.parametrize(
+    ("tag", "side", "rejected"),
+    [("ImageLaterality", "L", True), ("Laterality", "R", True), ("ImageLaterality", "B", False)],
+)
+def test_a_radiograph_of_one_hip_is_rejected(tmp_path: Path, tag: str, side: str, rejected: bool) -> None:
+    """A hip film of one side shows half the muscles the model measures."""
+    px = (ramp(h=256, w=256) // 16).astype(np.uint16)
+    path = write_dx(tmp_path / "x.dcm", px, PixelSpacing=[1.4, 1.4], BodyPartExamined="HIP", **{tag: side})
+    prepared = prepare(path, GridTarget(size=64, spacing_mm=4.0, magnification=1.15))
+    assert (prepared.status == "rejected") == rejected
+    assert not rejected or f"one side (laterality {side})" in prepared.reason
+
+
 def test_a_lateral_by_its_patient_orientation_is_rejected(tmp_path: Path) -> None:
     px = (ramp(h=256, w=256) // 16).astype(np.uint16)
     path = write_dx(tmp_path / "lat.dcm", px, PixelSpacing=[1.4, 1.4], PatientOrientation=["P", "F"])

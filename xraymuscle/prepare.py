@@ -106,6 +106,12 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         return _reject(
             prepared, f"a radiograph of the {part.lower()} (BodyPartExamined {part}), not of the hip"
         )
+    side = (radiograph.metadata.get("laterality") or "").strip().upper()
+    if side in ("L", "R"):
+        return _reject(
+            prepared,
+            f"a radiograph of one side (laterality {side}); the model reads AP radiographs of both hips",
+        )
     view = (radiograph.metadata.get("view_position") or "").upper()
     if view in ("LAT", "LL", "RL", "LATERAL"):
         return _reject(prepared, f"a lateral view ({view}); the model reads AP radiographs")
