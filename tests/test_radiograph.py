@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
     generate_uid,
@@ -347,6 +350,31 @@ def test_raw_detector_images_are_read_as_attenuation(
     if relationship == "LIN":
         with pytest.raises(InputError, match=r"lin_neg.dcm: a raw detector image .* LIN Pixel"):
             read_radiograph(path)
+
+
+@pytest.mark.parametrize("stored", ["native", "jpeg"])
+def test_grey_stored_as_ybr_is_grey(tmp_path: Path, stored: str) -> None:
+    """Grey radiographs stored in a luminance-chrominance colour space (uncompressed YBR_FULL, or
+    a JPEG baseline file's YBR_FULL_422, as secondary captures often are) read as grey, not as a
+    colour photograph: the decoder gives RGB for them already."""
+    grey = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))
+    grey[10:20, 10:30] = 200
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if stored == "native":
+        ybr = pydicom.pixels.convert_color_space(rgb, "RGB", "YBR_FULL")
+        path = write_dx(tmp_path / "ybr.dcm", ybr, PhotometricInterpretation="YBR_FULL")
+    else:
+        jpeg = io.BytesIO()
+        Image.fromarray(rgb).save(jpeg, format="JPEG", quality=95, subsampling=2)  # YCbCr, 4:2:0
+        ds = pydicom.dcmread(write_dx(tmp_path / "ybr.dcm", rgb))
+        ds.PixelData = encapsulate([jpeg.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.PhotometricInterpretation, ds.file_meta.TransferSyntaxUID = "YBR_FULL_422", JPEGBaseline8Bit
+        ds.save_as(tmp_path / "ybr.dcm", enforce_file_format=True)
+        path = tmp_path / "ybr.dcm"
+    rad = read_radiograph(path)
+    assert not rad.is_colour
+    assert np.abs(rad.pixels - grey).max() <= (1 if stored == "native" else 8)  # (JPEG: ringing)
 
 
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])

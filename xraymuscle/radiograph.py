@@ -350,11 +350,9 @@ def _read_dicom(path: Path) -> Radiograph:
     spp = int(ds.get("SamplesPerPixel", 1))
     if frames > 1:
         raise InputError(f"multi-frame DICOM ({frames} frames) is not a plain radiograph", path)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     is_colour = False
     if spp > 1 or arr.ndim == 3:
-        if photometric.startswith("YBR"):
-            arr = pydicom.pixels.convert_color_space(arr, photometric, "RGB")
+        # (the decoder gives RGB for YBR data already: converting again made grey look coloured)
         grey, is_colour = _grey_from_colour(arr)
         pixels = grey
         bits = int(ds.get("BitsStored", 8))
