@@ -352,6 +352,51 @@ def test_raw_detector_images_are_read_as_attenuation(
             read_radiograph(path)
 
 
+@pytest.mark.parametrize(
+    ("tags", "shown"),
+    [
+        (  # a rectangle: columns 6..35, rows 4..28 (1-based, inclusive)
+            {"ShutterShape": "RECTANGULAR", "ShutterLeftVerticalEdge": 6, "ShutterRightVerticalEdge": 35,
+             "ShutterUpperHorizontalEdge": 4, "ShutterLowerHorizontalEdge": 28},
+            lambda r, c: (c >= 6) & (c <= 35) & (r >= 4) & (r <= 28),
+        ),
+        (
+            {"ShutterShape": "CIRCULAR", "CenterOfCircularShutter": [16, 20], "RadiusOfCircularShutter": 12},
+            lambda r, c: (r - 16) ** 2 + (c - 20) ** 2 <= 144,
+        ),
+        (  # a triangle with its right angle at the top left
+            {"ShutterShape": "POLYGONAL", "VerticesOfThePolygonalShutter": [1, 1, 1, 40, 32, 1]},
+            lambda r, c: (r - 1) * 39 + (c - 1) * 31 <= 31 * 39,
+        ),
+        (  # both: what lies inside the two
+            {"ShutterShape": ["RECTANGULAR", "CIRCULAR"], "ShutterLeftVerticalEdge": 6,
+             "ShutterRightVerticalEdge": 35, "ShutterUpperHorizontalEdge": 4,
+             "ShutterLowerHorizontalEdge": 28, "CenterOfCircularShutter": [16, 20],
+             "RadiusOfCircularShutter": 12},
+            lambda r, c: (c >= 6) & (c <= 35) & (r >= 4) & (r <= 28) & ((r - 16) ** 2 + (c - 20) ** 2 <= 144),
+        ),
+    ],
+)  # fmt: skip
+def test_the_display_shutter_hides_what_lies_outside_the_field(
+    tmp_path: Path, tags: dict[str, object], shown: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> None:
+    """Behind a DX file's display shutter lies no anatomy (unexposed, or scatter): like padding,
+    it gets the level of air, whatever its stored values."""
+    px = (ramp(h=32, w=40) % 3000).astype(np.uint16) + 500
+    rows, cols = np.mgrid[1:33, 1:41]
+    inside = shown(rows, cols)
+    px[~inside] = 4095  # bright, as unexposed areas of a processed film are
+    rad = read_radiograph(write_dx(tmp_path / "shuttered.dcm", px, **tags))
+    # (the pixels the outline crosses may fall either way)
+    cross = np.ones((3, 3), np.uint8)
+    far_in = cv2.erode(inside.astype(np.uint8), cross).astype(bool)
+    far_out = ~cv2.dilate(inside.astype(np.uint8), cross).astype(bool)
+    hidden = rad.pixels[far_out]  # one value, that of the darkest of the field: air, not bright
+    assert np.ptp(hidden) == 0 and hidden[0] <= np.percentile(px[far_in], 2)
+    np.testing.assert_array_equal(rad.pixels[far_in], px[far_in].astype(np.float32))
+    assert any("display shutter" in note for note in rad.notes)
+
+
 @pytest.mark.parametrize("stored", ["native", "jpeg"])
 def test_grey_stored_as_ybr_is_grey(tmp_path: Path, stored: str) -> None:
     """Grey radiographs stored in a luminance-chrominance colour space (uncompressed YBR_FULL, or

@@ -204,6 +204,57 @@ def _padding_mask(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def _as_list(value: Any) -> list[Any]:
+    """A data element's values as a list (one value, several, or none)."""
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, MultiValue) else [value]
+
+
+def _numbers(ds: pydicom.Dataset, keyword: str) -> list[float] | None:
+    """A numeric attribute's values as floats; ``None`` when absent or not numbers."""
+    try:
+        values = [float(v) for v in _as_list(ds.get(keyword))]
+    except (TypeError, ValueError):
+        return None
+    return values or None
+
+
+def _shutter_mask(shape: tuple[int, int], ds: pydicom.Dataset) -> np.ndarray | None:
+    """The pixels the file's display shutter hides (outside its rectangle, circle or polygon,
+    where several are given outside any of them): outside the exposed field. ``None`` when the
+    file has no usable shutter or it hides nothing. Shutter coordinates are 1-based (row, column)."""
+    shapes = {str(v).strip().upper() for v in _as_list(ds.get("ShutterShape"))}
+    rows, cols = np.mgrid[1 : shape[0] + 1, 1 : shape[1] + 1]
+    shown = np.ones(shape, bool)
+    used = False
+    if "RECTANGULAR" in shapes:
+        edges = [_numbers(ds, k) for k in (
+            "ShutterLeftVerticalEdge", "ShutterRightVerticalEdge",
+            "ShutterUpperHorizontalEdge", "ShutterLowerHorizontalEdge",
+        )]  # fmt: skip
+        if all(e is not None and len(e) == 1 for e in edges):
+            left, right, upper, lower = (e[0] for e in edges if e is not None)
+            shown &= (cols >= left) & (cols <= right) & (rows >= upper) & (rows <= lower)
+            used = True
+    if "CIRCULAR" in shapes:
+        centre, radius = _numbers(ds, "CenterOfCircularShutter"), _numbers(ds, "RadiusOfCircularShutter")
+        if centre is not None and len(centre) == 2 and radius is not None and len(radius) == 1:
+            shown &= (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius[0] ** 2
+            used = True
+    if "POLYGONAL" in shapes:
+        vertices = _numbers(ds, "VerticesOfThePolygonalShutter")
+        if vertices is not None and len(vertices) >= 6 and len(vertices) % 2 == 0:
+            points = np.round(np.array(vertices).reshape(-1, 2)[:, ::-1] - 1).astype(np.int32)  # (x, y)
+            polygon = np.zeros(shape, np.uint8)
+            cv2.fillPoly(polygon, [points], 1)
+            shown &= polygon.astype(bool)
+            used = True
+    if not used or shown.all():
+        return None
+    return ~shown
+
+
 _DIRECTIONS = frozenset("LRAPHF")
 
 
@@ -211,10 +262,7 @@ def patient_orientation(ds: pydicom.Dataset) -> tuple[str, str] | None:
     """The file's Patient Orientation: the patient directions along a row (left to right) and
     down a column, as ``("L", "F")`` for an AP radiograph displayed as radiographs are read;
     ``None`` when absent or not two codes of the letters L, R, A, P, H, F."""
-    value = ds.get("PatientOrientation")
-    if value is None:
-        return None
-    codes = [str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value])]
+    codes = [str(v).strip().upper() for v in _as_list(ds.get("PatientOrientation"))]
     if len(codes) != 2 or not all(c and set(c) <= _DIRECTIONS for c in codes):
         return None
     return codes[0], codes[1]
@@ -281,6 +329,9 @@ def _monochrome_pixels(stored: np.ndarray, ds: pydicom.Dataset, path: Path, note
     padding = _padding_mask(stored, ds)
     if padding is not None and padding.all():
         raise InputError("every pixel is padding (PixelPaddingValue): no image", path)
+    shutter = _shutter_mask(stored.shape[:2], ds)
+    if shutter is not None and shutter.all():
+        raise InputError("the display shutter hides every pixel: no image", path)
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     if str(ds.get("PresentationIntentType", "")).upper() == "FOR PROCESSING":
         pixels = _attenuation_from_raw(values, ds, path, padding)
@@ -296,12 +347,22 @@ def _monochrome_pixels(stored: np.ndarray, ds: pydicom.Dataset, path: Path, note
         if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
             pixels = pixels.max() + pixels.min() - pixels
     if padding is not None:
-        pixels[padding] = np.percentile(pixels[~padding], 0.5)
-        notes.append(
-            f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue), "
-            "taken as unexposed: set to the level of air"
-        )
+        notes.append(f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue)")
+    if shutter is not None:
+        notes.append(f"{shutter.mean():.0%} of the pixels lie behind the display shutter (ShutterShape)")
+    outside = _either(padding, shutter)
+    if outside is not None:
+        if outside.all():
+            raise InputError("padding and the display shutter leave no pixel: no image", path)
+        pixels[outside] = np.percentile(pixels[~outside], 0.5)
+        notes.append("taken as unexposed: set to the level of air")
     return pixels
+
+
+def _either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a | b
 
 
 def _attenuation_from_raw(
