@@ -119,6 +119,32 @@ def test_calibrated_pixel_spacing_wins(tmp_path: Path) -> None:
     assert rad.spacing_source == "dicom:PixelSpacing"
 
 
+@pytest.mark.parametrize(
+    ("tags", "spacing", "source", "plane", "note"),
+    [
+        # alone, the standard cannot say whether it was corrected; CR defined it at the plate
+        ({"Modality": "CR", "PixelSpacing": [0.2, 0.2]},
+         0.2, "dicom:PixelSpacing", "detector", "at the plate"),
+        ({"Modality": "DX", "PixelSpacing": [0.2, 0.2]},
+         0.2, "dicom:PixelSpacing", "patient", "at the patient"),
+        ({"Modality": "CR", "PixelSpacing": [0.2, 0.2], "PixelSpacingCalibrationType": "GEOMETRY"},
+         0.2, "dicom:PixelSpacing", "patient", None),
+        # a digitised film: the spacing on the film, which lay at the detector
+        ({"Modality": "OT", "NominalScannedPixelSpacing": [0.3, 0.3]},
+         0.3, "dicom:NominalScannedPixelSpacing", "detector", None),
+        ({"Modality": "OT", "NominalScannedPixelSpacing": [0.3, 0.3], "PixelSpacing": [0.26, 0.26]},
+         0.26, "dicom:PixelSpacing", "patient", None),
+    ],
+)  # fmt: skip
+def test_pixel_spacing_alone_and_scanned_film_spacing(
+    tmp_path: Path, tags: dict[str, object], spacing: float, source: str, plane: str, note: str | None
+) -> None:
+    rad = read_radiograph(write_dx(tmp_path / "s.dcm", ramp(), **tags))
+    assert rad.pixel_spacing == pytest.approx((spacing, spacing))
+    assert (rad.spacing_source, rad.spacing_plane) == (source, plane)
+    assert any(note in n for n in rad.notes) if note else not any("PixelSpacing" in n for n in rad.notes)
+
+
 def test_placeholder_pixel_spacing_is_unknown(tmp_path: Path) -> None:
     rad = read_radiograph(write_dx(tmp_path / "ph.dcm", ramp(), PixelSpacing=[1.0, 1.0]))
     assert rad.pixel_spacing is None and rad.spacing_source == "unknown"

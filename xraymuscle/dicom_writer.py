@@ -61,6 +61,7 @@ def write_dx(
     ds.HighBit = 11
     ds.PixelRepresentation = 0
     ds.PixelSpacing = [f"{pixel_spacing_mm:.6g}", f"{pixel_spacing_mm:.6g}"]
+    ds.PixelSpacingCalibrationType = "GEOMETRY"  # at the isocentre plane, by the known geometry
     if detector_spacing_mm is not None:
         ds.ImagerPixelSpacing = [f"{detector_spacing_mm:.6g}", f"{detector_spacing_mm:.6g}"]
     if magnification is not None:

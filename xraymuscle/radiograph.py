@@ -13,8 +13,11 @@ where the true spacing is in ImagerPixelSpacing). The order of trust follows the
 2. ``ImagerPixelSpacing`` divided by ``EstimatedRadiographicMagnificationFactor``.
 3. ``ImagerPixelSpacing`` scaled by source-to-patient / source-to-detector distance.
 4. ``ImagerPixelSpacing`` alone: the spacing at the detector, not at the patient.
-5. ``PixelSpacing`` alone, unless it is exactly 1.0 × 1.0, which converters write as a
-   placeholder: then the spacing is unknown.
+5. ``NominalScannedPixelSpacing`` (a digitised film): the spacing on the film, at the detector.
+6. ``PixelSpacing`` alone, unless it is exactly 1.0 × 1.0, which converters write as a
+   placeholder: then the spacing is unknown. Alone, the standard leaves open whether it was
+   corrected for magnification: in a CR file, which defined it at the front of the plate, it is
+   taken as at the detector; in others as at the patient, with a note.
 
 A spacing given by the user overrides all of these (source ``user``).
 """
@@ -137,12 +140,24 @@ def dicom_spacing(
     notes: list[str] = []
     ps = _positive_pair(ds.get("PixelSpacing"))
     ips = _positive_pair(ds.get("ImagerPixelSpacing"))
-    for tag, pair in (("PixelSpacing", ps), ("ImagerPixelSpacing", ips)):
+    scanned = _positive_pair(ds.get("NominalScannedPixelSpacing"))
+    for tag, pair in (
+        ("PixelSpacing", ps),
+        ("ImagerPixelSpacing", ips),
+        ("NominalScannedPixelSpacing", scanned),
+    ):
         if pair is None and ds.get(tag) is not None:
             notes.append(f"{tag} {_shown(ds.get(tag))} is not a positive spacing; ignored")
     calibrated = "PixelSpacingCalibrationType" in ds
-    if ps is not None and ips is not None and (calibrated or not np.allclose(ps, ips, rtol=1e-4)):
+    at_receptor = ips if ips is not None else scanned  # at the detector, or on the film digitised
+    if (
+        ps is not None
+        and at_receptor is not None
+        and (calibrated or not np.allclose(ps, at_receptor, rtol=1e-4))
+    ):
         return ps, "dicom:PixelSpacing", "patient", notes
+    if ips is None and scanned is not None:
+        return scanned, "dicom:NominalScannedPixelSpacing", "detector", notes
     if ips is not None:
         emf = _positive(ds.get("EstimatedRadiographicMagnificationFactor"))
         if emf is not None:
@@ -168,6 +183,17 @@ def dicom_spacing(
         if ps == (1.0, 1.0) and not calibrated:
             notes.append("PixelSpacing 1.0 x 1.0 without ImagerPixelSpacing ignored as a placeholder")
             return None, "unknown", "unknown", notes
+        if calibrated:
+            return ps, "dicom:PixelSpacing", "patient", notes
+        # Alone, it cannot say whether it was corrected for magnification. Computed radiography
+        # defined it at the front of the plate, and such files carry it so: at the detector.
+        if str(ds.get("Modality", "")).upper() == "CR":
+            notes.append("PixelSpacing of a CR file without ImagerPixelSpacing taken as at the plate")
+            return ps, "dicom:PixelSpacing", "detector", notes
+        notes.append(
+            "PixelSpacing without ImagerPixelSpacing or a calibration type taken as at the patient "
+            "(were it the detector's, lengths would read too long by the magnification)"
+        )
         return ps, "dicom:PixelSpacing", "patient", notes
     return None, "unknown", "unknown", notes
 
