@@ -141,6 +141,8 @@ def test_inputs_from_a_csv_and_unreadable_folders(study, tmp_path: Path, monkeyp
     bare.parent.mkdir()
     shutil.copyfile(good[0], bare)
     (tmp_path / "tree" / "README").write_text("not an image")
+    shutil.copyfile(good[0], tmp_path / "tree" / "DICOMDIR")  # a medium's index (DICM, no pixels)
+    (tmp_path / "tree" / "._IM0001.dcm").write_bytes(b"\x00\x05\x16\x07" + bytes(200))  # a copy's stub
     locked = tmp_path / "tree" / "locked"
     locked.mkdir()
     real_scandir = os.scandir

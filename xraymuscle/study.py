@@ -57,7 +57,9 @@ def find_inputs(
 
     A folder yields every file with an image suffix (``.dcm``, ``.png``, ``.jpg``, ``.tif`` …)
     and every suffix-less file that starts like DICOM (``DICM`` at byte 128), but none in the
-    folder ``skip`` (the run's own output, which may lie inside the study). A CSV names one
+    folder ``skip`` (the run's own output, which may lie inside the study), no ``DICOMDIR`` (a
+    medium's index) and no ``._`` file (the stub a copy from another file system leaves beside
+    each file). A CSV names one
     path per row in a ``path`` (or ``image``, ``file``) column, or in its only column; relative
     paths are read from the CSV's folder. Listed paths that do not exist stay inputs (their row
     will say so).
@@ -89,6 +91,8 @@ def _walk(root: Path, skip: str | None) -> tuple[list[str], dict[str, str]]:
             dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) != skip]
         dirs.sort()
         for name in files:
+            if name.startswith("._") or name.upper() == "DICOMDIR":
+                continue  # a copy's resource-fork stub, or a medium's index: never an image
             path = os.path.abspath(os.path.join(folder, name))
             suffix = os.path.splitext(name)[1].lower()
             if suffix in IMAGE_SUFFIXES or (not suffix and _starts_like_dicom(path)):
