@@ -105,6 +105,13 @@ ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Model folder (default: the shipped phantom model).")
 ]
 McSamplesOpt = Annotated[int | None, typer.Option("--mc-samples", help="Dropout draws (model default).")]
+MagnificationOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--magnification",
+        help="The hip's magnification, for spacings at the detector (default: the training geometry's).",
+    ),
+]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install '.[ray]').")]
 RayAddressOpt = Annotated[
     str | None, typer.Option("--ray-address", help="Run on an existing Ray cluster (e.g. ray://head:10001).")
@@ -348,6 +355,7 @@ def predict(
         float | None,
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm (overrides files)."),
     ] = None,
+    magnification: MagnificationOpt = None,
     mc_samples: McSamplesOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -359,6 +367,7 @@ def predict(
         out,
         model_dir=model,
         pixel_spacing=pixel_spacing,
+        magnification=magnification,
         mc_samples=mc_samples,
         device=_pick_device(device),
         echo=typer.echo,
@@ -514,6 +523,7 @@ def screen(
         float | None,
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm, for files without one."),
     ] = None,
+    magnification: MagnificationOpt = None,
     mc_samples: McSamplesOpt = None,
     keep_identifiers: Annotated[
         bool,
@@ -538,6 +548,7 @@ def screen(
         workers=workers,
         mc_samples=mc_samples,
         pixel_spacing=pixel_spacing,
+        magnification=magnification,
         keep_identifiers=keep_identifiers,
         overlays=overlays,
         report=report,

@@ -636,6 +636,39 @@ def test_a_raw_detector_image_reads_as_the_processed_one(new_phantom: DrrDataset
             assert abs(difference) <= sd / 2, column  # (0.31 sd at most, measured)
 
 
+def test_a_given_magnification_divides_a_detector_spacing(new_phantom: DrrDataset, tmp_path: Path) -> None:
+    """A file with its spacing at the detector, measured with ``--magnification M``, reads as the
+    same file given the spacing at the patient, detector spacing / M; without the option, the
+    training geometry's magnification is used."""
+    pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
+    magnification = 1.25
+    detector = write_dx(tmp_path / "detector.dcm", pixels, pixel_spacing_mm=spacing)
+    ds = pydicom.dcmread(detector)
+    del ds.PixelSpacing, ds.PixelSpacingCalibrationType
+    ds.ImagerPixelSpacing = [f"{spacing * magnification:.6g}"] * 2
+    ds.save_as(detector, enforce_file_format=True)
+    runs = {
+        "given": ["--magnification", str(magnification)],
+        "at_patient": ["--pixel-spacing", f"{spacing:.6g}"],
+        "training": [],
+    }
+    tables = {}
+    for name, options in runs.items():
+        result = runner.invoke(app, ["predict", str(detector), "--out", str(tmp_path / name), *options])
+        assert result.exit_code == 0, result.output
+        with (tmp_path / name / "predictions.csv").open() as fh:
+            tables[name] = next(csv.DictReader(fh))
+    given, at_patient, training = tables["given"], tables["at_patient"], tables["training"]
+    assert float(given["pixel_spacing_mm"]) == pytest.approx(spacing, rel=1e-3)  # (the table's 4 digits)
+    for column in given:
+        if column.startswith("volume_ml__"):
+            assert float(given[column]) == pytest.approx(float(at_patient[column]), rel=1e-4), column
+    geometry = load_model(default_model_dir()).meta["training"]["geometry"]
+    trained = float(geometry["sid"]) / float(geometry["sod"])  # divided by the training's instead
+    assert abs(trained - magnification) > 0.01
+    assert float(training["pixel_spacing_mm"]) == pytest.approx(spacing * magnification / trained, rel=1e-3)
+
+
 @pytest.mark.realdata
 def test_the_shipped_model_rejects_real_paediatric_radiographs(real_xray_dir: Path, tmp_path: Path) -> None:
     """The shipped model knows adult phantoms only: the ten real children's AP pelvis films (whose

@@ -311,6 +311,12 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no radiographs found" in result.output
     result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--mc-samples", "3"])
     assert result.exit_code == 2 and "other mc_samples" in result.output
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--magnification", "1.3"])
+    assert result.exit_code == 2 and "other magnification" in result.output
+    result = runner.invoke(
+        app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--magnification", "nan"]
+    )
+    assert result.exit_code == 2 and "--magnification must be between 1 and 3, not nan" in result.output
     result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--overlays", "some"])
     assert result.exit_code == 2
     result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--workers", "-1"])

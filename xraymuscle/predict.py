@@ -35,7 +35,7 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
-from xraymuscle.prepare import GridTarget, Prepared, prepare, read_and_prepare
+from xraymuscle.prepare import GridTarget, Prepared, check_magnification, prepare, read_and_prepare
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import locks_output
 from xraymuscle.study import find_inputs
@@ -79,6 +79,7 @@ def predict_images(
     *,
     model_dir: Path | None = None,
     pixel_spacing: float | None = None,
+    magnification: float | None = None,
     mc_samples: int | None = None,
     device: str = "cpu",
     pictures: bool = True,
@@ -86,9 +87,12 @@ def predict_images(
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Predict every image (a folder: the radiographs in it); write ``predictions.csv`` and pictures
-    under ``out``; return the rows."""
+    under ``out``; return the rows. ``magnification`` divides spacings given at the detector
+    (default: the training geometry's)."""
     model = load_model(model_dir or default_model_dir(), device=device)
     check_mc_samples(mc_samples)
+    check_magnification(magnification)
+    target = GridTarget.of(model, magnification=magnification)
     inputs = expand_folders(paths, skip=out)
     if not inputs:
         raise InputError("no images given")
@@ -104,7 +108,7 @@ def predict_images(
         chunk = [
             Prepared(str(p), status="error", reason=problem)
             if problem
-            else prepare(p, model, pixel_spacing=pixel_spacing)
+            else prepare(p, target, pixel_spacing=pixel_spacing)
             for p, problem in inputs[start : start + BATCH]
         ]
         for p in chunk:

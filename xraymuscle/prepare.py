@@ -7,6 +7,7 @@ no pixel spacing, too small a field) gets ``rejected``; each with its reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,10 +58,21 @@ class GridTarget:
     size: int
     spacing_mm: float
     magnification: float
+    magnification_given: bool = False  # by the user (``--magnification``), not the training's
 
     @classmethod
-    def of(cls, model: LoadedModel) -> GridTarget:
-        return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model))
+    def of(cls, model: LoadedModel, *, magnification: float | None = None) -> GridTarget:
+        """The model's grid; detector spacings are divided by ``magnification`` when given, by
+        the training geometry's otherwise."""
+        if magnification is None:
+            return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model))
+        return cls(model.input_size, model.pixel_spacing_mm, magnification, magnification_given=True)
+
+
+def check_magnification(magnification: float | None) -> None:
+    """Refuse a ``--magnification`` no radiograph has (an object lies between source and detector)."""
+    if magnification is not None and not (math.isfinite(magnification) and 1.0 <= magnification <= 3.0):
+        raise InputError(f"--magnification must be between 1 and 3, not {magnification}")
 
 
 def prepare(
@@ -133,7 +145,8 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     if radiograph.spacing_plane == "detector":
         magnification = target.magnification
         row_mm, column_mm = row_mm / magnification, column_mm / magnification
-        prepared.notes.append(f"detector spacing divided by the training magnification {magnification:.3f}")
+        whose = "the given" if target.magnification_given else "the training"
+        prepared.notes.append(f"detector spacing divided by {whose} magnification {magnification:.3f}")
     prepared.spacing_mm = (row_mm + column_mm) / 2
     field_mm = min(h * row_mm, w * column_mm)
     if field_mm < MIN_FIELD_MM:

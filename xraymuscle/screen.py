@@ -45,6 +45,7 @@ from xraymuscle.predict import (
     predictions_columns,
     write_pictures,
 )
+from xraymuscle.prepare import check_magnification
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
 
@@ -55,7 +56,7 @@ VERSION = 1
 OVERLAYS = ("flagged", "all", "none")
 TABLE_EVERY_S = 20.0
 # settings that change the numbers: a resumed run must use the same ones
-RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "keep_identifiers")
+RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "magnification", "keep_identifiers")
 
 
 class Inference:
@@ -164,6 +165,7 @@ def screen_study(
     workers: int | None = None,
     mc_samples: int | None = None,
     pixel_spacing: float | None = None,
+    magnification: float | None = None,
     keep_identifiers: bool = False,
     overlays: str = "flagged",
     report: bool = True,
@@ -181,6 +183,7 @@ def screen_study(
     if workers is not None and workers < 0:
         raise InputError(f"--workers must be 0 (decode here) or more, not {workers}")
     check_mc_samples(mc_samples)
+    check_magnification(magnification)
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
@@ -197,6 +200,7 @@ def screen_study(
         "model": str(model.path.resolve()),
         "mc_samples": samples,
         "pixel_spacing": pixel_spacing,
+        "magnification": magnification,
         "keep_identifiers": keep_identifiers,
         "notice": model.notice,
     }
@@ -205,7 +209,9 @@ def screen_study(
     journal = Journal(out / JOURNAL, "image")
     todo = [item for item in inputs if item.name not in journal]
     salt = load_or_make_salt(out)
-    settings = DecodeSettings(GridTarget.of(model), pixel_spacing, salt, keep_identifiers)
+    settings = DecodeSettings(
+        GridTarget.of(model, magnification=magnification), pixel_spacing, salt, keep_identifiers
+    )
     columns = table_columns(model, keep_identifiers=keep_identifiers)
     paths = [item.name for item in inputs]
     bar = tqdm(
