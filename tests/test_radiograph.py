@@ -182,6 +182,7 @@ def test_one_spacing_value_where_two_belong_is_read_as_square(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("spacing", "status", "reason"), [
     (1e9, "rejected", "larger than a body; check the pixel spacing (dicom:PixelSpacing)"),
+    (1e300, "rejected", "field of view 1.28e+302 x 1.28e+302 mm is larger than a body"),  # not 300 digits
     (1e-9, "rejected", "too small for a hip radiograph"),
     (3.0, "ok", ""),
 ])  # fmt: skip

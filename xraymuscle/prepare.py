@@ -69,6 +69,11 @@ class GridTarget:
         return cls(model.input_size, model.pixel_spacing_mm, magnification, magnification_given=True)
 
 
+def _mm(length: float) -> str:
+    """A length in whole mm, or in three digits and an exponent when it has more than six."""
+    return f"{length:.0f}" if length < 1e6 else f"{length:.3g}"
+
+
 def check_magnification(magnification: float | None) -> None:
     """Refuse a ``--magnification`` no radiograph has (an object lies between source and detector)."""
     if magnification is not None and not (math.isfinite(magnification) and 1.0 <= magnification <= 3.0):
@@ -150,11 +155,11 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     prepared.spacing_mm = (row_mm + column_mm) / 2
     field_mm = min(h * row_mm, w * column_mm)
     if field_mm < MIN_FIELD_MM:
-        return _reject(prepared, f"field of view {field_mm:.0f} mm is too small for a hip radiograph")
+        return _reject(prepared, f"field of view {_mm(field_mm)} mm is too small for a hip radiograph")
     if max(h * row_mm, w * column_mm) > MAX_FIELD_MM:
         return _reject(
             prepared,
-            f"field of view {w * column_mm:.0f} x {h * row_mm:.0f} mm is larger than a body; "
+            f"field of view {_mm(w * column_mm)} x {_mm(h * row_mm)} mm is larger than a body; "
             f"check the pixel spacing ({radiograph.spacing_source})",
         )
     scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
