@@ -60,8 +60,8 @@ def find_inputs(
     folder ``skip`` (the run's own output, which may lie inside the study), no ``DICOMDIR`` (a
     medium's index) and no ``._`` file (the stub a copy from another file system leaves beside
     each file). A CSV names one path per row in a ``path`` (or ``image``, ``file``) column, or in
-    its only column; relative paths are read from the CSV's folder. Listed paths that do not exist stay inputs (their row
-    will say so).
+    its only column; relative paths are read from the CSV's folder. Listed paths that do not
+    exist stay inputs (their row will say so).
     """
     source = Path(source)
     if not source.exists():
