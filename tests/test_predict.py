@@ -569,6 +569,9 @@ def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_pat
     for column in row:
         if column.startswith(("volume_", "mass_")):
             assert float(restored[column]) == pytest.approx(float(row[column]), rel=1e-4), column
+    # and the table says how each file was read
+    assert "mirrored left-right to the reading orientation (PatientOrientation R\\F)" in restored["notes"]
+    assert "PatientOrientation" not in row["notes"]
     assert row["status"] in ("ok", "uncertain") and row["notice"] == model.notice
     truth = data.rows[0]
     # the large muscles, measured to about 6 % on held-out phantoms (README)

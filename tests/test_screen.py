@@ -71,6 +71,8 @@ def test_every_input_gets_one_row_with_the_right_status(study, screened) -> None
     assert "too large" in reasons["huge.png"] and "no pixel data" in reasons["no_pixels.dcm"]
     assert "CT" in reasons["ct_slice.dcm"] and "colour" in reasons["photo.png"]
     assert "spacing" in reasons["film16.png"]
+    # the column that says how each file was read
+    assert all("notes" in r for r in rows) and all("notes" in r for r in table)
 
 
 def test_duplicates_are_named_and_agree_exactly(screened) -> None:

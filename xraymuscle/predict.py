@@ -69,7 +69,7 @@ def predictions_columns(model: LoadedModel) -> list[str]:
     if model.meta["architecture"].get("mass_head"):
         for m in model.muscles:
             columns += [f"mass_g__{m}", f"mass_sd_g__{m}"]
-    return [*columns, "ood_score", "model", "notice"]
+    return [*columns, "ood_score", "model", "notice", "notes"]
 
 
 @locks_output("out")
@@ -189,6 +189,7 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
         "spacing_source": p.spacing_source,
         "model": str(model.path),
         "notice": model.notice,
+        "notes": "; ".join(p.notes),  # how the file was read: orientation, spacing, padding, ...
     }
     if result is None:
         return row
