@@ -593,7 +593,8 @@ def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, 
     are ``rejected`` by the whitened score of all levels, and a phantom radiograph is not. So is a
     radiograph whose grey scale is the wrong way round (bone dark), as a wrong photometric
     interpretation or presentation shape in an archive's file would show it, and one with a lead
-    gonad shield over the pubis (which would cost the adductors a fifth of their volume)."""
+    gonad shield over the pubis (which would cost the adductors a fifth of their volume) or a hip
+    replacement (which would add half to the gluteus medius)."""
     pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
     rng = np.random.default_rng(0)
     shielded = pixels.copy()  # a lead gonad shield over the pubis: 70 mm wide, 55 mm tall, white
@@ -602,11 +603,20 @@ def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, 
     corners = np.array([[w // 2 - half, top], [w // 2 + half, top], [w // 2, top + tall]], np.int32)
     shield = cv2.fillPoly(np.zeros((h, w), np.uint8), [corners], 1).astype(bool)
     shielded[shield] = pixels.max() * 1.5
+    prosthesis = pixels.copy()  # a hip replacement in the right femur: a 48 mm head, a 130 mm stem
+    head, radius = (round(0.26 * w), round(0.44 * h)), round(24 / spacing)
+    metal = cv2.circle(np.zeros((h, w), np.uint8), head, radius, 1, -1)
+    stem = [(-6, 0), (6, 0), (-2, 130), (-8, 130)]  # mm from the head's centre
+    points = np.array(
+        [[head[0] + round(x / spacing), head[1] + round(y / spacing)] for x, y in stem], np.int32
+    )
+    prosthesis[cv2.fillPoly(metal, [points], 1).astype(bool)] = pixels.max() * 1.5
     images = {
         "phantom.dcm": pixels,
         "clinical.dcm": clinical_style(pixels, spacing, rng),
         "inverted.dcm": pixels.max() + pixels.min() - pixels,
         "shielded.dcm": shielded,
+        "prosthesis.dcm": prosthesis,
         **{f"noise{s}.dcm": cv2.GaussianBlur(rng.normal(size=(128, 128)), (0, 0), s) for s in (1, 3)},
     }
     paths = [write_dx(tmp_path / name, image, pixel_spacing_mm=spacing) for name, image in images.items()]
@@ -616,7 +626,14 @@ def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, 
     with (out / "predictions.csv").open() as fh:
         rows = {Path(r["image"]).name: r for r in csv.DictReader(fh)}
     assert rows["phantom.dcm"]["status"] in ("ok", "uncertain")
-    for name in ("clinical.dcm", "inverted.dcm", "shielded.dcm", "noise1.dcm", "noise3.dcm"):
+    for name in (
+        "clinical.dcm",
+        "inverted.dcm",
+        "shielded.dcm",
+        "prosthesis.dcm",
+        "noise1.dcm",
+        "noise3.dcm",
+    ):
         assert rows[name]["status"] == "rejected" and "not like the radiographs" in rows[name]["reason"], name
 
 
