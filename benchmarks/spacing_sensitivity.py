@@ -6,8 +6,8 @@
 A spacing at the patient is never exact: a detector's spacing is divided by a magnification that
 depends on how far the hip lies from the detector (the patient's thickness, the table), and a
 `PixelSpacing` alone may or may not have been corrected (README, *Check what a file holds*). This
-measures what such an error costs. New phantoms (``phantom --seed SEED``, not the shipped model's
-cohorts) are rendered as the shipped model's held-out ones were (``hip_ap``, 128 pixels, one view),
+measures what such an error costs. New phantoms (``phantom --seed SEED --spacing 3``, not the
+shipped model's cohorts) are rendered as its held-out ones were (``hip_ap``, 128 pixels, one view),
 written as DICOM, and measured with ``predict --pixel-spacing`` at the true spacing times each
 factor. For each factor it prints the mean ratio of the volumes to those at the true spacing, the
 exponent ``k`` of ``volume ∝ spacing^k`` that ratio gives, the spread of the ratio over muscles and
@@ -52,7 +52,7 @@ def main() -> None:
     catalog = MuscleCatalog.load()
     cohort = args.work / "phantoms" / "cohort.csv"
     if not cohort.is_file():
-        cohort = make_cohort(args.n, args.work / "phantoms", seed=args.seed, spacing=2.0, catalog=catalog)
+        cohort = make_cohort(args.n, args.work / "phantoms", seed=args.seed, spacing=3.0, catalog=catalog)
     drr = args.work / "drr"
     if not (drr / "dataset.json").is_file():
         preset = load_preset(config_file("geometry", "hip_ap"), image_size=128)
