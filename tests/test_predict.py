@@ -594,7 +594,7 @@ def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, 
     radiograph whose grey scale is the wrong way round (bone dark), as a wrong photometric
     interpretation or presentation shape in an archive's file would show it, and one with a lead
     gonad shield over the pubis (which would cost the adductors a fifth of their volume) or a hip
-    replacement (which would add half to the gluteus medius)."""
+    replacement (which would add more than half to the gluteus medius)."""
     pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
     rng = np.random.default_rng(0)
     shielded = pixels.copy()  # a lead gonad shield over the pubis: 70 mm wide, 55 mm tall, white
