@@ -190,9 +190,14 @@ def render_case(
         )
     del ct, labels  # the scene holds what rendering needs
     present = {g.name: i for i, g in enumerate(groups) if scene.voxel_counts[i] > 0}
-    missing = [m for m in muscles if m not in present]
-    if missing:
-        notes.append(f"case {case.case_id}: no voxels for {missing}; rendered the rest")
+    empty = [g.name for g in groups if g.name not in present]  # labelled by the source, not in this CT
+    if empty:
+        notes.append(f"case {case.case_id}: no voxels for {empty}; rendered the rest")
+    unlabelled = [m for m in muscles if m not in table]
+    if unlabelled:
+        notes.append(
+            f"case {case.case_id}: label source {source!r} has no {unlabelled}; their columns are empty"
+        )
     volumes = scene.group_volumes_mm3() / 1000.0
     masses = scene.group_masses_g()
     renderer = Renderer(options.preset, device=options.device, backend=options.backend)
@@ -244,7 +249,7 @@ def render_case(
         "label_source": source,
         "rows": sorted(rows, key=lambda r: r["sample_id"]),
         "notes": notes,
-        "missing": missing,
+        "missing": [m for m in muscles if m not in present],  # either way: no volume to learn
         "rendered": len(todo),
     }
     write_text_atomic(out / "cases" / f"{case.case_id}.json", json.dumps(record, indent=1))
