@@ -358,5 +358,8 @@ def test_the_real_ct_renders_with_a_note_on_its_cut_off_sides(real_ct_dir: Path,
     # its label source has no thigh muscles: said so, not taken for muscles this CT lacks
     assert "label source 'totalsegmentator_v2' has no ['quadriceps_left'" in result.output
     assert "no voxels for" not in result.output
+    # and its scan range cuts the gluteus maximus (below) and the iliopsoas (above): the data's README
+    cut = "['gluteus_maximus_left', 'gluteus_maximus_right', 'iliopsoas_left', 'iliopsoas_right'] reach"
+    assert cut in result.output
     row = DrrDataset.load(tmp_path / "d").rows[0]
     assert row["volume_ml__gluteus_medius_left"] == pytest.approx(239, abs=1)  # the data's README

@@ -13,7 +13,15 @@ import SimpleITK as sitk
 from xraymuscle.catalog import MuscleCatalog
 from xraymuscle.errors import InputError
 from xraymuscle.measure import muscle_volumes
-from xraymuscle.volume import Volume, read_ct, read_ct_and_labels, read_labels, read_volume, sides_cut_off
+from xraymuscle.volume import (
+    Volume,
+    labels_at_scan_ends,
+    read_ct,
+    read_ct_and_labels,
+    read_labels,
+    read_volume,
+    sides_cut_off,
+)
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
@@ -151,6 +159,18 @@ def test_sides_cut_off_counts_slices_where_the_body_reaches_the_side_borders() -
     arr[:5, 2:27, :] = -1000.0
     arr[:5, 2:27, 3:9] = 40.0
     assert sides_cut_off(Volume(arr, (1.0, 2.0, 2.0), (0.0, 0.0, 0.0))) == 0.0
+
+
+def test_labels_at_scan_ends_are_those_the_scan_range_cuts() -> None:
+    labels = np.zeros((6, 4, 5), np.uint16)  # [k, j, i], k head-feet
+    labels[0, 1, 1] = 3  # reaches the first slice
+    labels[2:4, 1, 1] = 4  # inside
+    labels[5, 2, 2] = 7  # reaches the last
+    labels[2, 0, 0] = 9  # at the side, not at an end
+    assert labels_at_scan_ends(Volume(labels, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))) == {3, 7}
+    sagittal = np.transpose(labels, (2, 1, 0))  # stored with i running head-feet
+    direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert labels_at_scan_ends(Volume(sagittal, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)) == {3, 7}
 
 
 def test_missing_path() -> None:

@@ -45,7 +45,7 @@ from xraymuscle.drr_dataset import (
 from xraymuscle.errors import InputError
 from xraymuscle.preview import colour_maps, montage, overlay_masks, titled, window, write_png
 from xraymuscle.run_lock import is_empty, locks_output
-from xraymuscle.volume import read_ct_and_labels, sides_cut_off
+from xraymuscle.volume import labels_at_scan_ends, read_ct_and_labels, sides_cut_off
 
 COHORT_COLUMNS = ("case_id", "ct", "labels")
 CUT_OFF_NOTE = 0.1  # report a CT whose body reaches its side borders on more than a tenth of its slices
@@ -182,6 +182,13 @@ def render_case(
         warnings.simplefilter("always")
         scene = Scene(ct.array, ct.index_to_world, labels.array, groups)
     notes += [f"case {case.case_id}: {w.message}" for w in caught]
+    ends = labels_at_scan_ends(labels)
+    cut_by_range = [g.name for g in groups if ends & set(g.labels)]
+    if cut_by_range:
+        notes.append(
+            f"case {case.case_id}: {cut_by_range} reach the first or last slice of the CT: only the part "
+            "in the scan is in their volumes and maps, and the DRRs end where the scan does"
+        )
     cut = sides_cut_off(ct)
     if cut > CUT_OFF_NOTE:
         notes.append(

@@ -411,6 +411,14 @@ def sides_cut_off(ct: Volume) -> float:
     return float(np.mean(longest >= CUT_SIDE_MM))
 
 
+def labels_at_scan_ends(labels: Volume) -> set[int]:
+    """The label values found in the first or last axial slice (along the axis nearest
+    head-feet): structures that the scan range cuts, of which it holds only a part."""
+    along = int(np.argmax(np.abs(labels.direction)[2]))  # the axis (i, j or k) nearest head-feet
+    ends = np.take(labels.array, [0, -1], axis=2 - along)  # the array is indexed [k, j, i]
+    return {int(v) for v in np.unique(ends)} - {0}
+
+
 def read_ct_and_labels(
     ct_path: PathLikeStr, labels_path: PathLikeStr, *, masks: Mapping[str, int] | None = None
 ) -> tuple[Volume, Volume]:
