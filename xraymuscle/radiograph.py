@@ -251,7 +251,9 @@ def _shutter_mask(shape: tuple[int, int], ds: pydicom.Dataset) -> np.ndarray | N
     where several are given outside any of them): outside the exposed field. ``None`` when the
     file has no usable shutter or it hides nothing. Shutter coordinates are 1-based (row, column)."""
     shapes = {str(v).strip().upper() for v in _as_list(ds.get("ShutterShape"))}
-    rows, cols = np.mgrid[1 : shape[0] + 1, 1 : shape[1] + 1]
+    if not shapes & {"RECTANGULAR", "CIRCULAR", "POLYGONAL"}:
+        return None
+    rows, cols = np.ogrid[1 : shape[0] + 1, 1 : shape[1] + 1]
     shown = np.ones(shape, bool)
     used = False
     if "RECTANGULAR" in shapes:
