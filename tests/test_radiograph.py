@@ -97,10 +97,6 @@ def test_monochrome1_inverted(tmp_path: Path) -> None:
             {"EstimatedRadiographicMagnificationFactor": 1.25},
             "dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor",
         ),
-        (
-            {"DistanceSourceToDetector": 1100, "DistanceSourceToPatient": 880},
-            "dicom:ImagerPixelSpacing/SourceDistances",
-        ),
     ],
 )
 def test_magnification_corrects_spacing(tmp_path: Path, tags: dict[str, float], source: str) -> None:
@@ -110,6 +106,33 @@ def test_magnification_corrects_spacing(tmp_path: Path, tags: dict[str, float], 
     assert rad.pixel_spacing == pytest.approx((0.16, 0.2))
     assert rad.spacing_source == source
     assert rad.spacing_plane == "patient"
+
+
+@pytest.mark.parametrize(
+    ("tags", "given", "magnification", "how"),
+    [
+        # the file's source-to-detector distance, the hip 150 mm above the detector as in training
+        ({"DistanceSourceToDetector": 1150}, None, 1150 / 1000, "source-to-detector distance 1150 mm"),
+        ({"DistanceSourceToDetector": 1800}, None, 1800 / 1650, "source-to-detector distance 1800 mm"),
+        # the distance to the table (or the skin) is not the hip's: not used
+        ({"DistanceSourceToDetector": 1100, "DistanceSourceToPatient": 1050}, None, 1100 / 950, "1100 mm"),
+        ({}, None, 1050 / 900, "the training magnification 1.167"),
+        ({"DistanceSourceToDetector": 200}, None, 1050 / 900, "the training magnification"),  # no such film
+        ({"DistanceSourceToDetector": 1150}, 1.3, 1.3, "the given magnification 1.300"),
+    ],
+)
+def test_a_detector_spacing_is_brought_to_the_hip(
+    tmp_path: Path, tags: dict[str, float], given: float | None, magnification: float, how: str
+) -> None:
+    px = (ramp(h=256, w=256) // 16).astype(np.uint16)
+    path = write_dx(tmp_path / "d.dcm", px, ImagerPixelSpacing=[0.7, 0.7], **tags)
+    rad = read_radiograph(path)
+    assert rad.spacing_plane == "detector" and rad.pixel_spacing == (0.7, 0.7)
+    assert ("DistanceSourceToPatient not used" in " ".join(rad.notes)) == ("DistanceSourceToPatient" in tags)
+    target = GridTarget(64, 4.0, given or 1050 / 900, given is not None, hip_to_detector_mm=150.0)
+    prepared = prepare(path, target)
+    assert prepared.spacing_mm == pytest.approx(0.7 / magnification)
+    assert any(how in note for note in prepared.notes), prepared.notes
 
 
 def test_calibrated_pixel_spacing_wins(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 MIN_SIDE_PX = 64
 MIN_FIELD_MM = 150.0  # a hip radiograph shows at least this much of the pelvis
 MAX_FIELD_MM = 2500.0  # taller than any body: a spacing that gives more is wrong
+MIN_SOURCE_TO_HIP_MM = 300.0  # a shorter source-to-detector distance is not a hip radiograph's
 CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")
 # Body Part Examined values (DICOM defined terms) of radiographs that cannot show the hip; values
 # near it (PELVIS, HIP, ABDOMEN, LSPINE, THIGH, FEMUR, LEG, EXTREMITY, ...) and none are left to the
@@ -59,14 +60,36 @@ class GridTarget:
     spacing_mm: float
     magnification: float
     magnification_given: bool = False  # by the user (``--magnification``), not the training's
+    hip_to_detector_mm: float | None = None  # the training geometry's (sid - sod)
 
     @classmethod
     def of(cls, model: LoadedModel, *, magnification: float | None = None) -> GridTarget:
         """The model's grid; detector spacings are divided by ``magnification`` when given, by
-        the training geometry's otherwise."""
+        the training geometry's otherwise (see :meth:`magnification_for`)."""
+        geometry = (model.meta.get("training") or {}).get("geometry") or {}
+        sid, sod = geometry.get("sid"), geometry.get("sod")
+        gap = float(sid) - float(sod) if sid and sod else None
         if magnification is None:
-            return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model))
-        return cls(model.input_size, model.pixel_spacing_mm, magnification, magnification_given=True)
+            return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model), False, gap)
+        return cls(model.input_size, model.pixel_spacing_mm, magnification, True, gap)
+
+    def magnification_for(self, source_to_detector_mm: float | None) -> tuple[float, str]:
+        """The magnification at the hip for a radiograph, and how it was found.
+
+        A given one wins. Otherwise, with the file's source-to-detector distance, the hip is
+        taken as far above the detector as in the training geometry (a supine patient's hips
+        lie at much the same height above the detector whatever the tube's distance): the
+        magnification is ``sid / (sid - gap)``. Without it, the training geometry's.
+        """
+        if self.magnification_given:
+            return self.magnification, f"the given magnification {self.magnification:.3f}"
+        gap, sid = self.hip_to_detector_mm, source_to_detector_mm
+        if gap is not None and sid is not None and sid - gap >= MIN_SOURCE_TO_HIP_MM:
+            return sid / (sid - gap), (
+                f"the magnification {sid / (sid - gap):.3f} of the file's source-to-detector distance "
+                f"{sid:.0f} mm, the hip {gap:.0f} mm above the detector as in training"
+            )
+        return self.magnification, f"the training magnification {self.magnification:.3f}"
 
 
 def _mm(length: float) -> str:
@@ -148,10 +171,9 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         return _reject(prepared, f"pixel spacing unknown ({problem}); give --pixel-spacing MM")
     row_mm, column_mm = (float(v) for v in radiograph.pixel_spacing)
     if radiograph.spacing_plane == "detector":
-        magnification = target.magnification
+        magnification, how = target.magnification_for(radiograph.source_to_detector_mm)
         row_mm, column_mm = row_mm / magnification, column_mm / magnification
-        whose = "the given" if target.magnification_given else "the training"
-        prepared.notes.append(f"detector spacing divided by {whose} magnification {magnification:.3f}")
+        prepared.notes.append(f"detector spacing divided by {how}")
     prepared.spacing_mm = (row_mm + column_mm) / 2
     field_mm = min(h * row_mm, w * column_mm)
     if field_mm < MIN_FIELD_MM:

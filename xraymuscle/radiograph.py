@@ -11,10 +11,12 @@ where the true spacing is in ImagerPixelSpacing). The order of trust follows the
 1. ``PixelSpacing`` that differs from ``ImagerPixelSpacing`` (or comes with a
    ``PixelSpacingCalibrationType``) is already calibrated to the patient: used as it is.
 2. ``ImagerPixelSpacing`` divided by ``EstimatedRadiographicMagnificationFactor``.
-3. ``ImagerPixelSpacing`` scaled by source-to-patient / source-to-detector distance.
-4. ``ImagerPixelSpacing`` alone: the spacing at the detector, not at the patient.
-5. ``NominalScannedPixelSpacing`` (a digitised film): the spacing on the film, at the detector.
-6. ``PixelSpacing`` alone, unless it is exactly 1.0 × 1.0, which converters write as a
+3. ``ImagerPixelSpacing`` alone: the spacing at the detector, not at the patient; the file's
+   ``DistanceSourceToDetector`` is kept for :mod:`xraymuscle.prepare`, which brings it to the hip.
+   ``DistanceSourceToPatient`` is not used: the standard measures it to the table or support
+   beside the patient, and systems write the skin's distance there too; neither is the hip's.
+4. ``NominalScannedPixelSpacing`` (a digitised film): the spacing on the film, at the detector.
+5. ``PixelSpacing`` alone, unless it is exactly 1.0 × 1.0, which converters write as a
    placeholder: then the spacing is unknown. Alone, the standard leaves open whether it was
    corrected for magnification: in a CR file, which defined it at the front of the plate, it is
    taken as at the detector; in others as at the patient, with a note.
@@ -59,7 +61,7 @@ class Radiograph:
     spacing_source
         Where the spacing came from: ``dicom:PixelSpacing``, ``dicom:ImagerPixelSpacing``,
         ``dicom:ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor``,
-        ``dicom:ImagerPixelSpacing/SourceDistances``, ``user`` or ``unknown``.
+        ``dicom:NominalScannedPixelSpacing``, ``user`` or ``unknown``.
     spacing_plane
         ``patient`` when the spacing is corrected for magnification (or calibrated),
         ``detector`` when it is the spacing on the detector, ``unknown`` without a spacing.
@@ -73,6 +75,10 @@ class Radiograph:
         Human-readable remarks made while reading (ignored placeholder spacing, ...).
     spacing_problem
         Without a spacing, why: ``none in the file``, or the file's tags that could not be used.
+    source_to_detector_mm
+        The file's source-to-detector distance (``DistanceSourceToDetector``), when it gives a
+        usable one: with it, a spacing at the detector is brought to the hip (see
+        :mod:`xraymuscle.prepare`).
     """
 
     pixels: np.ndarray
@@ -85,6 +91,7 @@ class Radiograph:
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     spacing_problem: str = ""
+    source_to_detector_mm: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -168,15 +175,9 @@ def dicom_spacing(
                 "patient",
                 notes,
             )
-        sid = _positive(ds.get("DistanceSourceToDetector"))
-        sod = _positive(ds.get("DistanceSourceToPatient"))
-        if sid is not None and sod is not None and sod < sid:
-            scale = sod / sid
-            return (
-                (ips[0] * scale, ips[1] * scale),
-                "dicom:ImagerPixelSpacing/SourceDistances",
-                "patient",
-                notes,
+        if _positive(ds.get("DistanceSourceToPatient")) is not None:
+            notes.append(
+                "DistanceSourceToPatient not used: it measures to the table or the skin, not to the hip"
             )
         return ips, "dicom:ImagerPixelSpacing", "detector", notes
     if ps is not None:
@@ -455,6 +456,7 @@ def _read_dicom(path: Path) -> Radiograph:
     if turned:
         notes.append(turned)
     problem = "" if spacing is not None else "; ".join(spacing_notes) or "none in the file"
+    sid = _positive(ds.get("DistanceSourceToDetector"))
     return Radiograph(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         pixel_spacing=spacing,
@@ -466,6 +468,7 @@ def _read_dicom(path: Path) -> Radiograph:
         metadata=_dicom_metadata(ds),
         notes=notes,
         spacing_problem=problem,
+        source_to_detector_mm=sid,
     )
 
 
