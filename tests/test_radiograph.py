@@ -118,6 +118,14 @@ def test_magnification_corrects_spacing(tmp_path: Path, tags: dict[str, float], 
         ({"DistanceSourceToDetector": 1100, "DistanceSourceToPatient": 1050}, None, 1100 / 950, "1100 mm"),
         ({}, None, 1050 / 900, "the training magnification 1.167"),
         ({"DistanceSourceToDetector": 200}, None, 1050 / 900, "the training magnification"),  # no such film
+        # a magnification no hip has: a placeholder, or the table's
+        (
+            {"EstimatedRadiographicMagnificationFactor": 1.0, "DistanceSourceToDetector": 1150},
+            None,
+            1.15,
+            "1150",
+        ),
+        ({"EstimatedRadiographicMagnificationFactor": 1.04}, None, 1050 / 900, "the training magnification"),
         ({"DistanceSourceToDetector": 1150}, 1.3, 1.3, "the given magnification 1.300"),
     ],
 )
@@ -128,7 +136,8 @@ def test_a_detector_spacing_is_brought_to_the_hip(
     path = write_dx(tmp_path / "d.dcm", px, ImagerPixelSpacing=[0.7, 0.7], **tags)
     rad = read_radiograph(path)
     assert rad.spacing_plane == "detector" and rad.pixel_spacing == (0.7, 0.7)
-    assert ("DistanceSourceToPatient not used" in " ".join(rad.notes)) == ("DistanceSourceToPatient" in tags)
+    unused = {"DistanceSourceToPatient", "EstimatedRadiographicMagnificationFactor"} & set(tags)
+    assert {n.split()[0] for n in rad.notes if "not used" in n} == unused  # each said so
     target = GridTarget(64, 4.0, given or 1050 / 900, given is not None, hip_to_detector_mm=150.0)
     prepared = prepare(path, target)
     assert prepared.spacing_mm == pytest.approx(0.7 / magnification)

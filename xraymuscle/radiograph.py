@@ -10,7 +10,8 @@ where the true spacing is in ImagerPixelSpacing). The order of trust follows the
 
 1. ``PixelSpacing`` that differs from ``ImagerPixelSpacing`` (or comes with a
    ``PixelSpacingCalibrationType``) is already calibrated to the patient: used as it is.
-2. ``ImagerPixelSpacing`` divided by ``EstimatedRadiographicMagnificationFactor``.
+2. ``ImagerPixelSpacing`` divided by ``EstimatedRadiographicMagnificationFactor``, unless that is
+   below ``MIN_HIP_MAGNIFICATION`` (a placeholder such as 1.0, or the table's magnification).
 3. ``ImagerPixelSpacing`` alone: the spacing at the detector, not at the patient; the file's
    ``DistanceSourceToDetector`` is kept for :mod:`xraymuscle.prepare`, which brings it to the hip.
    ``DistanceSourceToPatient`` is not used: the standard measures it to the table or support
@@ -45,6 +46,9 @@ from xraymuscle.typing import PathLikeStr
 
 SpacingPlane = Literal["patient", "detector", "unknown"]
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# A hip lies at least some 120 mm above the detector (the table's gap, then half the pelvis), so
+# even at 1.5 m from the source its magnification is about 1.09: a file's smaller one is not the hip's.
+MIN_HIP_MAGNIFICATION = 1.08
 MAX_PIXELS = 12000 * 12000  # refuse decoding beyond this: memory stays bounded
 
 
@@ -167,7 +171,12 @@ def dicom_spacing(
         return scanned, "dicom:NominalScannedPixelSpacing", "detector", notes
     if ips is not None:
         emf = _positive(ds.get("EstimatedRadiographicMagnificationFactor"))
-        if emf is not None:
+        if emf is not None and emf < MIN_HIP_MAGNIFICATION:
+            notes.append(
+                f"EstimatedRadiographicMagnificationFactor {emf:g} not used: too small for a hip, which "
+                "lies well above the table (a placeholder, or the magnification at the table)"
+            )
+        elif emf is not None:
             spacing = (ips[0] / emf, ips[1] / emf)
             return (
                 spacing,
