@@ -633,6 +633,7 @@ def inspect(
             "pixel_spacing_mm": None if rad.pixel_spacing is None else list(rad.pixel_spacing),
             "spacing_source": rad.spacing_source,
             "spacing_plane": rad.spacing_plane,
+            "source_to_detector_mm": rad.source_to_detector_mm,
             "bits_stored": rad.bits_stored,
             "is_colour": rad.is_colour,
             "notes": rad.notes,
