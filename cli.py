@@ -109,7 +109,8 @@ MagnificationOpt = Annotated[
     float | None,
     typer.Option(
         "--magnification",
-        help="The hip's magnification, for spacings at the detector (default: the training geometry's).",
+        help="The hip's magnification, for spacings at the detector (default: from the file's SID, "
+        "else the training geometry's).",
     ),
 ]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install '.[ray]').")]

@@ -88,7 +88,7 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Predict every image (a folder: the radiographs in it); write ``predictions.csv`` and pictures
     under ``out``; return the rows. ``magnification`` divides spacings given at the detector
-    (default: the training geometry's)."""
+    (default: :meth:`GridTarget.magnification_for`, from the file's source-to-detector distance)."""
     model = load_model(model_dir or default_model_dir(), device=device)
     check_mc_samples(mc_samples)
     check_magnification(magnification)
