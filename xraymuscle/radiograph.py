@@ -283,7 +283,8 @@ def _shutter_mask(shape: tuple[int, int], ds: pydicom.Dataset) -> np.ndarray | N
     if "POLYGONAL" in shapes:
         vertices = _numbers(ds, "VerticesOfThePolygonalShutter")
         if vertices is not None and len(vertices) >= 6 and len(vertices) % 2 == 0:
-            points = np.round(np.array(vertices).reshape(-1, 2)[:, ::-1] - 1).astype(np.int32)  # (x, y)
+            corners = np.clip(np.array(vertices).reshape(-1, 2)[:, ::-1] - 1, -1e6, 1e6)  # (x, y)
+            points = np.round(corners).astype(np.int32)
             polygon = np.zeros(shape, np.uint8)
             cv2.fillPoly(polygon, [points], 1)
             shown &= polygon.astype(bool)
