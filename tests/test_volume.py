@@ -117,6 +117,8 @@ def test_a_folder_of_masks_named_after_muscles_is_one_label_map(tmp_path: Path, 
     names = {"gluteus_medius_left": 1, "gluteus_medius_right": 2, "iliopsoas_left": 3}
     _split_into_masks(labels, tmp_path / "masks", {**names, "liver": 0})  # (a structure of no muscle)
     (tmp_path / "masks" / "notes.txt").write_text("other files are left alone")
+    with pytest.raises(InputError, match=r"masks: .* a folder of masks, it needs a label source"):
+        read_labels(tmp_path / "masks", reference=tiny_ct)  # no names to read the masks by
     read = read_labels(tmp_path / "masks", reference=tiny_ct, masks=names)
     np.testing.assert_array_equal(read.array, labels.array)
     assert read.same_grid(tiny_ct)

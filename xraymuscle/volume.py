@@ -308,10 +308,18 @@ def read_labels(
     try:
         vol = read_volume(path)
     except InputError as exc:
-        if masks and exc.problem == "folder holds no DICOM series":
+        if exc.problem != "folder holds no DICOM series":
+            raise
+        if masks:
             raise InputError(
                 "folder holds no DICOM series and no mask named after a muscle of the label source "
                 f"(as {next(iter(masks))}.nii.gz)",
+                path,
+            ) from None
+        if masks is None and any(_volume_suffix(f.name) for f in path.iterdir()):
+            raise InputError(
+                "folder holds no DICOM series; as a folder of masks, it needs a label source to name "
+                "its muscles (--label-source)",
                 path,
             ) from None
         raise
@@ -346,10 +354,15 @@ def _named_masks(folder: Path, masks: Mapping[str, int]) -> dict[Path, int]:
     label value each stands for."""
     found = {}
     for file in sorted(folder.iterdir()):
-        suffix = next((s for s in _VOLUME_SUFFIXES if file.name.lower().endswith(s)), None)
+        suffix = _volume_suffix(file.name)
         if suffix is not None and file.is_file() and file.name[: -len(suffix)] in masks:
             found[file] = masks[file.name[: -len(suffix)]]
     return found
+
+
+def _volume_suffix(name: str) -> str | None:
+    """The volume-file suffix ``name`` ends with (``.nii.gz``, ``.mha``, ...), if any."""
+    return next((s for s in _VOLUME_SUFFIXES if name.lower().endswith(s)), None)
 
 
 def _read_mask_folder(folder: Path, found: dict[Path, int], reference: Volume | None) -> Volume:
@@ -431,4 +444,4 @@ def read_ct_and_labels(
 def is_volume_path(path: PathLikeStr) -> bool:
     """Whether a path looks like a volume file by its extension (or is a folder)."""
     p = Path(path)
-    return p.is_dir() or any(p.name.lower().endswith(s) for s in _VOLUME_SUFFIXES)
+    return p.is_dir() or _volume_suffix(p.name) is not None
