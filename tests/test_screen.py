@@ -330,6 +330,27 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
     assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]
 
 
+def test_the_report_counts_how_the_files_were_read() -> None:
+    from xraymuscle.report import _qc_section
+
+    mirrored = "mirrored left-right to the reading orientation (PatientOrientation R\\F)"
+    rows = [
+        {
+            "status": "ok",
+            "notes": f"{mirrored}; detector spacing divided by the training magnification 1.167",
+        },
+        {"status": "ok", "notes": "detector spacing divided by the training magnification 1.167"},
+        {"status": "rejected", "reason": "x", "notes": "12% of the pixels lie behind the display shutter"},
+        {"status": "ok", "notes": ""},
+    ]
+    section = _qc_section(rows)
+    assert "How the files were read" in section
+    assert "divided by the training magnification #</td><td>2<" in section  # numbers folded, counted
+    assert f"{mirrored}</td><td>1<" in section
+    assert "#% of the pixels lie behind the display shutter</td><td>1<" in section
+    assert "How the files were read" not in _qc_section([{"status": "ok", "notes": ""}])
+
+
 def test_report_renders_every_figure(screened, tmp_path: Path) -> None:
     out, rows = screened
     html = (out / "report.html").read_text(encoding="utf-8")

@@ -1,6 +1,7 @@
 """``report.html``: a screening study to look at, in one self-contained file (images embedded).
 
-Sections: the QC counts with their reasons; per-muscle volume distributions; left/right
+Sections: the QC counts with their reasons and how the files were read; per-muscle volume
+distributions; left/right
 asymmetry; groups by sex and by age band where the files say them; a gallery of the flagged
 images with their overlays. Every figure is a PNG embedded as a data URI, so the file can be
 mailed or archived alone. A small script counts the figures that decoded and writes the count
@@ -109,6 +110,16 @@ def _qc_section(rows: Sequence[dict[str, Any]]) -> str:
         f"<tr><td>{html.escape(s)}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
         for (s, reason), n in reasons.most_common()
     )
+    # how the files were read (the notes column), each kind of note counted once per radiograph
+    read = Counter(
+        kind
+        for r in rows
+        for kind in {re.sub(r"\d+(\.\d+)?", "#", n.strip()) for n in str(r.get("notes") or "").split("; ")}
+        if kind
+    )
+    read_rows = "".join(
+        f"<tr><td>{html.escape(kind)}</td><td>{n}</td></tr>" for kind, n in read.most_common()
+    )
     return (
         '<h2 id="qc">Quality control</h2>'
         f"<table><tr><th>status</th><th>radiographs</th></tr>{status_rows}</table>"
@@ -116,6 +127,12 @@ def _qc_section(rows: Sequence[dict[str, Any]]) -> str:
         + (
             f"<table><tr><th>status</th><th>reason</th><th>radiographs</th></tr>{reason_rows}</table>"
             if reason_rows
+            else ""
+        )
+        + (
+            "<p>How the files were read (the <code>notes</code> column):</p>"
+            f"<table><tr><th>note</th><th>radiographs</th></tr>{read_rows}</table>"
+            if read_rows
             else ""
         )
     )
