@@ -340,14 +340,18 @@ def test_the_report_counts_how_the_files_were_read() -> None:
             "notes": f"{mirrored}; detector spacing divided by the training magnification 1.167",
         },
         {"status": "ok", "notes": "detector spacing divided by the training magnification 1.167"},
-        {"status": "rejected", "reason": "x", "notes": "12% of the pixels lie behind the display shutter"},
+        {
+            "status": "rejected",
+            "reason": "x",
+            "notes": "12% of the pixels lie behind the display shutter, set to air",
+        },
         {"status": "ok", "notes": ""},
     ]
     section = _qc_section(rows)
     assert "How the files were read" in section
     assert "divided by the training magnification #</td><td>2<" in section  # numbers folded, counted
     assert f"{mirrored}</td><td>1<" in section
-    assert "#% of the pixels lie behind the display shutter</td><td>1<" in section
+    assert "#% of the pixels lie behind the display shutter, set to air</td><td>1<" in section
     assert "How the files were read" not in _qc_section([{"status": "ok", "notes": ""}])
 
 

@@ -385,16 +385,15 @@ def _monochrome_pixels(stored: np.ndarray, ds: pydicom.Dataset, path: Path, note
         pixels = np.asarray(values, dtype=np.float32)
         if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
             pixels = pixels.max() + pixels.min() - pixels
-    if padding is not None:
-        notes.append(f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue)")
-    if shutter is not None:
-        notes.append(f"{shutter.mean():.0%} of the pixels lie behind the display shutter (ShutterShape)")
     outside = _either(padding, shutter)
     if outside is not None:
         if outside.all():
             raise InputError("padding and the display shutter leave no pixel: no image", path)
         pixels[outside] = np.percentile(pixels[~outside], 0.5)
-        notes.append("taken as unexposed: set to the level of air")
+    if padding is not None:
+        notes.append(f"{padding.mean():.0%} of the pixels are padding (PixelPaddingValue), set to air")
+    if shutter is not None:
+        notes.append(f"{shutter.mean():.0%} of the pixels lie behind the display shutter, set to air")
     return pixels
 
 
