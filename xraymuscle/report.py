@@ -3,8 +3,8 @@
 Sections: the QC counts with their reasons and how the files were read; per-muscle volume
 distributions; left/right asymmetry; groups by sex and by age band where the files say them; a
 gallery of the flagged images with their overlays. Every figure is a PNG embedded as a data URI,
-so the file can be mailed or archived alone. A small script counts the figures that decoded and writes the count
-into ``<body data-figures-loaded=…>``, which a headless browser check reads.
+so the file can be mailed or archived alone. A small script counts the figures that decoded and
+writes the count into ``<body data-figures-loaded=…>``, which a headless browser check reads.
 """
 
 from __future__ import annotations
