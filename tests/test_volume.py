@@ -284,8 +284,8 @@ def test_real_ct_and_totalsegmentator_labels(real_ct_dir: Path) -> None:
 @pytest.mark.realdata
 def test_real_labels_as_a_folder_of_masks(real_ct_dir: Path, tmp_path: Path) -> None:
     """The segmentation tool's default output, one mask per structure named after it (written here
-    from the shared label map and its names, all 117 of them where present), measures as the
-    label map does."""
+    from the shared label map and its names, one for each of the 61 structures present), measures
+    as the label map does."""
     import json
 
     ct, labels = read_ct_and_labels(real_ct_dir / "ct.nii.gz", real_ct_dir / "labels_total_v2.nii.gz")
