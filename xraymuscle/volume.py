@@ -414,8 +414,8 @@ def sides_cut_off(ct: Volume) -> float:
         return 0.0
     depth = ({0, 1, 2} - {across, along}).pop()  # the third: front to back
     # the array is indexed [k, j, i]: axis a of (i, j, k) is array axis 2 - a
-    body = np.moveaxis(ct.array > BODY_HU, (2 - along, 2 - across), (0, 1))  # [slice, side, depth]
-    faces = body[:, [0, -1], :]
+    sides = np.take(ct.array, [0, -1], axis=2 - across) > BODY_HU  # the two side faces only
+    faces = np.moveaxis(sides, (2 - along, 2 - across), (0, 1))  # [slice, side, depth]
     # the longest run of tissue along the depth, per slice and side: each run's length is read at
     # its last voxel as the distance back to the gap before it
     index = np.arange(faces.shape[2])
