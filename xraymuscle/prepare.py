@@ -68,10 +68,9 @@ class GridTarget:
         the training geometry's otherwise (see :meth:`magnification_for`)."""
         geometry = (model.meta.get("training") or {}).get("geometry") or {}
         sid, sod = geometry.get("sid"), geometry.get("sod")
-        gap = float(sid) - float(sod) if sid and sod else None
-        if magnification is None:
-            return cls(model.input_size, model.pixel_spacing_mm, _training_magnification(model), False, gap)
-        return cls(model.input_size, model.pixel_spacing_mm, magnification, True, gap)
+        trained, gap = (float(sid) / float(sod), float(sid) - float(sod)) if sid and sod else (1.0, None)
+        given = magnification is not None
+        return cls(model.input_size, model.pixel_spacing_mm, magnification or trained, given, gap)
 
     def magnification_for(self, source_to_detector_mm: float | None) -> tuple[float, str]:
         """The magnification at the hip for a radiograph, and how it was found.
@@ -194,9 +193,3 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
 def _reject(prepared: Prepared, reason: str) -> Prepared:
     prepared.status, prepared.reason = "rejected", reason
     return prepared
-
-
-def _training_magnification(model: LoadedModel) -> float:
-    geometry = (model.meta.get("training") or {}).get("geometry") or {}
-    sid, sod = geometry.get("sid"), geometry.get("sod")
-    return float(sid) / float(sod) if sid and sod else 1.0
