@@ -248,12 +248,12 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _numbers(ds: pydicom.Dataset, keyword: str) -> list[float] | None:
-    """A numeric attribute's values as floats; ``None`` when absent or not numbers."""
+    """A numeric attribute's values as floats; ``None`` when absent or not finite numbers."""
     try:
         values = [float(v) for v in _as_list(ds.get(keyword))]
     except (TypeError, ValueError):
         return None
-    return values or None
+    return values if values and all(math.isfinite(v) for v in values) else None
 
 
 def _shutter_mask(shape: tuple[int, int], ds: pydicom.Dataset) -> np.ndarray | None:
