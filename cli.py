@@ -620,11 +620,11 @@ def inspect(
         }
         if labels is not None:
             muscles = None if label_source is None else MuscleCatalog.load(catalog)
-            masks = None if muscles is None or label_source is None else muscles.mask_values(label_source)
+            masks = None if muscles is None else muscles.mask_values(str(label_source))
             lab = read_labels(labels, reference=ct, masks=masks)
             info["labels"] = [int(v) for v in np.unique(lab.array) if v != 0]
-            if muscles is not None and label_source is not None:
-                info["muscles"] = muscle_volumes(ct, lab, muscles, label_source)
+            if muscles is not None:
+                info["muscles"] = muscle_volumes(ct, lab, muscles, str(label_source))
     else:
         rad = read_radiograph(path, pixel_spacing=pixel_spacing)
         info = {
