@@ -278,7 +278,8 @@ def test_kill_and_resume_every_input_exactly_once(study, screened, tmp_path: Pat
     assert 4 <= lines_at_kill < len(expected), "the run must be killed midway"
     with journal.open("ab") as fh:  # as if killed in the middle of a write
         fh.write(b'{"image": "/half')
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    # the child's output is UTF-8 (progress bars) whatever this shell's locale says
+    result = subprocess.run(command, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stderr
     rows = _rows(out / "results.csv")
     assert len(rows) == len(expected) == len({r["image"] for r in rows})
@@ -368,7 +369,7 @@ def test_report_renders_every_figure(screened, tmp_path: Path) -> None:
     dom = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
          "--dump-dom", str(out / "report.html")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, encoding="utf-8", errors="replace", timeout=120,
     ).stdout  # fmt: skip
     assert f'data-figures-loaded="{n_img}/{n_img}"' in dom
 
