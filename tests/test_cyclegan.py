@@ -21,6 +21,7 @@ from training.unpaired import real_images
 from xraymuscle.clinical_style import clinical_style
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
+from xraymuscle.study import left_out_line
 
 runner = CliRunner()
 TINY_GAN = """crop_size: 32
@@ -214,9 +215,14 @@ def test_real_domain_names_that_are_not_utf8(real_domain: Path, tmp_path: Path) 
     Path(os.fsdecode(os.fsencode(folder) + b"/f\xe4rg.png")).write_bytes(
         cv2.imencode(".png", colour)[1].tobytes()
     )
+    earlier = folder / "predictions"  # an earlier run's output inside the films' folder
+    earlier.mkdir()
+    shutil.copyfile(films[0], earlier / "0000_overlay.png")
+    (earlier / ".xraymuscle.lock").touch()
     domain = real_images(folder, 2.0, 1.15, 64)
     assert domain.paths == [f"{folder}/r\\xf6ntgen0.png", f"{folder}/r\\xf6ntgen1.png"]
     assert domain.skipped == [f"{folder}/f\\xe4rg.png: a colour image, not a radiograph"]
+    assert domain.left_out == [left_out_line(str(earlier))]
 
 
 def test_adapt_translates_images_and_keeps_maps(gan_run: Path, tiny_drr: Path, tmp_path: Path) -> None:

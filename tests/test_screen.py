@@ -181,13 +181,19 @@ def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: P
     assert rows[0]["volume_ml__gluteus_medius_left"] == rows[1]["volume_ml__gluteus_medius_left"] != ""
     assert len((out / "journal.jsonl").read_text(encoding="utf-8").splitlines()) == 2  # none redone
     assert "h\\xfcfte.dcm" in (out / "report.html").read_text(encoding="utf-8")
-    # predict finds the same two (and the screen's pictures), not the pictures of its own first run
+    # predict finds the same two, not the pictures of its own first run nor the screen's, and
+    # says that it left the screen's folder out (its overlays were once read as radiographs)
+    assert list(out.rglob("*.png"))
     for _ in range(2):
         result = runner.invoke(app, ["predict", str(tree), "--out", str(tree / "predicted")])
         assert result.exit_code == 0, result.output
+        assert f"left out {out}: written by an earlier run" in result.output
+        assert "left out" not in result.output.replace(f"left out {out}", "")
     predicted = [r["image"] for r in _rows(tree / "predicted" / "predictions.csv")]
-    assert predicted == sorted([*(r["image"] for r in rows), *map(str, out.rglob("*.png"))])
-    assert len(predicted) == 6  # two radiographs, and an overlay and an uncertainty map of each
+    assert predicted == [r["image"] for r in rows]
+    # a folder that merely holds pictures, written by nothing of ours, is searched
+    shutil.copytree(out / "overlays", tree / "pictures")
+    assert len(find_inputs(tree, skip=tree / "predicted")) == 2 + len(list(out.glob("overlays/*.png")))
     with pytest.raises(InputError, match="a folder of its own"):
         screen_study(tree, tree, progress=False, echo=str)
     refused = runner.invoke(app, ["predict", str(tree), "--out", str(tree)])

@@ -246,6 +246,8 @@ def train_cyclegan(
     real = real_images(Path(xray_source), spacing, magnification, reference_side)
     for problem in real.skipped:
         echo(f"skipped: {problem}")
+    for line in real.left_out:
+        echo(line)
     out = Path(out)
     checkpoint = out / "checkpoint"
     if not is_empty(out) and not resume:

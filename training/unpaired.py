@@ -20,7 +20,7 @@ from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import normalise
 from xraymuscle.radiograph import read_radiograph
-from xraymuscle.study import find_inputs
+from xraymuscle.study import find_inputs, left_out_line
 
 MIN_REAL = 2
 
@@ -54,6 +54,7 @@ class RealDomain:
     images: list[np.ndarray] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # earlier runs' output folders, not searched
 
 
 def real_images(source: Path, spacing_mm: float, magnification: float, reference_side: int) -> RealDomain:
@@ -63,7 +64,7 @@ def real_images(source: Path, spacing_mm: float, magnification: float, reference
     distribution to learn.
     """
     domain = RealDomain()
-    for item in find_inputs(source):
+    for item in find_inputs(source, on_output_folder=lambda f: domain.left_out.append(left_out_line(f))):
         if item.problem:
             domain.skipped.append(f"{item.name}: {item.problem}")
             continue

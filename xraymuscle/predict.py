@@ -38,7 +38,7 @@ from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import GridTarget, Prepared, check_magnification, prepare, read_and_prepare
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import locks_output
-from xraymuscle.study import find_inputs
+from xraymuscle.study import find_inputs, left_out_line
 
 __all__ = [
     "STATUSES",
@@ -93,7 +93,7 @@ def predict_images(
     check_mc_samples(mc_samples)
     check_magnification(magnification)
     target = GridTarget.of(model, magnification=magnification)
-    inputs = expand_folders(paths, skip=out)
+    inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     if not inputs:
         raise InputError("no images given")
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
@@ -153,12 +153,16 @@ def predict_images(
 
 
 def expand_folders(
-    paths: Sequence[str | Path], *, skip: str | Path | None = None
+    paths: Sequence[str | Path],
+    *,
+    skip: str | Path | None = None,
+    on_output_folder: Callable[[str], None] | None = None,
 ) -> list[tuple[str | Path, str]]:
     """The paths as given, each folder replaced by the radiographs in it, found as ``screen``
-    finds a study's (recursively, in a stable order, not searching the folder ``skip``), each with
-    the problem found while listing (``""`` for none): a subfolder that cannot be read, or a
-    folder with no radiographs, becomes a row of its own with status ``error`` and that reason.
+    finds a study's (recursively, in a stable order, not searching the folder ``skip`` nor the
+    output folders of earlier runs, which ``on_output_folder`` is told of), each with the problem
+    found while listing (``""`` for none): a subfolder that cannot be read, or a folder with no
+    radiographs, becomes a row of its own with status ``error`` and that reason.
     """
     out: list[tuple[str | Path, str]] = []
     for path in paths:
@@ -168,7 +172,8 @@ def expand_folders(
         if skip is not None and os.path.realpath(path) == os.path.realpath(skip):
             raise InputError("--out must be a folder of its own, not one searched for radiographs", skip)
         try:
-            out += [(item.path, item.problem) for item in find_inputs(path, skip=skip)]
+            found = find_inputs(path, skip=skip, on_output_folder=on_output_folder)
+            out += [(item.path, item.problem) for item in found]
         except InputError as exc:
             out.append((path, exc.problem))
     return out

@@ -47,7 +47,7 @@ from xraymuscle.predict import (
 )
 from xraymuscle.prepare import check_magnification
 from xraymuscle.run_lock import is_empty, locks_output
-from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, load_or_make_salt
+from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
 RUN_FILE = "screen.json"
@@ -189,7 +189,7 @@ def screen_study(
     out = Path(out)
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
-    inputs = find_inputs(source, skip=out)
+    inputs = find_inputs(source, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     on_ray = ray or ray_address is not None
     model = load_model(model_dir or default_model_dir(), device="cpu" if on_ray else device)
     samples = mc_samples or int(model.meta["mc_samples"])

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from xraymuscle.atomic import write_text_atomic
 from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
 from xraymuscle.paths import shown
+from xraymuscle.run_lock import LOCK_FILE
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image", "file")
@@ -51,23 +53,29 @@ class StudyInput:
 
 
 def find_inputs(
-    source: str | os.PathLike[str], *, skip: str | os.PathLike[str] | None = None
+    source: str | os.PathLike[str],
+    *,
+    skip: str | os.PathLike[str] | None = None,
+    on_output_folder: Callable[[str], None] | None = None,
 ) -> list[StudyInput]:
     """The study's inputs from a folder (recursive) or a CSV list, in a stable order.
 
     A folder yields every file with an image suffix (``.dcm``, ``.png``, ``.jpg``, ``.tif`` …)
     and every suffix-less file that starts like DICOM (``DICM`` at byte 128), but none in the
-    folder ``skip`` (the run's own output, which may lie inside the study), no ``DICOMDIR`` (a
-    medium's index) and no ``._`` file (the stub a copy from another file system leaves beside
-    each file). A CSV names one path per row in a ``path`` (or ``image``, ``file``) column, or in
-    its only column; relative paths are read from the CSV's folder. Listed paths that do not
-    exist stay inputs (their row will say so).
+    folder ``skip`` (the run's own output, which may lie inside the study), none in a subfolder
+    written by an earlier run (one holding its run lock, ``.xraymuscle.lock``: its overlays and
+    previews are pictures, not radiographs; ``on_output_folder`` is told each such folder), no
+    ``DICOMDIR`` (a medium's index) and no ``._`` file (the stub a copy from another file system
+    leaves beside each file). A CSV names one path per row in a ``path`` (or ``image``, ``file``)
+    column, or in its only column; relative paths are read from the CSV's folder. Listed paths
+    that do not exist stay inputs (their row will say so).
     """
     source = Path(source)
     if not source.exists():
         raise InputError("no such file or folder", source)
     if source.is_dir():
-        paths, problems = _walk(source, None if skip is None else os.path.realpath(skip))
+        skip_path = None if skip is None else os.path.realpath(skip)
+        paths, problems = _walk(source, skip_path, on_output_folder or (lambda folder: None))
     elif source.suffix.lower() == ".csv":
         paths, problems = _from_csv(source), {}
     else:
@@ -78,17 +86,30 @@ def find_inputs(
     return [StudyInput(i, name, problems.get(name, "")) for i, name in enumerate(names)]
 
 
-def _walk(root: Path, skip: str | None) -> tuple[list[str], dict[str, str]]:
+def left_out_line(folder: str) -> str:
+    """What a run says of an earlier run's output folder it did not search."""
+    return f"left out {shown(folder)}: written by an earlier run (its pictures are not radiographs)"
+
+
+def _walk(
+    root: Path, skip: str | None, on_output_folder: Callable[[str], None]
+) -> tuple[list[str], dict[str, str]]:
     paths: list[str] = []
     problems: dict[str, str] = {}
 
     def unreadable(exc: OSError) -> None:
         problems[os.path.abspath(exc.filename or root)] = f"folder cannot be read ({exc.strerror})"
 
+    def searched(folder: str) -> bool:
+        if skip is not None and os.path.realpath(folder) == skip:
+            return False  # the run's own output holds no inputs
+        if os.path.isfile(os.path.join(folder, LOCK_FILE)):
+            on_output_folder(os.path.abspath(folder))  # an earlier run's: its pictures are no inputs
+            return False
+        return True
+
     for folder, dirs, files in os.walk(root, onerror=unreadable):
-        if skip is not None:  # the run's own output holds no inputs
-            dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) != skip]
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if searched(os.path.join(folder, d)))
         for name in files:
             if name.startswith("._") or name.upper() == "DICOMDIR":
                 continue  # a copy's resource-fork stub, or a medium's index: never an image
