@@ -481,6 +481,42 @@ def test_grey_stored_as_ybr_is_grey(tmp_path: Path, stored: str) -> None:
     assert np.abs(rad.pixels - grey).max() <= (1 if stored == "native" else 8)  # (JPEG: ringing)
 
 
+def _with_palette(path: Path, red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> Path:
+    """Make the 8-bit file at ``path`` a PALETTE COLOR image with these 16-bit tables."""
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for i, table in enumerate((red, green, blue)):
+        ds.add_new(0x00281101 + i, "US", [len(table), 0, 16])  # descriptor: entries, first index, bits
+        ds.add_new(0x00281201 + i, "OW", table.astype("<u2").tobytes())
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_palette_colour_image_is_read_through_its_palette(tmp_path: Path) -> None:
+    """The stored values of a PALETTE COLOR image are indices into its palette; a grey palette
+    may run the other way (bone stored dark) or bend the scale: read as they were, the indices
+    gave a film the wrong way round."""
+    index = (ramp(h=32, w=40) % 256).astype(np.uint8)
+    levels = np.arange(256)
+    grey = np.round(65535 * ((255 - levels) / 255) ** 0.5)  # reversed and bent
+    path = _with_palette(write_dx(tmp_path / "palette.dcm", index), grey, grey, grey)
+    rad = read_radiograph(path)
+    assert not rad.is_colour
+    np.testing.assert_allclose(rad.pixels, grey[index].astype(np.float32))
+    assert any("palette" in note for note in rad.notes)
+    # a palette of real colours makes a colour image, not a radiograph
+    hot = _with_palette(
+        write_dx(tmp_path / "hot.dcm", index), levels * 257, levels * 128, 65535 - levels * 257
+    )
+    assert read_radiograph(hot).is_colour
+    # a palette that cannot be applied is one line naming the file
+    broken = pydicom.dcmread(path)
+    del broken[0x00281202]  # no green table
+    broken.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
+    with pytest.raises(InputError, match="PALETTE COLOR image whose palette cannot be applied"):
+        read_radiograph(tmp_path / "broken.dcm")
+
+
 @pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless])
 def test_compressed_dicom(tmp_path: Path, syntax: str) -> None:
     px = ramp()

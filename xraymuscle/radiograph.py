@@ -3,7 +3,8 @@
 DICOM CR/DX (uncompressed, JPEG lossless, JPEG-LS, JPEG 2000) and PNG / JPEG / TIFF (8 or 16
 bit) are read into one float32 array in which more attenuation is brighter (bone bright), as a
 radiograph is displayed: MONOCHROME1 is inverted, greyscale stored as RGB is reduced to one
-channel, and the modality and VOI LUTs are applied.
+channel, a PALETTE COLOR image is read through its palette, and the modality and VOI LUTs are
+applied.
 
 Pixel spacing is read from the DICOM tags themselves (some libraries report a default 1.0 mm
 where the true spacing is in ImagerPixelSpacing). The order of trust follows the DICOM standard:
@@ -39,7 +40,7 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from xraymuscle.errors import InputError
 from xraymuscle.typing import PathLikeStr
@@ -450,6 +451,14 @@ def _read_dicom(path: Path) -> Radiograph:
     if frames > 1:
         raise InputError(f"multi-frame DICOM ({frames} frames) is not a plain radiograph", path)
     is_colour = False
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        # the stored values are indices into a palette: its colours are the picture (a grey
+        # palette may run the other way, or bend the scale, so the indices alone would mislead)
+        try:
+            arr = apply_color_lut(arr, ds)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise InputError(f"PALETTE COLOR image whose palette cannot be applied ({exc})", path) from None
+        notes.append("PALETTE COLOR: read through its palette")
     if spp > 1 or arr.ndim == 3:
         # (the decoder gives RGB for YBR data already: converting again made grey look coloured)
         grey, is_colour = _grey_from_colour(arr)
