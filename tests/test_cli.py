@@ -55,6 +55,7 @@ def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
     info = json.loads(result.output)
     assert info["spacing_source"] == "user" and info["shape"] == [20, 30] and info["bits_stored"] == 16
     ct = Volume(np.full((4, 5, 6), -1000.0, np.float32), (1.0, 2.0, 3.0))  # air, in HU
+    ct.array[:, :, 2:] = 40.0  # and muscle
     ct.save(tmp_path / "ct.nii.gz")
     lab = Volume(np.zeros((4, 5, 6), np.uint8), (1.0, 2.0, 3.0))
     lab.array[1, 1, 1] = 3
@@ -94,7 +95,9 @@ def test_inspect_radiograph_and_volume(tmp_path: Path) -> None:
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "text.nii.gz").write_text("not an image")
     (tmp / "note.dcm").write_text("not a dicom" * 30)
-    Volume(np.full((3, 3, 3), -1000.0, np.float32), (1, 1, 1)).save(tmp / "ct.nii.gz")  # air, in HU
+    body = np.full((3, 3, 3), -1000.0, np.float32)  # air, in HU,
+    body[:, :, 1:] = 40.0  # and muscle
+    Volume(body, (1, 1, 1)).save(tmp / "ct.nii.gz")
     Volume(np.full((3, 3, 3), 0.5, np.float32), (1, 1, 1)).save(tmp / "frac.nii.gz")
     return [
         (["inspect", str(tmp / "missing.nii.gz")], "missing.nii.gz: no such file"),

@@ -98,6 +98,16 @@ def test_a_ct_not_in_hounsfield_units_is_refused(tmp_path: Path, tiny_ct: Volume
     stored.save(tmp_path / "stored.nii.gz")
     with pytest.raises(InputError, match=r"stored.nii.gz: values do not look like Hounsfield units"):
         read_ct(tmp_path / "stored.nii.gz")
+    # nor one whose rescale intercept was applied twice: every value 1024 too low, air at -2024
+    z, y, x = np.mgrid[:6, :24, :24]
+    r = np.hypot(y - 11.5, x - 11.5)
+    body = np.where(r < 10, np.where(r < 7, 40, -100), -1000)  # muscle inside fat, in air
+    body = np.where(np.hypot(y - 11.5, x - 8) < 2, 1300, body).astype(np.int16)  # and a bone
+    Volume(body, (1.0, 1.0, 1.0)).save(tmp_path / "body.nii.gz")
+    assert read_ct(tmp_path / "body.nii.gz").array.max() == 1300
+    Volume(body - 1024, (1.0, 1.0, 1.0)).save(tmp_path / "twice.nii.gz")
+    with pytest.raises(InputError, match=r"twice.nii.gz: values do not look like Hounsfield units: 0.0% "):
+        read_ct(tmp_path / "twice.nii.gz")
     tiny_ct.save(tmp_path / "hu.nii.gz")
     assert read_ct(tmp_path / "hu.nii.gz").array.min() < -200
 

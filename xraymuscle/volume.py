@@ -164,6 +164,8 @@ def _read_sitk(path: Path) -> sitk.Image:
 
 
 AIR_CHECK_HU = -200.0  # a CT of a body holds air (and fat) below this; raw stored values do not
+SOFT_TISSUE_HU = (-200.0, 200.0)  # fat, muscle, organs and blood: most of a body
+MIN_SOFT_TISSUE = 0.02  # share of the voxels; 0.34-0.60 for the CTs measured, under 0.01 shifted by -1024
 SLICE_GAP_TOLERANCE = 0.01  # of the usual gap between slice positions
 TILT_TOLERANCE_DEG = 0.5
 
@@ -262,8 +264,9 @@ def read_ct(path: PathLikeStr) -> Volume:
     Raises
     ------
     InputError
-        As :func:`read_volume`; when the values are not finite, or are not in Hounsfield units
-        (no voxel below ``AIR_CHECK_HU``: no air, no fat).
+        As :func:`read_volume`; when the values are not finite, or are not in Hounsfield units:
+        no voxel below ``AIR_CHECK_HU`` (no air, no fat), or fewer than ``MIN_SOFT_TISSUE`` of
+        them in ``SOFT_TISSUE_HU`` (no soft tissue, as when everything is shifted down by 1024).
     """
     vol = read_volume(path)
     arr = vol.array.astype(np.float32, copy=False)
@@ -275,6 +278,15 @@ def read_ct(path: PathLikeStr) -> Volume:
             f"values do not look like Hounsfield units: none below {AIR_CHECK_HU:g} (the lowest "
             f"{lowest:g}), where the air around a body reads about -1000 and fat -100; "
             "a rescale slope and intercept lost on the way, or not a CT",
+            path,
+        )
+    low, high = SOFT_TISSUE_HU
+    soft = float(np.count_nonzero((arr > low) & (arr < high))) / arr.size
+    if soft < MIN_SOFT_TISSUE:
+        raise InputError(
+            f"values do not look like Hounsfield units: {soft:.1%} of the voxels lie between "
+            f"{low:g} and {high:g}, where fat, muscle and organs (most of a body) read; a rescale "
+            "intercept applied twice (air at about -2000), or not a CT",
             path,
         )
     vol.array = arr
