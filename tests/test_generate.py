@@ -221,6 +221,26 @@ def test_single_ct_without_muscles_renders_with_a_note(tmp_path: Path, cohort: P
     assert not data.sample(0)["maps"].any()
 
 
+def test_labels_of_another_numbering_get_a_hint(tmp_path: Path, cohort: Path) -> None:
+    """A label map whose values are none of the label source's muscles (another tool's numbering,
+    or the wrong --label-source) renders empty; the note says what the map holds instead."""
+    case = cohort.parent / "phantom_0000"
+    labels = read_labels(case / "labels.nii.gz")
+    other = labels.__class__(
+        np.where(labels.array > 0, labels.array.astype(np.int32) + 200, 0).astype(np.int32),
+        labels.spacing, labels.origin, labels.direction,
+    )  # fmt: skip
+    other.save(tmp_path / "other.nii.gz")
+    result = generate(
+        "--ct", str(case / "ct.nii.gz"), "--labels", str(tmp_path / "other.nii.gz"),
+        "--label-source", "phantom", "--out", str(tmp_path / "drr"), *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    values = np.unique(other.array[other.array > 0])
+    assert f"the label map holds values {values[0]}, {values[1]}," in result.output
+    assert "but none of the muscles of label source 'phantom'; is that its label source?" in result.output
+
+
 def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_path: Path) -> None:
     bad = tmp_path / "cohort.csv"
     with cohort.open() as fh:

@@ -195,11 +195,20 @@ def render_case(
             f"case {case.case_id}: the body reaches the CT's left or right border on {cut:.0%} of its "
             "slices; tissue beyond the field of view is missing from its DRRs"
         )
-    del ct, labels  # the scene holds what rendering needs
     present = {g.name: i for i, g in enumerate(groups) if scene.voxel_counts[i] > 0}
     empty = [g.name for g in groups if g.name not in present]  # labelled by the source, not in this CT
     if empty:
         notes.append(f"case {case.case_id}: no voxels for {empty}; rendered the rest")
+    if groups and not present:
+        values = np.unique(labels.array)
+        values = values[values != 0]
+        if values.size:  # labels, but none of the source's muscles: most likely another numbering
+            shown = ", ".join(str(v) for v in values[:12]) + (", …" if values.size > 12 else "")
+            notes.append(
+                f"case {case.case_id}: the label map holds values {shown} but none of the muscles of "
+                f"label source {source!r}; is that its label source?"
+            )
+    del ct, labels  # the scene holds what rendering needs
     unlabelled = [m for m in muscles if m not in table]
     if unlabelled:
         notes.append(
