@@ -586,7 +586,7 @@ def inspect(
     import numpy as np
 
     from xraymuscle.catalog import MuscleCatalog
-    from xraymuscle.measure import muscle_volumes
+    from xraymuscle.measure import muscle_volumes, unlike_muscle, unlike_muscle_note
     from xraymuscle.radiograph import read_radiograph
     from xraymuscle.volume import is_volume_path, read_ct, read_labels, sides_cut_off
 
@@ -624,7 +624,9 @@ def inspect(
             lab = read_labels(labels, reference=ct, masks=masks)
             info["labels"] = [int(v) for v in np.unique(lab.array) if v != 0]
             if muscles is not None:
-                info["muscles"] = muscle_volumes(ct, lab, muscles, str(label_source))
+                info["muscles"] = measured = muscle_volumes(ct, lab, muscles, str(label_source))
+                unlike = unlike_muscle((m, v["volume_ml"], v["mass_g"]) for m, v in measured.items())
+                info["notes"] = [unlike_muscle_note(unlike)] if unlike else []
     else:
         rad = read_radiograph(path, pixel_spacing=pixel_spacing)
         info = {

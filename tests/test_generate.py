@@ -241,6 +241,34 @@ def test_labels_of_another_numbering_get_a_hint(tmp_path: Path, cohort: Path) ->
     assert "but none of the muscles of label source 'phantom'; is that its label source?" in result.output
 
 
+def test_labels_that_do_not_lie_on_muscle_get_a_note(tmp_path: Path, cohort: Path) -> None:
+    """Labels of another scan, or of this one flipped, lie on fat, air or bone: the mean density
+    of a muscle's voxels says so, in generate-drr's notes and in inspect's."""
+    case = cohort.parent / "phantom_0000"
+    labels = read_labels(case / "labels.nii.gz")
+    flipped = labels.__class__(labels.array[:, ::-1].copy(), labels.spacing, labels.origin, labels.direction)
+    flipped.save(tmp_path / "flipped.nii.gz")  # front to back
+    notes = {}
+    for name, path in (("own", case / "labels.nii.gz"), ("flipped", tmp_path / "flipped.nii.gz")):
+        result = generate(
+            "--ct", str(case / "ct.nii.gz"), "--labels", str(path), "--label-source", "phantom",
+            "--out", str(tmp_path / name), *FAST,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        shown = runner.invoke(
+            app, ["inspect", str(case / "ct.nii.gz"), "--labels", str(path), "--label-source", "phantom"]
+        )
+        assert shown.exit_code == 0, shown.output
+        notes[name] = (result.output, json.loads(shown.output)["notes"])
+    assert "do the labels lie on this CT's muscles" not in notes["own"][0] and notes["own"][1] == []
+    assert "do the labels lie on this CT's muscles" in notes["flipped"][0]
+    (line,) = notes["flipped"][1]
+    assert (
+        line.startswith("the voxels labelled gluteus_maximus_left 0.")
+        and "where muscle reads 0.96-1.15" in line
+    )
+
+
 def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_path: Path) -> None:
     bad = tmp_path / "cohort.csv"
     with cohort.open() as fh:
@@ -383,3 +411,30 @@ def test_the_real_ct_renders_with_a_note_on_its_cut_off_sides(real_ct_dir: Path,
     assert cut in result.output
     row = DrrDataset.load(tmp_path / "d").rows[0]
     assert row["volume_ml__gluteus_medius_left"] == pytest.approx(239, abs=1)  # the data's README
+    assert "do the labels lie on this CT's muscles" not in result.output  # its labels read as muscle
+
+
+def test_the_real_labels_flipped_do_not_lie_on_muscle(real_ct_dir: Path, tmp_path: Path) -> None:
+    """The shared label map flipped front to back puts the gluteus maximus in the air behind the
+    patient: inspect says so, and names it."""
+    labels = read_labels(real_ct_dir / "labels_total_v2.nii.gz")
+    flipped = labels.__class__(labels.array[:, ::-1].copy(), labels.spacing, labels.origin, labels.direction)
+    flipped.save(tmp_path / "flipped.nii.gz")
+    notes = []
+    for path in (real_ct_dir / "labels_total_v2.nii.gz", tmp_path / "flipped.nii.gz"):
+        shown = runner.invoke(
+            app,
+            [
+                "inspect",
+                str(real_ct_dir / "ct.nii.gz"),
+                "--labels",
+                str(path),
+                "--label-source",
+                "totalsegmentator_v2",
+            ],
+        )
+        assert shown.exit_code == 0, shown.output
+        notes.append(json.loads(shown.output)["notes"])
+    assert notes[0] == []
+    (line,) = notes[1]
+    assert "gluteus_maximus_left 0.06 g/ml, gluteus_maximus_right 0.11 g/ml" in line

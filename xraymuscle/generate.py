@@ -43,6 +43,7 @@ from xraymuscle.drr_dataset import (
     write_sample,
 )
 from xraymuscle.errors import InputError
+from xraymuscle.measure import unlike_muscle, unlike_muscle_note
 from xraymuscle.preview import colour_maps, montage, overlay_masks, titled, window, write_png
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.volume import labels_at_scan_ends, read_ct_and_labels, sides_cut_off
@@ -216,6 +217,9 @@ def render_case(
         )
     volumes = scene.group_volumes_mm3() / 1000.0
     masses = scene.group_masses_g()
+    unlike = unlike_muscle((g.name, volumes[i], masses[i]) for i, g in enumerate(groups))
+    if unlike:
+        notes.append(f"case {case.case_id}: {unlike_muscle_note(unlike)}")
     renderer = Renderer(options.preset, device=options.device, backend=options.backend)
     isocentre = scene.centroid()
     rows: list[dict[str, Any]] = []
