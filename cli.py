@@ -586,7 +586,14 @@ def inspect(
     import numpy as np
 
     from xraymuscle.catalog import MuscleCatalog
-    from xraymuscle.measure import muscle_volumes, unlike_muscle, unlike_muscle_note
+    from xraymuscle.measure import (
+        muscle_centroids,
+        muscle_volumes,
+        sides_exchanged,
+        sides_exchanged_note,
+        unlike_muscle,
+        unlike_muscle_note,
+    )
     from xraymuscle.radiograph import read_radiograph
     from xraymuscle.volume import is_volume_path, read_ct, read_labels, sides_cut_off
 
@@ -626,7 +633,9 @@ def inspect(
             if muscles is not None:
                 info["muscles"] = measured = muscle_volumes(ct, lab, muscles, str(label_source))
                 unlike = unlike_muscle((m, v["volume_ml"], v["mass_g"]) for m, v in measured.items())
+                exchanged = sides_exchanged(muscle_centroids(lab, muscles, str(label_source)))
                 info["notes"] = [unlike_muscle_note(unlike)] if unlike else []
+                info["notes"] += [sides_exchanged_note(exchanged)] if exchanged else []
     else:
         rad = read_radiograph(path, pixel_spacing=pixel_spacing)
         info = {

@@ -243,13 +243,22 @@ def test_labels_of_another_numbering_get_a_hint(tmp_path: Path, cohort: Path) ->
 
 def test_labels_that_do_not_lie_on_muscle_get_a_note(tmp_path: Path, cohort: Path) -> None:
     """Labels of another scan, or of this one flipped, lie on fat, air or bone: the mean density
-    of a muscle's voxels says so, in generate-drr's notes and in inspect's."""
+    of a muscle's voxels says so; labels mirrored left to right lie on muscle, but each on the
+    other side: their centres say so. Both in generate-drr's notes and in inspect's."""
     case = cohort.parent / "phantom_0000"
     labels = read_labels(case / "labels.nii.gz")
-    flipped = labels.__class__(labels.array[:, ::-1].copy(), labels.spacing, labels.origin, labels.direction)
-    flipped.save(tmp_path / "flipped.nii.gz")  # front to back
+    assert np.allclose(labels.direction, np.eye(3))  # array axes (k, j, i) run along LPS (z, y, x)
+    paths = {"own": case / "labels.nii.gz"}
+    for name, axis in (("front_to_back", 1), ("left_to_right", 2)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        flipped = np.flip(labels.array, axis).copy()
+        labels.__class__(flipped, labels.spacing, labels.origin, labels.direction).save(paths[name])
+    density, sides = (
+        "do the labels lie on this CT's muscles",
+        "lie on the patient's right of their right twins",
+    )
     notes = {}
-    for name, path in (("own", case / "labels.nii.gz"), ("flipped", tmp_path / "flipped.nii.gz")):
+    for name, path in paths.items():
         result = generate(
             "--ct", str(case / "ct.nii.gz"), "--labels", str(path), "--label-source", "phantom",
             "--out", str(tmp_path / name), *FAST,
@@ -260,13 +269,14 @@ def test_labels_that_do_not_lie_on_muscle_get_a_note(tmp_path: Path, cohort: Pat
         )
         assert shown.exit_code == 0, shown.output
         notes[name] = (result.output, json.loads(shown.output)["notes"])
-    assert "do the labels lie on this CT's muscles" not in notes["own"][0] and notes["own"][1] == []
-    assert "do the labels lie on this CT's muscles" in notes["flipped"][0]
-    (line,) = notes["flipped"][1]
-    assert (
-        line.startswith("the voxels labelled gluteus_maximus_left 0.")
-        and "where muscle reads 0.96-1.15" in line
-    )
+    assert density not in notes["own"][0] and sides not in notes["own"][0] and notes["own"][1] == []
+    assert density in notes["front_to_back"][0] and sides not in notes["front_to_back"][0]
+    (line,) = notes["front_to_back"][1]
+    assert line.startswith("the voxels labelled gluteus_maximus_left 0.") and "muscle reads 0.96-1.15" in line
+    assert sides in notes["left_to_right"][0] and density not in notes["left_to_right"][0]
+    (line,) = notes["left_to_right"][1]
+    lefts = [m for m in MuscleCatalog.load("hip").muscles if m.endswith("_left")]
+    assert line.startswith(f"{', '.join(lefts)} {sides}")
 
 
 def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_path: Path) -> None:
@@ -416,12 +426,23 @@ def test_the_real_ct_renders_with_a_note_on_its_cut_off_sides(real_ct_dir: Path,
 
 def test_the_real_labels_flipped_do_not_lie_on_muscle(real_ct_dir: Path, tmp_path: Path) -> None:
     """The shared label map flipped front to back puts the gluteus maximus in the air behind the
-    patient: inspect says so, and names it."""
+    patient, and mirrored it puts every muscle on the other side: inspect says so, and names them."""
     labels = read_labels(real_ct_dir / "labels_total_v2.nii.gz")
     flipped = labels.__class__(labels.array[:, ::-1].copy(), labels.spacing, labels.origin, labels.direction)
     flipped.save(tmp_path / "flipped.nii.gz")
+    # and mirrored left to right: the CT's axes run to the patient's right, so the mirror is read
+    # through its direction
+    assert labels.direction[0, 0] == -1
+    mirrored = labels.__class__(
+        labels.array[:, :, ::-1].copy(), labels.spacing, labels.origin, labels.direction
+    )
+    mirrored.save(tmp_path / "mirrored.nii.gz")
     notes = []
-    for path in (real_ct_dir / "labels_total_v2.nii.gz", tmp_path / "flipped.nii.gz"):
+    for path in (
+        real_ct_dir / "labels_total_v2.nii.gz",
+        tmp_path / "flipped.nii.gz",
+        tmp_path / "mirrored.nii.gz",
+    ):
         shown = runner.invoke(
             app,
             [
@@ -438,3 +459,7 @@ def test_the_real_labels_flipped_do_not_lie_on_muscle(real_ct_dir: Path, tmp_pat
     assert notes[0] == []
     (line,) = notes[1]
     assert "gluteus_maximus_left 0.06 g/ml, gluteus_maximus_right 0.11 g/ml" in line
+    (line,) = notes[2]
+    assert line.startswith(
+        "gluteus_maximus_left, gluteus_medius_left, gluteus_minimus_left, iliopsoas_left lie on"
+    )

@@ -3,7 +3,7 @@ whether the voxels labelled as a muscle read as muscle."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -33,8 +33,7 @@ def muscle_volumes(
     if not ct.same_grid(labels):
         raise ValueError("CT and labels must share a grid; read them with read_ct_and_labels")
     voxel_ml = ct.voxel_volume_mm3 / 1000.0
-    lut = catalog.lookup(source, int(labels.array.max()))
-    channel = lut[labels.array]
+    channel = catalog.lookup(source, int(labels.array.max()))[labels.array]
     inside = channel > 0
     density = density_from_hu(ct.array[inside]).astype(np.float64)
     ch = channel[inside].astype(np.int64)
@@ -67,4 +66,37 @@ def unlike_muscle_note(found: list[str]) -> str:
     return (
         f"the voxels labelled {', '.join(found)} on average, where muscle reads {low:g}-{high:g}: "
         "do the labels lie on this CT's muscles (the same scan, the same orientation)?"
+    )
+
+
+def muscle_centroids(labels: Volume, catalog: MuscleCatalog, source: str) -> dict[str, np.ndarray]:
+    """LPS centre (mm) of the voxels of every muscle the label map holds, in catalogue order."""
+    channel = catalog.lookup(source, int(labels.array.max()))[labels.array]
+    k, j, i = np.nonzero(channel)
+    ch = channel[k, j, i].astype(np.int64)
+    n = len(catalog.muscles) + 1
+    counts = np.bincount(ch, minlength=n)
+    means = [np.bincount(ch, weights=axis, minlength=n) / np.maximum(counts, 1) for axis in (i, j, k)]
+    ijk = np.c_[means[0], means[1], means[2], np.ones(n)]
+    lps = (ijk @ labels.index_to_world.T)[:, :3]
+    return {m: lps[c + 1] for c, m in enumerate(catalog.muscles) if counts[c + 1]}
+
+
+def sides_exchanged(centroids: Mapping[str, np.ndarray]) -> list[str]:
+    """The ``*_left`` muscles whose centre lies on the patient's right of their ``*_right`` twin's
+    (a smaller LPS x): the sides of the labels, or of the CT's orientation, are exchanged."""
+    found = []
+    for name, centre in centroids.items():
+        twin = name[: -len("_left")] + "_right"
+        if name.endswith("_left") and twin in centroids and centre[0] < centroids[twin][0]:
+            found.append(name)
+    return found
+
+
+def sides_exchanged_note(found: list[str]) -> str:
+    """One line on the muscles :func:`sides_exchanged` found."""
+    return (
+        f"{', '.join(found)} lie on the patient's right of their right twins: the labels' sides, or "
+        "the CT's orientation, are exchanged (a header lost in a conversion, labels of a mirrored "
+        "image), and the DRRs would show each muscle on the other side"
     )
