@@ -301,6 +301,27 @@ def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_pa
     assert [r["case_id"] for r in DrrDataset.load(out).rows] == ["phantom_0000"]
 
 
+def test_one_ct_under_two_case_ids_is_refused_once(cohort: Path, tmp_path: Path) -> None:
+    """A body listed twice (here once by a relative path, once through a link) would be split
+    into training and validation both; the later row is refused and the first kept."""
+    plain, _ = read_cohort(cohort)
+    first = plain[0]
+    (tmp_path / "link").symlink_to(first.ct.parent)
+    listing = tmp_path / "cohort.csv"
+    listing.write_text(
+        "case_id,ct,labels\n"
+        f"a,{first.ct},{first.labels}\n"
+        f"b,link/{first.ct.name},{first.labels}\n"
+        f"c,{plain[1].ct},{plain[1].labels}\n"
+    )
+    cases, problems = read_cohort(listing)
+    assert [c.case_id for c in cases] == ["a", "c"]
+    assert problems == [
+        f"{listing}: row 3 (case b): the same CT as case a; one body under two case_ids would be "
+        "split into training and validation both"
+    ]
+
+
 def test_a_cohort_as_a_spreadsheet_exports_it(cohort: Path, tmp_path: Path) -> None:
     """A byte-order mark and semicolons (where the decimal separator is a comma) are read as the
     plain file is; they once gave "lacks column(s) ['case_id']"."""

@@ -117,7 +117,9 @@ def case_id_from_path(path: Path) -> str:
 def read_cohort(path: Path) -> tuple[list[CaseInput], list[str]]:
     """Cases of a cohort CSV, and one problem line per row that cannot be used.
 
-    Paths are relative to the CSV's folder. Missing columns refuse the whole file.
+    Paths are relative to the CSV's folder. Missing columns refuse the whole file. A row is
+    refused for an empty or repeated case_id, files that do not exist, or the CT of an earlier row
+    (the same file, by its resolved path).
     """
     path = Path(path)
     if not path.is_file():
@@ -131,6 +133,7 @@ def read_cohort(path: Path) -> tuple[list[CaseInput], list[str]]:
     cases: list[CaseInput] = []
     problems: list[str] = []
     seen: set[str] = set()
+    bodies: dict[str, str] = {}  # each CT file, resolved, and the case that renders it
     for number, row in enumerate(raw, start=2):
         cid = (row.get("case_id") or "").strip()
         where = f"{path}: row {number}" + (f" (case {cid})" if cid else "")
@@ -148,7 +151,15 @@ def read_cohort(path: Path) -> tuple[list[CaseInput], list[str]]:
         if absent:
             problems.append(f"{where}: no such file: {', '.join(absent)}")
             continue
+        body = os.path.realpath(ct)
+        if body in bodies:
+            problems.append(
+                f"{where}: the same CT as case {bodies[body]}; one body under two case_ids would be "
+                "split into training and validation both"
+            )
+            continue
         seen.add(cid)
+        bodies[body] = cid
         source = (row.get("label_source") or "").strip() or None
         cases.append(CaseInput(cid, ct, labels, source))
     return cases, problems
