@@ -113,6 +113,14 @@ MagnificationOpt = Annotated[
         "else the training geometry's).",
     ),
 ]
+MarkerOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--marker-mm",
+        help="Diameter of the calibration ball in the images (e.g. 25): the spacing at the hip from its "
+        "shadow, not from the file.",
+    ),
+]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install '.[ray]').")]
 RayAddressOpt = Annotated[
     str | None, typer.Option("--ray-address", help="Run on an existing Ray cluster (e.g. ray://head:10001).")
@@ -357,6 +365,7 @@ def predict(
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm (overrides files)."),
     ] = None,
     magnification: MagnificationOpt = None,
+    marker_mm: MarkerOpt = None,
     mc_samples: McSamplesOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -369,6 +378,7 @@ def predict(
         model_dir=model,
         pixel_spacing=pixel_spacing,
         magnification=magnification,
+        marker_mm=marker_mm,
         mc_samples=mc_samples,
         device=_pick_device(device),
         echo=typer.echo,
@@ -525,6 +535,7 @@ def screen(
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm, for files without one."),
     ] = None,
     magnification: MagnificationOpt = None,
+    marker_mm: MarkerOpt = None,
     mc_samples: McSamplesOpt = None,
     keep_identifiers: Annotated[
         bool,
@@ -550,6 +561,7 @@ def screen(
         mc_samples=mc_samples,
         pixel_spacing=pixel_spacing,
         magnification=magnification,
+        marker_mm=marker_mm,
         keep_identifiers=keep_identifiers,
         overlays=overlays,
         report=report,

@@ -697,6 +697,94 @@ def test_a_given_magnification_divides_a_detector_spacing(new_phantom: DrrDatase
     assert float(training["pixel_spacing_mm"]) == pytest.approx(spacing * magnification / trained, rel=1e-3)
 
 
+def _with_ball(image: np.ndarray, diameter_px: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """``image`` with the shadow of a steel ball ``diameter_px`` across, laid where the image is
+    darkest (in the air beside the body), as a calibration marker is: nearly opaque, so its
+    shadow is a flat disc brighter than bone whose rim is sharp (a chord of 2 pixels saturates
+    it) and not clipped (a film that clips it at white reads it up to a pixel wider)."""
+    radius = diameter_px / 2
+    reach = int(2 * radius) + 2
+    darkness = cv2.blur(image.astype(np.float32), (reach, reach))[reach:-reach, reach:-reach]
+    row, col = np.unravel_index(np.argmin(darkness), darkness.shape)
+    row, col = row + reach + 0.3, col + reach + 0.6  # (off the pixel grid)
+    # the chord through the ball (pixels), and its shadow, supersampled 4 x 4 per pixel
+    sub = (np.arange(4) + 0.5) / 4 - 0.5
+    rr = np.arange(image.shape[0])[:, None, None, None] + sub[None, None, :, None]
+    cc = np.arange(image.shape[1])[None, :, None, None] + sub[None, None, None, :]
+    chord = 2 * np.sqrt(np.clip(radius**2 - (rr - row) ** 2 - (cc - col) ** 2, 0, None))
+    shadow = np.clip(chord / 2.0, 0, 1).mean(axis=(2, 3))
+    return image + float(image.max()) * shadow, (row, col)
+
+
+def test_a_calibration_marker_gives_the_spacing_at_the_hip(new_phantom: DrrDataset, tmp_path: Path) -> None:
+    """A film with a 25 mm calibration ball at the hip's height and its spacing at the detector,
+    measured with ``--marker-mm 25``, reads as the same film without the ball given the spacing at
+    the patient: the magnification (1.25 here, not the training's 1.17) comes from the ball. The
+    ball itself is painted out; a film without one is ``rejected``."""
+    pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
+    fine = spacing / 6  # at the patient, as a film's pixels are finer than the model's grid
+    image = cv2.resize(pixels.astype(np.float32), None, fx=6, fy=6, interpolation=cv2.INTER_CUBIC)
+    balled, _ = _with_ball(image, 25.0 / fine)
+    magnification = 1.25
+    files = {
+        "ball": write_dx(tmp_path / "ball.dcm", balled, pixel_spacing_mm=fine),
+        "plain": tmp_path / "plain.dcm",
+    }
+    ds = pydicom.dcmread(files["ball"])
+    del ds.PixelSpacing, ds.PixelSpacingCalibrationType
+    ds.ImagerPixelSpacing = [f"{fine * magnification:.6g}"] * 2
+    ds.save_as(files["ball"], enforce_file_format=True)
+    # the same film without the ball, its grey levels mapped as the ball's film's were (so the
+    # two differ only where the ball lies)
+    lo, hi = np.percentile(balled, [0.1, 99.9])
+    plain = np.clip((image - lo) / (hi - lo) * 4095.0, 0, 4095).astype(np.uint16)
+    away = balled == image
+    np.testing.assert_array_equal(plain[away], ds.pixel_array[away])
+    ds.PixelData = plain.tobytes()
+    ds.save_as(files["plain"], enforce_file_format=True)
+    draws = ["--mc-samples", "200"]  # (the draws are seeded by the image: many, so both means settle)
+    runs = {
+        "marker": [str(files["ball"]), "--marker-mm", "25", *draws],
+        "at_patient": [str(files["plain"]), "--pixel-spacing", f"{fine:.6g}", *draws],
+        "no_marker": [str(files["plain"]), "--marker-mm", "25"],
+    }
+    tables = {}
+    for name, options in runs.items():
+        result = runner.invoke(app, ["predict", "--out", str(tmp_path / name), *options])
+        assert result.exit_code == 0, result.output
+        with (tmp_path / name / "predictions.csv").open() as fh:
+            tables[name] = next(csv.DictReader(fh))
+    marker, at_patient, no_marker = tables["marker"], tables["at_patient"], tables["no_marker"]
+    assert marker["spacing_source"] == "marker:25mm" and marker["status"] == at_patient["status"] == "ok"
+    # the shadow's edge is found to a fraction of a pixel: the spacing within 0.5 %
+    assert float(marker["pixel_spacing_mm"]) == pytest.approx(fine, rel=5e-3)
+    assert "a magnification of 1.2" in marker["notes"]
+    ratios = []
+    for column in marker:
+        if column.startswith("volume_ml__"):
+            muscle = column[len("volume_ml__") :]
+            sd = float(at_patient[f"volume_sd_ml__{muscle}"])
+            assert abs(float(marker[column]) - float(at_patient[column])) < 0.2 * sd, column
+            ratios.append(float(marker[column]) / float(at_patient[column]))
+    # no bias: the training magnification instead (1.17) reads them 10 % larger on this film
+    assert abs(np.mean(ratios) - 1) < 0.01
+    assert no_marker["status"] == "rejected" and "no calibration marker of 25 mm found" in no_marker["reason"]
+    both = runner.invoke(
+        app,
+        [
+            "predict",
+            str(files["ball"]),
+            "--out",
+            str(tmp_path / "x"),
+            "--marker-mm",
+            "25",
+            "--pixel-spacing",
+            "1",
+        ],
+    )
+    assert both.exit_code == 2 and "--marker-mm gives the spacing from the image" in both.output
+
+
 @pytest.mark.realdata
 def test_the_shipped_model_rejects_real_paediatric_radiographs(real_xray_dir: Path, tmp_path: Path) -> None:
     """The shipped model knows adult phantoms only: the ten real children's AP pelvis films (whose

@@ -35,7 +35,14 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
-from xraymuscle.prepare import GridTarget, Prepared, check_magnification, prepare, read_and_prepare
+from xraymuscle.prepare import (
+    GridTarget,
+    Prepared,
+    check_magnification,
+    check_marker,
+    prepare,
+    read_and_prepare,
+)
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import locks_output
 from xraymuscle.study import find_inputs, left_out_line
@@ -80,6 +87,7 @@ def predict_images(
     model_dir: Path | None = None,
     pixel_spacing: float | None = None,
     magnification: float | None = None,
+    marker_mm: float | None = None,
     mc_samples: int | None = None,
     device: str = "cpu",
     pictures: bool = True,
@@ -88,11 +96,13 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Predict every image (a folder: the radiographs in it); write ``predictions.csv`` and pictures
     under ``out``; return the rows. ``magnification`` divides spacings given at the detector
-    (default: :meth:`GridTarget.magnification_for`, from the file's source-to-detector distance)."""
+    (default: :meth:`GridTarget.magnification_for`, from the file's source-to-detector distance);
+    ``marker_mm``, a calibration marker's diameter, takes every spacing from its shadow instead."""
     model = load_model(model_dir or default_model_dir(), device=device)
     check_mc_samples(mc_samples)
     check_magnification(magnification)
-    target = GridTarget.of(model, magnification=magnification)
+    check_marker(marker_mm, pixel_spacing, magnification)
+    target = GridTarget.of(model, magnification=magnification, marker_mm=marker_mm)
     inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     if not inputs:
         raise InputError("no images given")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xraymuscle.calibration_marker import Marker, find_marker
 from xraymuscle.collimation import fill_collimation
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import fit_to_grid, normalise, resample
@@ -26,6 +27,7 @@ MIN_SIDE_PX = 64
 MIN_FIELD_MM = 150.0  # a hip radiograph shows at least this much of the pelvis
 MAX_FIELD_MM = 2500.0  # taller than any body: a spacing that gives more is wrong
 MIN_SOURCE_TO_HIP_MM = 300.0  # a shorter source-to-detector distance is not a hip radiograph's
+MARKER_MM_RANGE = (5.0, 100.0)  # calibration markers: balls of 25 mm, most often
 CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")
 # Body Part Examined values (DICOM defined terms) of radiographs that cannot show the hip; values
 # near it (PELVIS, HIP, ABDOMEN, LSPINE, THIGH, FEMUR, LEG, EXTREMITY, ...) and none are left to the
@@ -61,16 +63,20 @@ class GridTarget:
     magnification: float
     magnification_given: bool = False  # by the user (``--magnification``), not the training's
     hip_to_detector_mm: float | None = None  # the training geometry's (sid - sod)
+    marker_mm: float | None = None  # a calibration marker's diameter (``--marker-mm``): spacing from it
 
     @classmethod
-    def of(cls, model: LoadedModel, *, magnification: float | None = None) -> GridTarget:
+    def of(
+        cls, model: LoadedModel, *, magnification: float | None = None, marker_mm: float | None = None
+    ) -> GridTarget:
         """The model's grid; detector spacings are divided by ``magnification`` when given, by
-        the training geometry's otherwise (see :meth:`magnification_for`)."""
+        the training geometry's otherwise (see :meth:`magnification_for`); with ``marker_mm``,
+        every spacing comes from the calibration marker of that diameter in the image instead."""
         geometry = (model.meta.get("training") or {}).get("geometry") or {}
         sid, sod = geometry.get("sid"), geometry.get("sod")
         trained, gap = (float(sid) / float(sod), float(sid) - float(sod)) if sid and sod else (1.0, None)
         given = magnification is not None
-        return cls(model.input_size, model.pixel_spacing_mm, magnification or trained, given, gap)
+        return cls(model.input_size, model.pixel_spacing_mm, magnification or trained, given, gap, marker_mm)
 
     def magnification_for(self, source_to_detector_mm: float | None) -> tuple[float, str]:
         """The magnification at the hip for a radiograph, and how it was found.
@@ -100,6 +106,20 @@ def check_magnification(magnification: float | None) -> None:
     """Refuse a ``--magnification`` no radiograph has (an object lies between source and detector)."""
     if magnification is not None and not (math.isfinite(magnification) and 1.0 <= magnification <= 3.0):
         raise InputError(f"--magnification must be between 1 and 3, not {magnification}")
+
+
+def check_marker(marker_mm: float | None, pixel_spacing: float | None, magnification: float | None) -> None:
+    """Refuse a ``--marker-mm`` of no calibration marker's size, or one given beside another way
+    to the spacing (``--pixel-spacing``, ``--magnification``), which it would overrule."""
+    if marker_mm is None:
+        return
+    low, high = MARKER_MM_RANGE
+    if not (math.isfinite(marker_mm) and low <= marker_mm <= high):
+        raise InputError(f"--marker-mm must be between {low:g} and {high:g} mm, not {marker_mm}")
+    if pixel_spacing is not None or magnification is not None:
+        raise InputError(
+            "--marker-mm gives the spacing from the image: leave out --pixel-spacing and --magnification"
+        )
 
 
 def prepare(
@@ -165,14 +185,26 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         return _reject(prepared, f"image of {w} x {h} pixels is too small for a hip radiograph")
     if max(h, w) > 8 * min(h, w):
         return _reject(prepared, f"image of {w} x {h} pixels is too narrow for a hip radiograph")
-    if radiograph.pixel_spacing is None:
+    pixels = radiograph.pixels
+    if target.marker_mm is not None:
+        marker = _find_marker(radiograph, target.marker_mm)
+        if marker is None:
+            return _reject(
+                prepared,
+                f"no calibration marker of {target.marker_mm:g} mm found (a bright round disc that "
+                "the file's spacing allows); leave out --marker-mm to use the file's spacing",
+            )
+        row_mm, column_mm = _marker_spacing(radiograph, marker, target.marker_mm, prepared)
+        pixels = _without_marker(pixels, marker)
+    elif radiograph.pixel_spacing is None:
         problem = radiograph.spacing_problem or "none in the file"
         return _reject(prepared, f"pixel spacing unknown ({problem}); give --pixel-spacing MM")
-    row_mm, column_mm = (float(v) for v in radiograph.pixel_spacing)
-    if radiograph.spacing_plane == "detector":
-        magnification, how = target.magnification_for(radiograph.source_to_detector_mm)
-        row_mm, column_mm = row_mm / magnification, column_mm / magnification
-        prepared.notes.append(f"detector spacing divided by {how}")
+    else:
+        row_mm, column_mm = (float(v) for v in radiograph.pixel_spacing)
+        if radiograph.spacing_plane == "detector":
+            magnification, how = target.magnification_for(radiograph.source_to_detector_mm)
+            row_mm, column_mm = row_mm / magnification, column_mm / magnification
+            prepared.notes.append(f"detector spacing divided by {how}")
     prepared.spacing_mm = (row_mm + column_mm) / 2
     field_mm = min(h * row_mm, w * column_mm)
     if field_mm < MIN_FIELD_MM:
@@ -185,9 +217,55 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         )
     scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
     # collimation bands are filled before a field smaller than the grid is padded (and hides them)
-    image = fill_collimation(resample(radiograph.pixels[None].astype(np.float32), scale)[0])
+    image = fill_collimation(resample(pixels[None].astype(np.float32), scale)[0])
     prepared.image = normalise(fit_to_grid(image[None], 1.0, target.size)[0])
     return prepared
+
+
+def _find_marker(radiograph: Radiograph, marker_mm: float) -> Marker | None:
+    spacing = radiograph.pixel_spacing
+    hint = None if spacing is None else float(np.sqrt(float(spacing[0]) * float(spacing[1])))
+    return find_marker(radiograph.pixels, marker_mm, spacing_mm=hint)
+
+
+def _marker_spacing(
+    radiograph: Radiograph, marker: Marker, marker_mm: float, prepared: Prepared
+) -> tuple[float, float]:
+    """Row and column spacing at the marker's plane: the file's spacing (or square pixels) scaled
+    so that the marker's shadow has the marker's size."""
+    if radiograph.pixel_spacing is None:
+        rows, cols = 1.0, 1.0
+    else:
+        rows, cols = (float(v) for v in radiograph.pixel_spacing)
+    scale = marker.spacing_mm(marker_mm) / math.sqrt(rows * cols)
+    row_mm, column_mm = rows * scale, cols * scale
+    prepared.spacing_source = f"marker:{marker_mm:g}mm"
+    note = (
+        f"spacing {row_mm:.4f} x {column_mm:.4f} mm from the {marker_mm:g} mm calibration marker "
+        f"(its shadow {marker.diameter_px:.1f} px across, at row {marker.row:.0f}, "
+        f"column {marker.column:.0f})"
+    )
+    if radiograph.pixel_spacing is not None and radiograph.spacing_plane == "detector":
+        note += f": a magnification of {1 / scale:.3f} on the file's detector spacing"
+    elif radiograph.pixel_spacing is not None:
+        note += f": {scale:.3f} times the file's spacing ({radiograph.spacing_source})"
+    prepared.notes.append(note)
+    return row_mm, column_mm
+
+
+def _without_marker(pixels: np.ndarray, marker: Marker) -> np.ndarray:
+    """The image with the marker's shadow (and its rim) given the level around it: the network
+    never saw one."""
+    out = np.array(pixels, dtype=np.float32, copy=True)
+    radius = marker.diameter_px / 2
+    reach = int(math.ceil(1.7 * radius)) + 1
+    r0, c0 = max(0, int(marker.row) - reach), max(0, int(marker.column) - reach)
+    window = out[r0 : int(marker.row) + reach + 1, c0 : int(marker.column) + reach + 1]
+    rows, cols = np.ogrid[: window.shape[0], : window.shape[1]]
+    distance = np.hypot(rows + r0 - marker.row, cols + c0 - marker.column)
+    ring = (distance > 1.3 * radius) & (distance < 1.7 * radius)
+    window[distance <= 1.15 * radius] = np.median(window[ring])  # (a view: fills ``out``)
+    return out
 
 
 def _reject(prepared: Prepared, reason: str) -> Prepared:

@@ -45,7 +45,7 @@ from xraymuscle.predict import (
     predictions_columns,
     write_pictures,
 )
-from xraymuscle.prepare import check_magnification
+from xraymuscle.prepare import check_magnification, check_marker
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
 
@@ -56,7 +56,7 @@ VERSION = 1
 OVERLAYS = ("flagged", "all", "none")
 TABLE_EVERY_S = 20.0
 # settings that change the numbers: a resumed run must use the same ones
-RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "magnification", "keep_identifiers")
+RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "magnification", "marker_mm", "keep_identifiers")
 
 
 class Inference:
@@ -166,6 +166,7 @@ def screen_study(
     mc_samples: int | None = None,
     pixel_spacing: float | None = None,
     magnification: float | None = None,
+    marker_mm: float | None = None,
     keep_identifiers: bool = False,
     overlays: str = "flagged",
     report: bool = True,
@@ -184,6 +185,7 @@ def screen_study(
         raise InputError(f"--workers must be 0 (decode here) or more, not {workers}")
     check_mc_samples(mc_samples)
     check_magnification(magnification)
+    check_marker(marker_mm, pixel_spacing, magnification)
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
@@ -201,6 +203,7 @@ def screen_study(
         "mc_samples": samples,
         "pixel_spacing": pixel_spacing,
         "magnification": magnification,
+        "marker_mm": marker_mm,
         "keep_identifiers": keep_identifiers,
         "notice": model.notice,
     }
@@ -210,7 +213,10 @@ def screen_study(
     todo = [item for item in inputs if item.name not in journal]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(
-        GridTarget.of(model, magnification=magnification), pixel_spacing, salt, keep_identifiers
+        GridTarget.of(model, magnification=magnification, marker_mm=marker_mm),
+        pixel_spacing,
+        salt,
+        keep_identifiers,
     )
     columns = table_columns(model, keep_identifiers=keep_identifiers)
     paths = [item.name for item in inputs]
