@@ -326,6 +326,17 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
         app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--magnification", "nan"]
     )
     assert result.exit_code == 2 and "--magnification must be between 1 and 3, not nan" in result.output
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--marker-mm", "25"])
+    assert result.exit_code == 2 and "other marker_mm" in result.output
+    for marker, problem in (("3", "--marker-mm must be between 5 and 100 mm, not 3.0"), ("inf", "not inf")):
+        result = runner.invoke(
+            app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--marker-mm", marker]
+        )
+        assert result.exit_code == 2 and problem in result.output
+    both = ["--marker-mm", "25", "--magnification", "1.2"]
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), *both])
+    assert result.exit_code == 2 and "leave out --pixel-spacing and --magnification" in result.output
+    assert not (tmp_path / "o").exists()
     result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--overlays", "some"])
     assert result.exit_code == 2
     result = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--workers", "-1"])
