@@ -593,6 +593,10 @@ def inspect(
         float | None,
         typer.Option("--pixel-spacing", help="Radiograph pixel spacing, mm (overrides the file)."),
     ] = None,
+    marker_mm: Annotated[
+        float | None,
+        typer.Option("--marker-mm", help="Look for a calibration ball of this diameter in the radiograph."),
+    ] = None,
 ) -> None:
     """Print what a CT, label map, radiograph, DRR dataset or model folder holds, as JSON."""
     import numpy as np
@@ -663,6 +667,21 @@ def inspect(
             "notes": rad.notes,
             "metadata": rad.metadata,
         }
+        if marker_mm is not None:
+            from xraymuscle.prepare import check_marker, marker_in
+
+            check_marker(marker_mm, None, None)
+            found = marker_in(rad, marker_mm)
+            info["marker"] = (
+                None
+                if found is None
+                else {
+                    "row": round(found.row, 2),
+                    "column": round(found.column, 2),
+                    "diameter_px": round(found.diameter_px, 3),
+                    "spacing_mm": round(found.spacing_mm(marker_mm), 5),
+                }
+            )
     typer.echo(json.dumps(info, indent=1))
 
 

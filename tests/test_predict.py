@@ -742,6 +742,12 @@ def test_a_calibration_marker_gives_the_spacing_at_the_hip(new_phantom: DrrDatas
     np.testing.assert_array_equal(plain[away], ds.pixel_array[away])
     ds.PixelData = plain.tobytes()
     ds.save_as(files["plain"], enforce_file_format=True)
+    found = {}
+    for name in ("ball", "plain"):
+        shown = runner.invoke(app, ["inspect", str(files[name]), "--marker-mm", "25"])
+        assert shown.exit_code == 0, shown.output
+        found[name] = json.loads(shown.output)["marker"]
+    assert found["plain"] is None and found["ball"]["diameter_px"] == pytest.approx(25.0 / fine, rel=5e-3)
     draws = ["--mc-samples", "200"]  # (the draws are seeded by the image: many, so both means settle)
     runs = {
         "marker": [str(files["ball"]), "--marker-mm", "25", *draws],

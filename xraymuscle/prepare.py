@@ -187,7 +187,7 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
         return _reject(prepared, f"image of {w} x {h} pixels is too narrow for a hip radiograph")
     pixels = radiograph.pixels
     if target.marker_mm is not None:
-        marker = _find_marker(radiograph, target.marker_mm)
+        marker = marker_in(radiograph, target.marker_mm)
         if marker is None:
             return _reject(
                 prepared,
@@ -222,7 +222,8 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     return prepared
 
 
-def _find_marker(radiograph: Radiograph, marker_mm: float) -> Marker | None:
+def marker_in(radiograph: Radiograph, marker_mm: float) -> Marker | None:
+    """The calibration marker's shadow in a radiograph, its size bounded by the file's spacing."""
     spacing = radiograph.pixel_spacing
     hint = None if spacing is None else float(np.sqrt(float(spacing[0]) * float(spacing[1])))
     return find_marker(radiograph.pixels, marker_mm, spacing_mm=hint)
