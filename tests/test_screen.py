@@ -373,6 +373,24 @@ def test_the_report_counts_how_the_files_were_read() -> None:
     assert "How the files were read" not in _qc_section([{"status": "ok", "notes": ""}])
 
 
+def test_the_report_shows_the_spacing_each_source_gave() -> None:
+    from xraymuscle.report import _qc_section
+
+    rows = [
+        *(
+            {"status": "ok", "pixel_spacing_mm": v, "spacing_source": "marker:25mm"}
+            for v in (0.14, 0.15, 0.13)
+        ),
+        {"status": "ok", "pixel_spacing_mm": 0.2, "spacing_source": "dicom:ImagerPixelSpacing"},
+        {"status": "error", "pixel_spacing_mm": None, "spacing_source": ""},
+    ]
+    section = _qc_section(rows)
+    assert "<td>marker:25mm</td><td>3</td><td>0.1400</td><td>0.1300 – 0.1500</td>" in section
+    assert "<td>dicom:ImagerPixelSpacing</td><td>1</td><td>0.2000</td>" in section
+    assert section.index("marker:25mm") < section.index("dicom:ImagerPixelSpacing")  # most first
+    assert "by where it came from" not in _qc_section([rows[-1]])
+
+
 def test_report_renders_every_figure(screened, tmp_path: Path) -> None:
     out, rows = screened
     html = (out / "report.html").read_text(encoding="utf-8")

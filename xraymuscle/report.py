@@ -122,7 +122,9 @@ def _qc_section(rows: Sequence[dict[str, Any]]) -> str:
     return (
         '<h2 id="qc">Quality control</h2>'
         f"<table><tr><th>status</th><th>radiographs</th></tr>{status_rows}</table>"
-        f"<p>{duplicates} files have the same content as an earlier file (see <code>duplicate_of</code>).</p>"
+        + _spacing_table(rows)
+        + f"<p>{duplicates} files have the same content as an earlier file "
+        "(see <code>duplicate_of</code>).</p>"
         + (
             f"<table><tr><th>status</th><th>reason</th><th>radiographs</th></tr>{reason_rows}</table>"
             if reason_rows
@@ -134,6 +136,28 @@ def _qc_section(rows: Sequence[dict[str, Any]]) -> str:
             if read_rows
             else ""
         )
+    )
+
+
+def _spacing_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The pixel spacing each source gave (the file's tags, the user, a calibration marker): a
+    scanner whose files all read one odd spacing, or a marker found at a magnification no hip
+    has, stands out here before it does in the volumes."""
+    spacings: dict[str, list[float]] = {}
+    for r in rows:
+        value = r.get("pixel_spacing_mm")
+        if value not in (None, ""):
+            spacings.setdefault(str(r.get("spacing_source") or "unknown"), []).append(float(value))
+    if not spacings:
+        return ""
+    lines = "".join(
+        f"<tr><td>{html.escape(source)}</td><td>{len(v)}</td><td>{np.median(v):.4f}</td>"
+        f"<td>{min(v):.4f} – {max(v):.4f}</td></tr>"
+        for source, v in sorted(spacings.items(), key=lambda item: -len(item[1]))
+    )
+    return (
+        "<p>Pixel spacing at the hip (mm), by where it came from:</p><table><tr><th>source</th>"
+        f"<th>radiographs</th><th>median</th><th>range</th></tr>{lines}</table>"
     )
 
 
