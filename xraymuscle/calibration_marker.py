@@ -8,12 +8,12 @@ measurement needs, where a detector spacing must be divided by a magnification t
 estimated (README: a spacing 5 % off costs 6-8 points of MAPE).
 
 Finding it: circles of the expected size are proposed on the image (a Hough transform of its
-gradient), and the one kept is the shadow of metal: a disc whose inside is at the top of the
-image's range (brighter than bone, which a ball of steel always is) and whose edge stands out
-from its surroundings all the way round. Its diameter is measured from its area, not from the
-proposal: the pixels of the disc brighter than half-way between the disc and the ring around it,
-counted in the disc's neighbourhood, give ``2 * sqrt(area / pi)``, which a sub-pixel edge
-position and a noisy rim hardly move.
+gradient), and the one kept is the shadow of metal: a round disc (its overlap with the circle of
+its own area at least ``MIN_ROUNDNESS``) whose inside is brighter than all but 1 % of the rest of
+the image (than bone, as a ball of steel always is) and which stands out from the ring around it.
+Its diameter is measured from its area, not from the proposal: the pixels of the disc brighter than
+half-way between the disc and the ring around it, counted in the disc's neighbourhood, give ``2 *
+sqrt(area / pi)``, which a sub-pixel edge position and a noisy rim hardly move.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ import numpy as np
 __all__ = ["Marker", "find_marker", "MAGNIFICATION_RANGE"]
 
 # A ball beside a hip on a table lies between the detector and the source: its shadow is larger
-# than it by 1.0 (on the detector) to 1.4 (a short distance, a thick patient).
+# than it by 1.0 (on the detector) to 1.4 (a short distance, a thick patient). A file's spacing
+# may already be divided by a magnification estimated for the hip (up to some 1.25), so the
+# shadow may also come out smaller than the ball in its pixels: the search allows 0.8 of it.
 MAGNIFICATION_RANGE = (1.0, 1.4)
+SMALLEST_SHADOW = 0.8  # of the ball, in pixels of the file's spacing
 MIN_DIAMETER_PX = 12  # a shadow smaller than this cannot give its size to a per cent
 BRIGHT_PERCENTILE = 99.0  # the disc's inside is at least this bright in the image
 MIN_CONTRAST = 0.25  # disc against its ring, as a share of the image's 1st-99.9th percentile range
@@ -56,8 +59,10 @@ def _diameter_range_px(
     """The shadow's diameter in pixels that the file's spacing allows (any, without one)."""
     if spacing_mm is None:
         return MIN_DIAMETER_PX, min(shape) / 4
-    low, high = MAGNIFICATION_RANGE
-    return max(MIN_DIAMETER_PX, 0.9 * low * diameter_mm / spacing_mm), 1.1 * high * diameter_mm / spacing_mm
+    high = MAGNIFICATION_RANGE[1]
+    return max(
+        MIN_DIAMETER_PX, SMALLEST_SHADOW * diameter_mm / spacing_mm
+    ), 1.1 * high * diameter_mm / spacing_mm
 
 
 def _measure(image: np.ndarray, row: float, col: float, radius: float) -> Marker | None:
@@ -77,7 +82,7 @@ def _measure(image: np.ndarray, row: float, col: float, radius: float) -> Marker
     if inside <= ring:
         return None
     bright = (patch > (inside + ring) / 2).astype(np.uint8)
-    count, components = cv2.connectedComponents(bright, connectivity=4)
+    _, components = cv2.connectedComponents(bright, connectivity=4)
     centre = components[reach, reach]  # the patch is centred on the proposal
     if centre == 0:
         return None
@@ -86,14 +91,14 @@ def _measure(image: np.ndarray, row: float, col: float, radius: float) -> Marker
         return None  # it runs on beyond the window: bone, the edge of the field, or a poor proposal
     area = float(disc.sum())
     rows, cols = np.nonzero(disc)
-    centre_row, centre_col, radius = rows.mean(), cols.mean(), math.sqrt(area / math.pi)
-    ideal = np.hypot(rr - r0 - centre_row, cc - c0 - centre_col) < radius
+    centre_row, centre_col, equal = rows.mean(), cols.mean(), math.sqrt(area / math.pi)
+    ideal = np.hypot(rr - r0 - centre_row, cc - c0 - centre_col) < equal  # the circle of its area
     if np.count_nonzero(disc & ideal) / np.count_nonzero(disc | ideal) < MIN_ROUNDNESS:
         return None  # not round: a square of the same area overlaps its circle by 0.83
     return Marker(
         row=float(centre_row + r0),
         column=float(centre_col + c0),
-        diameter_px=2.0 * radius,
+        diameter_px=2.0 * equal,
         contrast=inside - ring,
     )
 
