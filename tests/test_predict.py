@@ -775,6 +775,17 @@ def test_a_calibration_marker_gives_the_spacing_at_the_hip(new_phantom: DrrDatas
     # no bias: the training magnification instead (1.17) reads them 10 % larger on this film
     assert abs(np.mean(ratios) - 1) < 0.01
     assert no_marker["status"] == "rejected" and "no calibration marker of 25 mm found" in no_marker["reason"]
+    # screen reads it the same way (its decoding runs in worker processes)
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copyfile(files["ball"], study / "ball.dcm")
+    screened = runner.invoke(
+        app, ["screen", str(study), "--out", str(tmp_path / "screen"), "--marker-mm", "25", "--workers", "1"]
+    )
+    assert screened.exit_code == 0, screened.output
+    with (tmp_path / "screen" / "results.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert row["spacing_source"] == "marker:25mm" and row["pixel_spacing_mm"] == marker["pixel_spacing_mm"]
     both = runner.invoke(
         app,
         [
