@@ -62,3 +62,23 @@ def test_round_things_that_are_no_marker_are_passed_over() -> None:
     assert find_marker(cut, 25.0) is None
     # a flat image
     assert find_marker(np.zeros((300, 300), np.float32), 25.0) is None
+
+
+def test_the_ball_is_told_from_a_prosthesis_and_found_near_the_border() -> None:
+    """A hip prosthesis is metal too, with a round head (28 mm here) on a stem: the ball is the
+    round shadow on its own, also where the prosthesis sets the image's brightest level and the
+    ball lies closer to the border than the ring the search compares it with."""
+    film = _film((800, 900))
+    spacing, magnification = 0.15, 1.15
+    head = _disc(film.shape, 300.0, 300.0, 28 * magnification / spacing, 1.5)
+    stem = np.zeros_like(film)
+    stem[300:700, 290:330] = 1.5
+    prosthesis = np.clip(head + stem, 0, 1.5)
+    assert find_marker(film + prosthesis, 25.0, spacing_mm=spacing) is None
+    diameter = 25 * magnification / spacing
+    ball = _disc(film.shape, 800 - diameter / 2 - 4, 700.7, diameter, 1.5)  # 4 px from the border
+    marker = find_marker(film + prosthesis + ball, 25.0, spacing_mm=spacing)
+    assert marker is not None and marker.diameter_px == pytest.approx(diameter, rel=5e-3)
+    # a loose round head beside the ball: the one nearer the usual size is taken
+    marker = find_marker(film + head + ball, 25.0, spacing_mm=spacing)
+    assert marker is not None and marker.diameter_px == pytest.approx(diameter, rel=5e-3)

@@ -9,8 +9,9 @@ estimated (README: a spacing 5 % off costs 6-8 points of MAPE).
 
 Finding it: circles of the expected size are proposed on the image (a Hough transform of its
 gradient), and the one kept is the shadow of metal: a round disc (its overlap with the circle of
-its own area at least ``MIN_ROUNDNESS``) whose inside is brighter than all but 1 % of the rest of
-the image (than bone, as a ball of steel always is) and which stands out from the ring around it.
+its own area at least ``MIN_ROUNDNESS``) whose inside is as bright as metal (brighter than all
+but 1 % of the rest of the image, as no bone is, or among the brightest, where a prosthesis sets
+them) and which stands out from the ring around it; of two, the one nearer the usual size.
 Its diameter is measured from its area, not from the proposal: the pixels of the disc brighter than
 half-way between the disc and the ring around it, counted in the disc's neighbourhood, give ``2 *
 sqrt(area / pi)``, which a sub-pixel edge position and a noisy rim hardly move.
@@ -32,6 +33,7 @@ __all__ = ["Marker", "find_marker", "MAGNIFICATION_RANGE"]
 # shadow may also come out smaller than the ball in its pixels: the search allows 0.8 of it.
 MAGNIFICATION_RANGE = (1.0, 1.4)
 SMALLEST_SHADOW = 0.8  # of the ball, in pixels of the file's spacing
+TYPICAL_MAGNIFICATION = 1.15  # only to choose between two shadows that could both be the ball
 MIN_DIAMETER_PX = 12  # a shadow smaller than this cannot give its size to a per cent
 BRIGHT_PERCENTILE = 99.0  # the disc's inside is at least this bright in the image
 MIN_CONTRAST = 0.25  # disc against its ring, as a share of the image's 1st-99.9th percentile range
@@ -70,25 +72,26 @@ def _measure(image: np.ndarray, row: float, col: float, radius: float) -> Marker
     round disc that stands out from its ring."""
     h, w = image.shape
     reach = int(math.ceil(1.8 * radius)) + 2
-    r0, r1 = int(row) - reach, int(row) + reach + 1
-    c0, c1 = int(col) - reach, int(col) + reach + 1
-    if r0 < 0 or c0 < 0 or r1 > h or c1 > w:
-        return None  # cut by the border: its size cannot be measured
+    r0, r1 = max(0, int(row) - reach), min(h, int(row) + reach + 1)  # (the window may meet the
+    c0, c1 = max(0, int(col) - reach), min(w, int(col) + reach + 1)  # image's border, a disc not)
     patch = image[r0:r1, c0:c1]
     rr, cc = np.ogrid[r0:r1, c0:c1]
     distance = np.hypot(rr - row, cc - col)
+    ring_pixels = patch[(distance > 1.3 * radius) & (distance < 1.7 * radius)]
+    if ring_pixels.size == 0:
+        return None
     inside = float(np.median(patch[distance < 0.6 * radius]))
-    ring = float(np.median(patch[(distance > 1.3 * radius) & (distance < 1.7 * radius)]))
+    ring = float(np.median(ring_pixels))
     if inside <= ring:
         return None
     bright = (patch > (inside + ring) / 2).astype(np.uint8)
     _, components = cv2.connectedComponents(bright, connectivity=4)
-    centre = components[reach, reach]  # the patch is centred on the proposal
+    centre = components[int(row) - r0, int(col) - c0]  # the proposal's centre
     if centre == 0:
         return None
     disc = components == centre
     if disc[0].any() or disc[-1].any() or disc[:, 0].any() or disc[:, -1].any():
-        return None  # it runs on beyond the window: bone, the edge of the field, or a poor proposal
+        return None  # it runs on beyond the window (bone, a poor proposal) or is cut by the border
     area = float(disc.sum())
     rows, cols = np.nonzero(disc)
     centre_row, centre_col, equal = rows.mean(), cols.mean(), math.sqrt(area / math.pi)
@@ -145,21 +148,29 @@ def find_marker(pixels: np.ndarray, diameter_mm: float, *, spacing_mm: float | N
         marker = _measure(image, float(row), float(col), float(radius))
         if marker is None or marker.contrast < MIN_CONTRAST * (hi - lo):
             continue
-        if smallest <= marker.diameter_px <= largest and _brighter_than_the_rest(image, marker):
+        if smallest <= marker.diameter_px <= largest and _like_metal(image, marker, lo + 0.9 * (hi - lo)):
             found.append(marker)
-    return max(found, key=lambda m: m.contrast, default=None)
+    if spacing_mm is None:
+        return max(found, key=lambda m: m.contrast, default=None)
+    # two round shadows of metal (a prosthesis's head, say): the one nearer the usual size
+    usual = TYPICAL_MAGNIFICATION * diameter_mm / spacing_mm
+    return min(found, key=lambda m: abs(math.log(m.diameter_px / usual)), default=None)
 
 
-def _brighter_than_the_rest(image: np.ndarray, marker: Marker) -> bool:
-    """Whether the disc's inside is brighter than the ``BRIGHT_PERCENTILE`` of the image around
-    it (the disc left out, as a large shadow would set that percentile itself): metal, not bone."""
-    step = max(1, int(math.sqrt(image.size / 1e6)))  # a million pixels are enough for a percentile
-    rows, cols = np.ogrid[0 : image.shape[0] : step, 0 : image.shape[1] : step]
+def _like_metal(image: np.ndarray, marker: Marker, top: float) -> bool:
+    """Whether the disc's inside is as bright as metal: among the brightest of the image (at least
+    ``top``, where other metal, as a prosthesis, sets the brightest), or brighter than the
+    ``BRIGHT_PERCENTILE`` of the image around it (the disc left out, as a large shadow would set
+    that percentile itself), as no bone is."""
     radius = marker.diameter_px / 2
-    outside = np.hypot(rows - marker.row, cols - marker.column) > 1.2 * radius
-    floor = float(np.percentile(image[::step, ::step][outside], BRIGHT_PERCENTILE))
     r, c = np.ogrid[: image.shape[0], : image.shape[1]]
     near = slice(max(0, int(marker.row - radius)), int(marker.row + radius) + 1)
     across = slice(max(0, int(marker.column - radius)), int(marker.column + radius) + 1)
     inside = np.hypot(r[near] - marker.row, c[:, across] - marker.column) < 0.6 * radius
-    return float(np.median(image[near, across][inside])) >= floor
+    level = float(np.median(image[near, across][inside]))
+    if level >= top:
+        return True
+    step = max(1, int(math.sqrt(image.size / 1e6)))  # a million pixels are enough for a percentile
+    rows, cols = np.ogrid[0 : image.shape[0] : step, 0 : image.shape[1] : step]
+    outside = np.hypot(rows - marker.row, cols - marker.column) > 1.2 * radius
+    return level >= float(np.percentile(image[::step, ::step][outside], BRIGHT_PERCENTILE))
