@@ -605,8 +605,7 @@ def inspect(
     from xraymuscle.measure import (
         muscle_centroids,
         muscle_volumes,
-        sides_exchanged,
-        sides_exchanged_note,
+        orientation_notes,
         unlike_muscle,
         unlike_muscle_note,
     )
@@ -649,9 +648,8 @@ def inspect(
             if muscles is not None:
                 info["muscles"] = measured = muscle_volumes(ct, lab, muscles, str(label_source))
                 unlike = unlike_muscle((m, v["volume_ml"], v["mass_g"]) for m, v in measured.items())
-                exchanged = sides_exchanged(muscle_centroids(lab, muscles, str(label_source)))
                 info["notes"] = [unlike_muscle_note(unlike)] if unlike else []
-                info["notes"] += [sides_exchanged_note(exchanged)] if exchanged else []
+                info["notes"] += orientation_notes(muscle_centroids(lab, muscles, str(label_source)))
     else:
         rad = read_radiograph(path, pixel_spacing=pixel_spacing)
         info = {

@@ -243,62 +243,59 @@ def test_labels_of_another_numbering_get_a_hint(tmp_path: Path, cohort: Path) ->
 
 def test_labels_that_do_not_lie_on_muscle_get_a_note(tmp_path: Path, cohort: Path) -> None:
     """Labels of another scan, or of this one flipped, lie on fat, air or bone: the mean density
-    of a muscle's voxels says so; labels mirrored left to right lie on muscle, but each on the
-    other side: their centres say so. Both in generate-drr's notes and in inspect's."""
+    of a muscle's voxels says so. A CT whose orientation was lost flips CT and labels together:
+    they lie on muscle, but the wrong way round along that axis, which the muscles' centres say
+    (left twins on the right, the gluteus maximus in front of the iliopsoas, the medius below
+    the maximus). Both in generate-drr's notes and in inspect's."""
     case = cohort.parent / "phantom_0000"
-    labels = read_labels(case / "labels.nii.gz")
+    ct, labels = read_ct(case / "ct.nii.gz"), read_labels(case / "labels.nii.gz")
     assert np.allclose(labels.direction, np.eye(3))  # array axes (k, j, i) run along LPS (z, y, x)
-    paths = {"own": case / "labels.nii.gz"}
-    for name, axis in (("front_to_back", 1), ("left_to_right", 2)):
-        paths[name] = tmp_path / f"{name}.nii.gz"
-        flipped = np.flip(labels.array, axis).copy()
-        labels.__class__(flipped, labels.spacing, labels.origin, labels.direction).save(paths[name])
-    density, sides = (
-        "do the labels lie on this CT's muscles",
-        "lie on the patient's right of their right twins",
-    )
+    density = "do the labels lie on this CT's muscles"
+    axes = {
+        "left_to_right": "lie on the patient's right of their right twins",
+        "front_to_back": "the gluteus maximus does not lie behind the iliopsoas: front and back",
+        "head_to_feet": "the gluteus medius does not lie above the gluteus maximus: head and feet",
+    }
+    inputs = {"own": (case / "ct.nii.gz", case / "labels.nii.gz")}
+    alone = tmp_path / "labels_front_to_back.nii.gz"  # the labels alone flipped front to back
+    flipped = np.flip(labels.array, 1).copy()
+    labels.__class__(flipped, labels.spacing, labels.origin, labels.direction).save(alone)
+    inputs["labels_front_to_back"] = (case / "ct.nii.gz", alone)
+    for name, axis in (("left_to_right", 2), ("front_to_back", 1), ("head_to_feet", 0)):  # both
+        paths = (tmp_path / f"ct_{name}.nii.gz", tmp_path / f"both_{name}.nii.gz")
+        for volume, path in zip((ct, labels), paths, strict=True):
+            flipped = np.flip(volume.array, axis).copy()
+            volume.__class__(flipped, volume.spacing, volume.origin, volume.direction).save(path)
+        inputs[f"both_{name}"] = paths
     notes = {}
-    for name, path in paths.items():
-        result = generate(
-            "--ct", str(case / "ct.nii.gz"), "--labels", str(path), "--label-source", "phantom",
-            "--out", str(tmp_path / name), *FAST,
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
+    for name, (ct_path, labels_path) in inputs.items():
         shown = runner.invoke(
-            app, ["inspect", str(case / "ct.nii.gz"), "--labels", str(path), "--label-source", "phantom"]
+            app, ["inspect", str(ct_path), "--labels", str(labels_path), "--label-source", "phantom"]
         )
         assert shown.exit_code == 0, shown.output
-        notes[name] = (result.output, json.loads(shown.output)["notes"])
-    assert density not in notes["own"][0] and sides not in notes["own"][0] and notes["own"][1] == []
-    assert density in notes["front_to_back"][0] and sides not in notes["front_to_back"][0]
-    (line,) = notes["front_to_back"][1]
-    assert line.startswith("the voxels labelled gluteus_maximus_left 0.") and "muscle reads 0.96-1.15" in line
-    assert sides in notes["left_to_right"][0] and density not in notes["left_to_right"][0]
-    (line,) = notes["left_to_right"][1]
+        notes[name] = json.loads(shown.output)["notes"]
+    assert notes["own"] == []
+    for name, sign in axes.items():  # the orientation lost: on muscle, each axis named alone
+        (line,) = notes[f"both_{name}"]
+        assert sign in line, name
+    (dense, fb) = notes["labels_front_to_back"]  # the labels alone flipped: off muscle too
+    assert (
+        dense.startswith("the voxels labelled gluteus_maximus_left 0.") and "muscle reads 0.96-1.15" in dense
+    )
+    assert axes["front_to_back"] in fb
     lefts = [m for m in MuscleCatalog.load("hip").muscles if m.endswith("_left")]
-    assert line.startswith(f"{', '.join(lefts)} {sides}")
-
-
-def test_cohort_problems_are_reported_and_the_rest_rendered(cohort: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "cohort.csv"
-    with cohort.open() as fh:
-        rows = list(csv.DictReader(fh))
-    rows[1]["labels"] = "nowhere/labels.nii.gz"
-    with bad.open("w", newline="") as fh:
-        writer = csv.DictWriter(
-            fh, fieldnames=["case_id", "ct", "labels", "label_source"], extrasaction="ignore"
-        )
-        writer.writeheader()
-        for r in rows:
-            r["ct"] = str(cohort.parent / r["ct"])
-            r["labels"] = str(cohort.parent / r["labels"]) if r is rows[0] else r["labels"]
-            writer.writerow(r)
-    out = tmp_path / "drr"
-    result = generate("--cohort", str(bad), "--out", str(out), *FAST)
-    assert result.exit_code == 0, result.output
-    assert "row 3 (case phantom_0001): no such file" in result.output
-    assert "phantom_0001" in (out / "problems.txt").read_text()
-    assert [r["case_id"] for r in DrrDataset.load(out).rows] == ["phantom_0000"]
+    assert notes["both_left_to_right"][0].startswith(f"{', '.join(lefts)} {axes['left_to_right']}")
+    # generate-drr says the same
+    for name in ("own", "both_left_to_right", "labels_front_to_back"):
+        ct_path, labels_path = inputs[name]
+        result = generate(
+            "--ct", str(ct_path), "--labels", str(labels_path), "--label-source", "phantom",
+            "--out", str(tmp_path / f"drr_{name}"), *FAST,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        said = [n for n in [density, *axes.values()] if n in result.output.replace("\n", " ")]
+        expected = {"own": [], "both_left_to_right": [axes["left_to_right"]]}
+        assert said == expected.get(name, [density, axes["front_to_back"]]), name
 
 
 def test_one_ct_under_two_case_ids_is_refused_once(cohort: Path, tmp_path: Path) -> None:
@@ -478,8 +475,9 @@ def test_the_real_labels_flipped_do_not_lie_on_muscle(real_ct_dir: Path, tmp_pat
         assert shown.exit_code == 0, shown.output
         notes.append(json.loads(shown.output)["notes"])
     assert notes[0] == []
-    (line,) = notes[1]
-    assert "gluteus_maximus_left 0.06 g/ml, gluteus_maximus_right 0.11 g/ml" in line
+    dense, front_to_back = notes[1]
+    assert "gluteus_maximus_left 0.06 g/ml, gluteus_maximus_right 0.11 g/ml" in dense
+    assert "the gluteus maximus does not lie behind the iliopsoas" in front_to_back
     (line,) = notes[2]
     assert line.startswith(
         "gluteus_maximus_left, gluteus_medius_left, gluteus_minimus_left, iliopsoas_left lie on"

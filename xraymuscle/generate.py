@@ -43,7 +43,7 @@ from xraymuscle.drr_dataset import (
     write_sample,
 )
 from xraymuscle.errors import InputError
-from xraymuscle.measure import sides_exchanged, sides_exchanged_note, unlike_muscle, unlike_muscle_note
+from xraymuscle.measure import orientation_notes, unlike_muscle, unlike_muscle_note
 from xraymuscle.preview import colour_maps, montage, overlay_masks, titled, window, write_png
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.volume import labels_at_scan_ends, read_ct_and_labels, sides_cut_off
@@ -247,9 +247,8 @@ def render_case(
                 path.unlink()  # unreadable leftovers are redone
         todo.append(view)
     points = {name: scene.group_points(i) for name, i in present.items()}
-    exchanged = sides_exchanged({name: pts.mean(axis=0) for name, pts in points.items()})
-    if exchanged:
-        notes.append(f"case {case.case_id}: {sides_exchanged_note(exchanged)}")
+    centres = {name: pts.mean(axis=0) for name, pts in points.items()}
+    notes += [f"case {case.case_id}: {line}" for line in orientation_notes(centres)]
     for start in range(0, len(todo), VIEWS_PER_BATCH):
         batch = todo[start : start + VIEWS_PER_BATCH]
         rngs = [_stream(options.seed, case.case_id, v) for v in batch]

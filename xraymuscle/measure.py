@@ -93,10 +93,39 @@ def sides_exchanged(centroids: Mapping[str, np.ndarray]) -> list[str]:
     return found
 
 
-def sides_exchanged_note(found: list[str]) -> str:
-    """One line on the muscles :func:`sides_exchanged` found."""
-    return (
-        f"{', '.join(found)} lie on the patient's right of their right twins: the labels' sides, or "
-        "the CT's orientation, are exchanged (a header lost in a conversion, labels of a mirrored "
-        "image), and the DRRs would show each muscle on the other side"
-    )
+# Relations between muscles that every hip holds, whatever the build and the pose: (a muscle, one
+# that lies beyond it, the LPS axis, the sense in which, and what is exchanged where it does not).
+# Margins measured: gluteus maximus behind the iliopsoas by 79-123 mm in 60 phantoms (80 in the
+# shared CT), gluteus medius above the gluteus maximus by 47-67 mm (40 in the shared CT).
+ANATOMY = (
+    ("iliopsoas", "gluteus_maximus", 1, "behind", "front and back"),
+    ("gluteus_maximus", "gluteus_medius", 2, "above", "head and feet"),
+)
+
+
+def orientation_notes(centroids: Mapping[str, np.ndarray]) -> list[str]:
+    """One line for each anatomical axis along which the labels' muscles lie the wrong way round
+    (see :func:`sides_exchanged` and ``ANATOMY``): the CT's orientation or its labels' is exchanged
+    along it (a header lost or rewritten in a conversion, labels of a mirrored image), and the
+    DRRs would show the muscles where no radiograph does."""
+    notes = []
+    exchanged = sides_exchanged(centroids)
+    if exchanged:
+        notes.append(
+            f"{', '.join(exchanged)} lie on the patient's right of their right twins: the labels' sides, "
+            "or the CT's orientation, are exchanged (a header lost in a conversion, labels of a mirrored "
+            "image), and the DRRs would show each muscle on the other side"
+        )
+    for first, beyond, axis, where, what in ANATOMY:
+        pairs = [
+            (centroids[f"{first}_{side}"], centroids[f"{beyond}_{side}"])
+            for side in ("left", "right")
+            if f"{first}_{side}" in centroids and f"{beyond}_{side}" in centroids
+        ]
+        if pairs and all(b[axis] < a[axis] for a, b in pairs):
+            notes.append(
+                f"the {beyond.replace('_', ' ')} does not lie {where} the {first.replace('_', ' ')}: "
+                f"{what} are exchanged in the CT's orientation or its labels' (a header lost or "
+                "rewritten in a conversion), and the DRRs would not be AP views of this body"
+            )
+    return notes
