@@ -367,6 +367,30 @@ def test_a_second_predict_into_the_same_folder_replaces_the_first(
     assert keep.read_text() == "mine"
 
 
+def test_predict_does_not_write_among_other_files(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """An --out that holds files of its own and no earlier table is refused, untouched; one that
+    a stopped run left (its picture folders, no table yet) is taken up again."""
+    drr, model_dir = trained
+    data = DrrDataset.load(drr)
+    image = write_dx(
+        tmp_path / "a.dcm", data.sample(0)["image"], pixel_spacing_mm=float(data.info["pixel_spacing_mm"])
+    )
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "thesis.docx").write_text("mine")
+    result = runner.invoke(app, ["predict", str(image), "--out", str(documents), "--model", str(model_dir)])
+    assert result.exit_code == 2
+    assert "documents: folder holds other files (thesis.docx) and no predictions.csv" in result.output
+    assert sorted(p.name for p in documents.iterdir()) == ["thesis.docx"]
+    stopped = tmp_path / "stopped"
+    (stopped / "overlays").mkdir(parents=True)
+    (stopped / "overlays" / "0000_a.png").write_bytes(b"half")
+    (stopped / ".predictions.csv.x1y2.tmp.csv").write_text("half")
+    result = runner.invoke(app, ["predict", str(image), "--out", str(stopped), "--model", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    assert (stopped / "predictions.csv").is_file()
+
+
 def test_predict_keeps_a_subfolder_it_cannot_read_as_an_error_row(
     trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

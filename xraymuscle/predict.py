@@ -44,7 +44,7 @@ from xraymuscle.prepare import (
     read_and_prepare,
 )
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
-from xraymuscle.run_lock import locks_output
+from xraymuscle.run_lock import LOCK_FILE, locks_output
 from xraymuscle.study import find_inputs, left_out_line
 
 __all__ = [
@@ -109,6 +109,7 @@ def predict_images(
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
+    _check_out(out)
     earlier = picture_names(out / "predictions.csv")  # an earlier run's, replaced by this one's
     written: set[str] = set()
     samples = mc_samples or int(model.meta["mc_samples"])
@@ -160,6 +161,23 @@ def predict_images(
         + f"; {model.notice}; table: {out / 'predictions.csv'}"
     )
     return rows
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds files of its own and no earlier ``predictions.csv``: the
+    tables and pictures would land among them (a run stopped before its table is taken up again:
+    its picture folders, lock and temporary files are its own)."""
+    if (out / "predictions.csv").is_file():
+        return
+    own = {*PICTURE_FOLDERS, LOCK_FILE}
+    others = sorted(
+        p.name for p in out.iterdir() if p.name not in own and not p.name.startswith(".predictions.csv.")
+    )
+    if others:
+        shown_names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise InputError(
+            f"folder holds other files ({shown_names}) and no predictions.csv; use a new --out", out
+        )
 
 
 def expand_folders(
