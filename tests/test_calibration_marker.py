@@ -82,3 +82,19 @@ def test_the_ball_is_told_from_a_prosthesis_and_found_near_the_border() -> None:
     # a loose round head beside the ball: the one nearer the usual size is taken
     marker = find_marker(film + head + ball, 25.0, spacing_mm=spacing)
     assert marker is not None and marker.diameter_px == pytest.approx(diameter, rel=5e-3)
+
+
+def test_a_large_shadow_on_a_fine_film_is_found() -> None:
+    """At fine pixels the ball's shadow is hundreds of pixels across: circles are proposed on a
+    shrunk copy, where its edge stays sharp (blurred at full size, the edge fell below the edge
+    detector's threshold and the ball was missed), and measured at full size."""
+    spacing, magnification = 0.05, 1.15
+    diameter = 25 * magnification / spacing  # 575 pixels
+    film = np.full((3000, 3000), 0.4, np.float32)
+    film[:, 750:980] += 0.4  # a femur
+    rows, cols = np.ogrid[:3000, :3000]
+    film[(rows - 2160.3) ** 2 + (cols - 1860.6) ** 2 < (diameter / 2) ** 2] += 1.5
+    for hint in (spacing, None):
+        marker = find_marker(film, 25.0, spacing_mm=hint)
+        assert marker is not None, hint
+        assert marker.diameter_px == pytest.approx(diameter, rel=2e-3)

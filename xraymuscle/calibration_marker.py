@@ -35,6 +35,7 @@ MAGNIFICATION_RANGE = (1.0, 1.4)
 SMALLEST_SHADOW = 0.8  # of the ball, in pixels of the file's spacing
 TYPICAL_MAGNIFICATION = 1.15  # only to choose between two shadows that could both be the ball
 MIN_DIAMETER_PX = 12  # a shadow smaller than this cannot give its size to a per cent
+PROPOSAL_PX = 48  # the smallest shadow allowed, across, on the copy that circles are proposed on
 BRIGHT_PERCENTILE = 99.0  # the disc's inside is at least this bright in the image
 MIN_CONTRAST = 0.25  # disc against its ring, as a share of the image's 1st-99.9th percentile range
 MIN_ROUNDNESS = 0.92  # overlap (intersection over union) of the disc and the circle of its area
@@ -55,12 +56,19 @@ class Marker:
         return diameter_mm / self.diameter_px
 
 
+def _sample_step(image: np.ndarray) -> int:
+    """Every how many rows and columns to sample an image's percentiles: a million pixels do."""
+    return max(1, int(math.sqrt(image.size / 1e6)))
+
+
 def _diameter_range_px(
     shape: tuple[int, int], diameter_mm: float, spacing_mm: float | None
 ) -> tuple[float, float]:
-    """The shadow's diameter in pixels that the file's spacing allows (any, without one)."""
+    """The shadow's diameter in pixels that the file's spacing allows; without one, from a 60th
+    to a quarter of the image's short side (a 25 mm ball on a film up to 430 mm wide is over a
+    20th of it)."""
     if spacing_mm is None:
-        return MIN_DIAMETER_PX, min(shape) / 4
+        return max(MIN_DIAMETER_PX, min(shape) / 60), min(shape) / 4
     high = MAGNIFICATION_RANGE[1]
     return max(
         MIN_DIAMETER_PX, SMALLEST_SHADOW * diameter_mm / spacing_mm
@@ -121,30 +129,40 @@ def find_marker(pixels: np.ndarray, diameter_mm: float, *, spacing_mm: float | N
         is not proposed for a 25 mm ball.
     """
     image = np.asarray(pixels, dtype=np.float32)
-    lo, hi = np.percentile(image, [1.0, 99.9])
+    step = _sample_step(image)
+    lo, hi = np.percentile(image[::step, ::step], [1.0, 99.9])
     if not hi > lo:
         return None
-    unit = np.clip((image - lo) / (hi - lo), 0.0, 1.0)
     smallest, largest = _diameter_range_px(image.shape, diameter_mm, spacing_mm)
     if largest < smallest:
         return None
-    eight_bit = cv2.GaussianBlur((unit * 255).astype(np.uint8), (0, 0), max(1.0, smallest / 24))
+    # circles are proposed on a copy shrunk until the smallest shadow allowed is PROPOSAL_PX
+    # across: a large shadow keeps a sharp edge there (blurring at full size would soften it
+    # below the edge detector's threshold), and a large film costs little
+    factor = min(1.0, PROPOSAL_PX / smallest)
+    shrunk = (
+        image
+        if factor == 1.0
+        else cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    )
+    unit = np.clip((shrunk - lo) / (hi - lo), 0.0, 1.0)
+    eight_bit = cv2.GaussianBlur((unit * 255).astype(np.uint8), (0, 0), 1.0)
     circles = cv2.HoughCircles(
         eight_bit,
         cv2.HOUGH_GRADIENT,
         dp=1,
-        minDist=smallest,
+        minDist=smallest * factor,
         param1=60,
-        param2=max(8, int(smallest * 0.6)),
-        minRadius=int(smallest / 2),
-        maxRadius=int(math.ceil(largest / 2)),
+        param2=max(8, int(smallest * factor * 0.6)),
+        minRadius=int(smallest * factor / 2),
+        maxRadius=int(math.ceil(largest * factor / 2)),
     )
     if circles is None:
         return None
     # measured on the image itself: the scaled copy clips at its 99.9th percentile, which a small
     # ball's shadow passes, and a clipped rim would read wider
     found = []
-    for col, row, radius in circles[0][:50]:
+    for col, row, radius in circles[0][:50] / factor:
         marker = _measure(image, float(row), float(col), float(radius))
         if marker is None or marker.contrast < MIN_CONTRAST * (hi - lo):
             continue
@@ -170,7 +188,7 @@ def _like_metal(image: np.ndarray, marker: Marker, top: float) -> bool:
     level = float(np.median(image[near, across][inside]))
     if level >= top:
         return True
-    step = max(1, int(math.sqrt(image.size / 1e6)))  # a million pixels are enough for a percentile
+    step = _sample_step(image)
     rows, cols = np.ogrid[0 : image.shape[0] : step, 0 : image.shape[1] : step]
     outside = np.hypot(rows - marker.row, cols - marker.column) > 1.2 * radius
     return level >= float(np.percentile(image[::step, ::step][outside], BRIGHT_PERCENTILE))
