@@ -265,7 +265,9 @@ def _without_marker(pixels: np.ndarray, marker: Marker) -> np.ndarray:
     rows, cols = np.ogrid[: window.shape[0], : window.shape[1]]
     distance = np.hypot(rows + r0 - marker.row, cols + c0 - marker.column)
     ring = (distance > 1.3 * radius) & (distance < 1.7 * radius)
-    window[distance <= 1.15 * radius] = np.median(window[ring])  # (a view: fills ``out``)
+    around = window[ring] if ring.any() else window[distance > 1.15 * radius]  # (at a border)
+    if around.size:
+        window[distance <= 1.15 * radius] = np.median(around)  # (a view: fills ``out``)
     return out
 
 
