@@ -777,6 +777,7 @@ def test_a_calibration_marker_gives_the_spacing_at_the_hip(new_phantom: DrrDatas
         "marker": [str(files["ball"]), "--marker-mm", "25", *draws],
         "at_patient": [str(files["plain"]), "--pixel-spacing", f"{fine:.6g}", *draws],
         "no_marker": [str(files["plain"]), "--marker-mm", "25"],
+        "wrong_size": [str(files["ball"]), "--marker-mm", "22"],  # the ball is 25 mm
     }
     tables = {}
     for name, options in runs.items():
@@ -785,6 +786,10 @@ def test_a_calibration_marker_gives_the_spacing_at_the_hip(new_phantom: DrrDatas
         with (tmp_path / name / "predictions.csv").open() as fh:
             tables[name] = next(csv.DictReader(fh))
     marker, at_patient, no_marker = tables["marker"], tables["at_patient"], tables["no_marker"]
+    # a ball taken for a smaller one implies a magnification (1.42) no ball beside a hip has
+    assert "a magnification of 1.42" in tables["wrong_size"]["notes"]
+    assert "which no ball beside a hip has (1-1.4): is the marker 22 mm" in tables["wrong_size"]["notes"]
+    assert "which no ball" not in marker["notes"]
     assert marker["spacing_source"] == "marker:25mm" and marker["status"] == at_patient["status"] == "ok"
     # the shadow's edge is found to a fraction of a pixel: the spacing within 0.5 %
     assert float(marker["pixel_spacing_mm"]) == pytest.approx(fine, rel=5e-3)

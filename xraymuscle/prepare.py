@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xraymuscle.calibration_marker import Marker, find_marker
+from xraymuscle.calibration_marker import MAGNIFICATION_RANGE, Marker, find_marker
 from xraymuscle.collimation import fill_collimation
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import fit_to_grid, normalise, resample
@@ -248,6 +248,12 @@ def _marker_spacing(
     )
     if radiograph.pixel_spacing is not None and radiograph.spacing_plane == "detector":
         note += f": a magnification of {1 / scale:.3f} on the file's detector spacing"
+        low, high = MAGNIFICATION_RANGE
+        if not low <= 1 / scale <= high:
+            note += (
+                f", which no ball beside a hip has ({low:g}-{high:g}): is the marker "
+                f"{marker_mm:g} mm, and the file's spacing at the detector?"
+            )
     elif radiograph.pixel_spacing is not None:
         note += f": {scale:.3f} times the file's spacing ({radiograph.spacing_source})"
     prepared.notes.append(note)
