@@ -266,13 +266,30 @@ def train_cyclegan(
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out's last checkpoint.")] = False,
     device: DeviceOpt = "auto",
+    marker_mm: Annotated[
+        float | None,
+        typer.Option(
+            "--marker-mm",
+            help="Diameter of the calibration ball in the real radiographs: their spacing from it, "
+            "and the ball painted out.",
+        ),
+    ] = None,
 ) -> None:
     """Train a CycleGAN between DRRs and real radiographs (unpaired)."""
     from training.config import CycleGanConfig
     from training.cyclegan import train_cyclegan as run
 
     recipe = _recipe(CycleGanConfig, config, epochs=epochs, gc_weight=gc_weight)
-    summary = run(drr, xray, out, recipe, resume=resume, device=_pick_device(device), echo=typer.echo)
+    summary = run(
+        drr,
+        xray,
+        out,
+        recipe,
+        resume=resume,
+        device=_pick_device(device),
+        marker_mm=marker_mm,
+        echo=typer.echo,
+    )
     typer.echo(
         f"{summary.epochs_run} epochs in {summary.seconds / 60:.1f} min; "
         f"{len(summary.skipped_real)} real radiographs skipped; samples: {out / 'samples'}; run: {out}"

@@ -225,6 +225,35 @@ def test_real_domain_names_that_are_not_utf8(real_domain: Path, tmp_path: Path) 
     assert domain.left_out == [left_out_line(str(earlier))]
 
 
+def test_real_films_with_a_calibration_marker(tmp_path: Path) -> None:
+    """With --marker-mm, a real film's spacing comes from its ball (its file has none here) and
+    the ball is painted out, as the DRRs hold none; a film without a ball is skipped."""
+    folder = tmp_path / "films"
+    folder.mkdir()
+    rows, cols = np.mgrid[:400, :500]
+    film = 0.3 + 0.2 * np.sin(cols / 500 * np.pi)
+    film[:, 150:190] += 0.4  # a femur
+    ball_px = 25.0 * 1.2 / 0.6  # a 25 mm ball magnified 1.2 times, at 0.6 mm pixels: 50 px
+    ball = (rows - 300.3) ** 2 + (cols - 380.6) ** 2 < (ball_px / 2) ** 2
+    for i in range(2):
+        cv2.imwrite(
+            str(folder / f"ball_{i}.png"),
+            np.clip((film + 1.5 * ball) / 2.5 * 65535, 0, 65535).astype(np.uint16),
+        )
+    cv2.imwrite(str(folder / "plain.png"), (film / 2.5 * 65535).astype(np.uint16))
+    spacing_mm = 2.0  # the DRRs' grid
+    domain = real_images(folder, spacing_mm, 1.15, 64, marker_mm=25.0)
+    assert [Path(p).name for p in domain.paths] == ["ball_0.png", "ball_1.png"]
+    assert domain.skipped == [f"{folder}/plain.png: no calibration marker of 25 mm found"]
+    # the ball's spacing (25 / 50 mm at the hip) brings the film's 400 x 500 px to 100 x 125
+    image = domain.images[0]
+    assert image.shape == (round(400 * 25 / ball_px / spacing_mm), round(500 * 25 / ball_px / spacing_mm))
+    # the ball painted out: where it lay is darker than the femur (at a quarter of the size)
+    assert image[75, 95] < image[75, 42] - 0.2
+    plain = real_images(folder, spacing_mm, 1.15, 64)  # without the option: the ball stays
+    assert plain.skipped == [] and plain.images[0][48, 61] > plain.images[0][48, 27] + 0.2
+
+
 def test_adapt_translates_images_and_keeps_maps(gan_run: Path, tiny_drr: Path, tmp_path: Path) -> None:
     out = tmp_path / "adapted"
     result = runner.invoke(

@@ -40,6 +40,7 @@ from xraymuscle import __version__
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
+from xraymuscle.prepare import check_marker
 from xraymuscle.preview import montage, titled, write_png
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.weights_file import read_tensors, write_tensors
@@ -234,16 +235,19 @@ def train_cyclegan(
     *,
     resume: bool = False,
     device: str = "auto",
+    marker_mm: float | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> CycleGanSummary:
-    """Train on the DRR dataset ``drr_dir`` (domain A) and the radiographs of ``xray_source`` (B)."""
+    """Train on the DRR dataset ``drr_dir`` (domain A) and the radiographs of ``xray_source`` (B);
+    ``marker_mm``: their calibration marker's diameter (see :func:`real_images`)."""
     device = _device(device)
     data = DrrDataset.load(drr_dir)
     spacing, magnification = drr_geometry(data)
     drrs = drr_images(data)
     reference_side = min(drrs[0].shape)
-    real = real_images(Path(xray_source), spacing, magnification, reference_side)
+    check_marker(marker_mm, None, None)
+    real = real_images(Path(xray_source), spacing, magnification, reference_side, marker_mm=marker_mm)
     for problem in real.skipped:
         echo(f"skipped: {problem}")
     for line in real.left_out:

@@ -19,6 +19,7 @@ import numpy as np
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import normalise
+from xraymuscle.prepare import marker_in, marker_spacing, without_marker
 from xraymuscle.radiograph import read_radiograph
 from xraymuscle.study import find_inputs, left_out_line
 
@@ -57,8 +58,19 @@ class RealDomain:
     left_out: list[str] = field(default_factory=list)  # earlier runs' output folders, not searched
 
 
-def real_images(source: Path, spacing_mm: float, magnification: float, reference_side: int) -> RealDomain:
+def real_images(
+    source: Path,
+    spacing_mm: float,
+    magnification: float,
+    reference_side: int,
+    *,
+    marker_mm: float | None = None,
+) -> RealDomain:
     """Read every radiograph of ``source`` (a folder or a CSV list) onto the DRRs' grid.
+
+    With ``marker_mm``, each film's spacing comes from its calibration marker of that diameter,
+    and the marker is painted out (the DRRs hold none, so the translation would learn to draw
+    balls); a film without one is skipped.
 
     Raises :class:`InputError` when fewer than two can be used: a domain of one image is no
     distribution to learn.
@@ -77,7 +89,14 @@ def real_images(source: Path, spacing_mm: float, magnification: float, reference
             domain.skipped.append(f"{item.name}: a colour image, not a radiograph")
             continue
         pixels = radiograph.pixels
-        if radiograph.pixel_spacing is not None:
+        if marker_mm is not None:
+            marker = marker_in(radiograph, marker_mm)
+            if marker is None:
+                domain.skipped.append(f"{item.name}: no calibration marker of {marker_mm:g} mm found")
+                continue
+            pixels = without_marker(pixels, marker)
+            scale = float(np.mean(marker_spacing(radiograph, marker, marker_mm))) / spacing_mm
+        elif radiograph.pixel_spacing is not None:
             spacing = float(np.mean(radiograph.pixel_spacing))
             if radiograph.spacing_plane == "detector":
                 spacing /= magnification

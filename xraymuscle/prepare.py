@@ -195,7 +195,7 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
                 "the file's spacing allows); leave out --marker-mm to use the file's spacing",
             )
         row_mm, column_mm = _marker_spacing(radiograph, marker, target.marker_mm, prepared)
-        pixels = _without_marker(pixels, marker)
+        pixels = without_marker(pixels, marker)
     elif radiograph.pixel_spacing is None:
         problem = radiograph.spacing_problem or "none in the file"
         return _reject(prepared, f"pixel spacing unknown ({problem}); give --pixel-spacing MM")
@@ -229,9 +229,7 @@ def marker_in(radiograph: Radiograph, marker_mm: float) -> Marker | None:
     return find_marker(radiograph.pixels, marker_mm, spacing_mm=hint)
 
 
-def _marker_spacing(
-    radiograph: Radiograph, marker: Marker, marker_mm: float, prepared: Prepared
-) -> tuple[float, float]:
+def marker_spacing(radiograph: Radiograph, marker: Marker, marker_mm: float) -> tuple[float, float]:
     """Row and column spacing at the marker's plane: the file's spacing (or square pixels) scaled
     so that the marker's shadow has the marker's size."""
     if radiograph.pixel_spacing is None:
@@ -239,7 +237,15 @@ def _marker_spacing(
     else:
         rows, cols = (float(v) for v in radiograph.pixel_spacing)
     scale = marker.spacing_mm(marker_mm) / math.sqrt(rows * cols)
-    row_mm, column_mm = rows * scale, cols * scale
+    return rows * scale, cols * scale
+
+
+def _marker_spacing(
+    radiograph: Radiograph, marker: Marker, marker_mm: float, prepared: Prepared
+) -> tuple[float, float]:
+    """:func:`marker_spacing`, with the spacing source and a note on ``prepared``."""
+    row_mm, column_mm = marker_spacing(radiograph, marker, marker_mm)
+    scale = row_mm / float(radiograph.pixel_spacing[0]) if radiograph.pixel_spacing is not None else 1.0
     prepared.spacing_source = f"marker:{marker_mm:g}mm"
     note = (
         f"spacing {row_mm:.4f} x {column_mm:.4f} mm from the {marker_mm:g} mm calibration marker "
@@ -260,7 +266,7 @@ def _marker_spacing(
     return row_mm, column_mm
 
 
-def _without_marker(pixels: np.ndarray, marker: Marker) -> np.ndarray:
+def without_marker(pixels: np.ndarray, marker: Marker) -> np.ndarray:
     """The image with the marker's shadow (and its rim) given the level around it: the network
     never saw one."""
     out = np.array(pixels, dtype=np.float32, copy=True)
