@@ -111,7 +111,7 @@ def real_images(
     if len(domain.images) < MIN_REAL:
         raise InputError(
             f"the real domain needs at least {MIN_REAL} readable radiographs, found {len(domain.images)}"
-            + (f" ({len(domain.skipped)} could not be read)" if domain.skipped else ""),
+            + (f" ({len(domain.skipped)} skipped; the first: {domain.skipped[0]})" if domain.skipped else ""),
             source,
         )
     return domain
