@@ -113,6 +113,14 @@ MagnificationOpt = Annotated[
         "else the training geometry's).",
     ),
 ]
+HipHeightOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--hip-height-mm",
+        help="The hip's height above the detector, mm: with each file's SID, its magnification "
+        "(default: the training geometry's).",
+    ),
+]
 MarkerOpt = Annotated[
     float | None,
     typer.Option(
@@ -382,6 +390,7 @@ def predict(
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm (overrides files)."),
     ] = None,
     magnification: MagnificationOpt = None,
+    hip_height_mm: HipHeightOpt = None,
     marker_mm: MarkerOpt = None,
     mc_samples: McSamplesOpt = None,
     device: DeviceOpt = "auto",
@@ -395,6 +404,7 @@ def predict(
         model_dir=model,
         pixel_spacing=pixel_spacing,
         magnification=magnification,
+        hip_height_mm=hip_height_mm,
         marker_mm=marker_mm,
         mc_samples=mc_samples,
         device=_pick_device(device),
@@ -552,6 +562,7 @@ def screen(
         typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm, for files without one."),
     ] = None,
     magnification: MagnificationOpt = None,
+    hip_height_mm: HipHeightOpt = None,
     marker_mm: MarkerOpt = None,
     mc_samples: McSamplesOpt = None,
     keep_identifiers: Annotated[
@@ -578,6 +589,7 @@ def screen(
         mc_samples=mc_samples,
         pixel_spacing=pixel_spacing,
         magnification=magnification,
+        hip_height_mm=hip_height_mm,
         marker_mm=marker_mm,
         keep_identifiers=keep_identifiers,
         overlays=overlays,

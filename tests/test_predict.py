@@ -721,6 +721,59 @@ def test_a_given_magnification_divides_a_detector_spacing(new_phantom: DrrDatase
     assert float(training["pixel_spacing_mm"]) == pytest.approx(spacing * magnification / trained, rel=1e-3)
 
 
+def test_a_given_hip_height_sets_each_films_magnification(new_phantom: DrrDataset, tmp_path: Path) -> None:
+    """``--hip-height-mm H``: a film with its source-to-detector distance is divided by
+    ``sid / (sid - H)``, one without it by the same at the training geometry's distance; as
+    ``--magnification`` and ``--marker-mm`` set the magnification themselves, neither goes with it."""
+    pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
+    detector = spacing * 1.2
+    files = {}
+    for name, sid in (("with_sid", 1150.0), ("without_sid", None)):
+        files[name] = write_dx(tmp_path / f"{name}.dcm", pixels, pixel_spacing_mm=spacing)
+        ds = pydicom.dcmread(files[name])
+        del ds.PixelSpacing, ds.PixelSpacingCalibrationType
+        ds.ImagerPixelSpacing = [f"{detector:.6g}"] * 2
+        if sid is not None:
+            ds.DistanceSourceToDetector = f"{sid:g}"
+        ds.save_as(files[name], enforce_file_format=True)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["predict", *map(str, files.values()), "--out", str(out), "--hip-height-mm", "190"]
+    )
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open() as fh:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(fh)}
+    trained = float(load_model(default_model_dir()).meta["training"]["geometry"]["sid"])
+    expected = {
+        "with_sid": detector * (1150 - 190) / 1150,
+        "without_sid": detector * (trained - 190) / trained,
+    }
+    for name, value in expected.items():
+        assert float(rows[name]["pixel_spacing_mm"]) == pytest.approx(value, abs=6e-4), name
+    assert "the hip 190 mm above the detector as given" in rows["with_sid"]["notes"]
+    assert "(the file gives none)" in rows["without_sid"]["notes"]
+    for other in (["--magnification", "1.2"], ["--marker-mm", "25"]):
+        refused = runner.invoke(
+            app,
+            [
+                "predict",
+                str(files["with_sid"]),
+                "--out",
+                str(tmp_path / "x"),
+                "--hip-height-mm",
+                "190",
+                *other,
+            ],
+        )
+        assert refused.exit_code == 2 and "--hip-height-mm sets the magnification" in refused.output
+    refused = runner.invoke(
+        app, ["predict", str(files["with_sid"]), "--out", str(tmp_path / "x"), "--hip-height-mm", "20"]
+    )
+    assert (
+        refused.exit_code == 2 and "--hip-height-mm must be between 50 and 400 mm, not 20.0" in refused.output
+    )
+
+
 def _with_ball(image: np.ndarray, diameter_px: float) -> tuple[np.ndarray, tuple[float, float]]:
     """``image`` with the shadow of a steel ball ``diameter_px`` across, laid where the image is
     darkest (in the air beside the body), as a calibration marker is: nearly opaque, so its

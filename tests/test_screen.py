@@ -328,6 +328,8 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--magnification must be between 1 and 3, not nan" in result.output
     result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--marker-mm", "25"])
     assert result.exit_code == 2 and "other marker_mm" in result.output
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--hip-height-mm", "190"])
+    assert result.exit_code == 2 and "other hip_height_mm" in result.output
     for marker, problem in (("3", "--marker-mm must be between 5 and 100 mm, not 3.0"), ("inf", "not inf")):
         result = runner.invoke(
             app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--marker-mm", marker]

@@ -38,6 +38,7 @@ from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import (
     GridTarget,
     Prepared,
+    check_hip_height,
     check_magnification,
     check_marker,
     prepare,
@@ -87,6 +88,7 @@ def predict_images(
     model_dir: Path | None = None,
     pixel_spacing: float | None = None,
     magnification: float | None = None,
+    hip_height_mm: float | None = None,
     marker_mm: float | None = None,
     mc_samples: int | None = None,
     device: str = "cpu",
@@ -96,13 +98,17 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Predict every image (a folder: the radiographs in it); write ``predictions.csv`` and pictures
     under ``out``; return the rows. ``magnification`` divides spacings given at the detector
-    (default: :meth:`GridTarget.magnification_for`, from the file's source-to-detector distance);
+    (default: :meth:`GridTarget.magnification_for`, from the file's source-to-detector distance
+    and ``hip_height_mm``, the hip's height above the detector, else the training geometry's);
     ``marker_mm``, a calibration marker's diameter, takes every spacing from its shadow instead."""
     model = load_model(model_dir or default_model_dir(), device=device)
     check_mc_samples(mc_samples)
     check_magnification(magnification)
     check_marker(marker_mm, pixel_spacing, magnification)
-    target = GridTarget.of(model, magnification=magnification, marker_mm=marker_mm)
+    check_hip_height(hip_height_mm, magnification, marker_mm)
+    target = GridTarget.of(
+        model, magnification=magnification, marker_mm=marker_mm, hip_height_mm=hip_height_mm
+    )
     inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     if not inputs:
         raise InputError("no images given")

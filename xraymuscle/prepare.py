@@ -62,37 +62,64 @@ class GridTarget:
     spacing_mm: float
     magnification: float
     magnification_given: bool = False  # by the user (``--magnification``), not the training's
-    hip_to_detector_mm: float | None = None  # the training geometry's (sid - sod)
+    hip_to_detector_mm: float | None = None  # the training geometry's (sid - sod), or the user's
     marker_mm: float | None = None  # a calibration marker's diameter (``--marker-mm``): spacing from it
+    hip_height_given: bool = False  # ``hip_to_detector_mm`` is the user's (``--hip-height-mm``)
+    training_sid_mm: float | None = None  # the training geometry's source-to-detector distance
 
     @classmethod
     def of(
-        cls, model: LoadedModel, *, magnification: float | None = None, marker_mm: float | None = None
+        cls,
+        model: LoadedModel,
+        *,
+        magnification: float | None = None,
+        marker_mm: float | None = None,
+        hip_height_mm: float | None = None,
     ) -> GridTarget:
         """The model's grid; detector spacings are divided by ``magnification`` when given, by
-        the training geometry's otherwise (see :meth:`magnification_for`); with ``marker_mm``,
-        every spacing comes from the calibration marker of that diameter in the image instead."""
+        one from the file's source-to-detector distance and the hip's height above the detector
+        (``hip_height_mm``, else the training geometry's) otherwise (see
+        :meth:`magnification_for`); with ``marker_mm``, every spacing comes from the calibration
+        marker of that diameter in the image instead."""
         geometry = (model.meta.get("training") or {}).get("geometry") or {}
         sid, sod = geometry.get("sid"), geometry.get("sod")
         trained, gap = (float(sid) / float(sod), float(sid) - float(sod)) if sid and sod else (1.0, None)
-        given = magnification is not None
-        return cls(model.input_size, model.pixel_spacing_mm, magnification or trained, given, gap, marker_mm)
+        return cls(
+            size=model.input_size,
+            spacing_mm=model.pixel_spacing_mm,
+            magnification=magnification or trained,
+            magnification_given=magnification is not None,
+            hip_to_detector_mm=hip_height_mm if hip_height_mm is not None else gap,
+            marker_mm=marker_mm,
+            hip_height_given=hip_height_mm is not None,
+            training_sid_mm=float(sid) if sid else None,
+        )
 
     def magnification_for(self, source_to_detector_mm: float | None) -> tuple[float, str]:
         """The magnification at the hip for a radiograph, and how it was found.
 
         A given one wins. Otherwise, with the file's source-to-detector distance, the hip is
-        taken as far above the detector as in the training geometry (a supine patient's hips
-        lie at much the same height above the detector whatever the tube's distance): the
-        magnification is ``sid / (sid - gap)``. Without it, the training geometry's.
+        taken as far above the detector as the user gave (``--hip-height-mm``) or as in the
+        training geometry (a supine patient's hips lie at much the same height above the
+        detector whatever the tube's distance): the magnification is ``sid / (sid - gap)``.
+        Without it, the training geometry's; or, with a hip height given, that height at the
+        training geometry's distance.
         """
         if self.magnification_given:
             return self.magnification, f"the given magnification {self.magnification:.3f}"
         gap, sid = self.hip_to_detector_mm, source_to_detector_mm
+        height = "as given" if self.hip_height_given else "as in training"
         if gap is not None and sid is not None and sid - gap >= MIN_SOURCE_TO_HIP_MM:
             return sid / (sid - gap), (
                 f"the magnification {sid / (sid - gap):.3f} of the file's source-to-detector distance "
-                f"{sid:.0f} mm, the hip {gap:.0f} mm above the detector as in training"
+                f"{sid:.0f} mm, the hip {gap:.0f} mm above the detector {height}"
+            )
+        trained = self.training_sid_mm
+        if self.hip_height_given and gap is not None and trained and trained - gap >= MIN_SOURCE_TO_HIP_MM:
+            return trained / (trained - gap), (
+                f"the magnification {trained / (trained - gap):.3f} of the hip {gap:.0f} mm above the "
+                f"detector as given, at the training's source-to-detector distance {trained:.0f} mm "
+                "(the file gives none)"
             )
         return self.magnification, f"the training magnification {self.magnification:.3f}"
 
@@ -106,6 +133,23 @@ def check_magnification(magnification: float | None) -> None:
     """Refuse a ``--magnification`` no radiograph has (an object lies between source and detector)."""
     if magnification is not None and not (math.isfinite(magnification) and 1.0 <= magnification <= 3.0):
         raise InputError(f"--magnification must be between 1 and 3, not {magnification}")
+
+
+HIP_HEIGHT_RANGE_MM = (50.0, 400.0)  # the hip's height above the detector a supine film can have
+
+
+def check_hip_height(
+    hip_height_mm: float | None, magnification: float | None, marker_mm: float | None
+) -> None:
+    """Refuse a ``--hip-height-mm`` no film has, or one given beside ``--magnification`` or
+    ``--marker-mm``, which set the magnification themselves."""
+    if hip_height_mm is None:
+        return
+    low, high = HIP_HEIGHT_RANGE_MM
+    if not (math.isfinite(hip_height_mm) and low <= hip_height_mm <= high):
+        raise InputError(f"--hip-height-mm must be between {low:g} and {high:g} mm, not {hip_height_mm}")
+    if magnification is not None or marker_mm is not None:
+        raise InputError("--hip-height-mm sets the magnification: leave out --magnification and --marker-mm")
 
 
 def check_marker(marker_mm: float | None, pixel_spacing: float | None, magnification: float | None) -> None:

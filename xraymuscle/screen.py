@@ -45,7 +45,7 @@ from xraymuscle.predict import (
     predictions_columns,
     write_pictures,
 )
-from xraymuscle.prepare import check_magnification, check_marker
+from xraymuscle.prepare import check_hip_height, check_magnification, check_marker
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
 
@@ -56,7 +56,15 @@ VERSION = 1
 OVERLAYS = ("flagged", "all", "none")
 TABLE_EVERY_S = 20.0
 # settings that change the numbers: a resumed run must use the same ones
-RUN_KEYS = ("model", "mc_samples", "pixel_spacing", "magnification", "marker_mm", "keep_identifiers")
+RUN_KEYS = (
+    "model",
+    "mc_samples",
+    "pixel_spacing",
+    "magnification",
+    "hip_height_mm",
+    "marker_mm",
+    "keep_identifiers",
+)
 
 
 class Inference:
@@ -166,6 +174,7 @@ def screen_study(
     mc_samples: int | None = None,
     pixel_spacing: float | None = None,
     magnification: float | None = None,
+    hip_height_mm: float | None = None,
     marker_mm: float | None = None,
     keep_identifiers: bool = False,
     overlays: str = "flagged",
@@ -186,6 +195,7 @@ def screen_study(
     check_mc_samples(mc_samples)
     check_magnification(magnification)
     check_marker(marker_mm, pixel_spacing, magnification)
+    check_hip_height(hip_height_mm, magnification, marker_mm)
     if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
         raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
@@ -203,6 +213,7 @@ def screen_study(
         "mc_samples": samples,
         "pixel_spacing": pixel_spacing,
         "magnification": magnification,
+        "hip_height_mm": hip_height_mm,
         "marker_mm": marker_mm,
         "keep_identifiers": keep_identifiers,
         "notice": model.notice,
@@ -213,7 +224,7 @@ def screen_study(
     todo = [item for item in inputs if item.name not in journal]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(
-        GridTarget.of(model, magnification=magnification, marker_mm=marker_mm),
+        GridTarget.of(model, magnification=magnification, marker_mm=marker_mm, hip_height_mm=hip_height_mm),
         pixel_spacing,
         salt,
         keep_identifiers,
