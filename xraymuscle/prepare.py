@@ -28,6 +28,7 @@ MIN_FIELD_MM = 150.0  # a hip radiograph shows at least this much of the pelvis
 MAX_FIELD_MM = 2500.0  # taller than any body: a spacing that gives more is wrong
 MIN_SOURCE_TO_HIP_MM = 300.0  # a shorter source-to-detector distance is not a hip radiograph's
 MARKER_MM_RANGE = (5.0, 100.0)  # calibration markers: balls of 25 mm, most often
+HIP_HEIGHT_RANGE_MM = (50.0, 400.0)  # the hip's height above the detector a supine film can have
 CROSS_SECTIONAL = ("CT", "MR", "PT", "NM", "US")
 # Body Part Examined values (DICOM defined terms) of radiographs that cannot show the hip; values
 # near it (PELVIS, HIP, ABDOMEN, LSPINE, THIGH, FEMUR, LEG, EXTREMITY, ...) and none are left to the
@@ -133,9 +134,6 @@ def check_magnification(magnification: float | None) -> None:
     """Refuse a ``--magnification`` no radiograph has (an object lies between source and detector)."""
     if magnification is not None and not (math.isfinite(magnification) and 1.0 <= magnification <= 3.0):
         raise InputError(f"--magnification must be between 1 and 3, not {magnification}")
-
-
-HIP_HEIGHT_RANGE_MM = (50.0, 400.0)  # the hip's height above the detector a supine film can have
 
 
 def check_hip_height(
