@@ -752,23 +752,11 @@ def test_a_given_hip_height_sets_each_films_magnification(new_phantom: DrrDatase
         assert float(rows[name]["pixel_spacing_mm"]) == pytest.approx(value, abs=6e-4), name
     assert "the hip 190 mm above the detector as given" in rows["with_sid"]["notes"]
     assert "(the file gives none)" in rows["without_sid"]["notes"]
+    again = ["predict", str(files["with_sid"]), "--out", str(tmp_path / "x"), "--hip-height-mm"]
     for other in (["--magnification", "1.2"], ["--marker-mm", "25"]):
-        refused = runner.invoke(
-            app,
-            [
-                "predict",
-                str(files["with_sid"]),
-                "--out",
-                str(tmp_path / "x"),
-                "--hip-height-mm",
-                "190",
-                *other,
-            ],
-        )
+        refused = runner.invoke(app, [*again, "190", *other])
         assert refused.exit_code == 2 and "--hip-height-mm sets the magnification" in refused.output
-    refused = runner.invoke(
-        app, ["predict", str(files["with_sid"]), "--out", str(tmp_path / "x"), "--hip-height-mm", "20"]
-    )
+    refused = runner.invoke(app, [*again, "20"])
     assert (
         refused.exit_code == 2 and "--hip-height-mm must be between 50 and 400 mm, not 20.0" in refused.output
     )

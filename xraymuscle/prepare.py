@@ -136,32 +136,33 @@ def check_magnification(magnification: float | None) -> None:
         raise InputError(f"--magnification must be between 1 and 3, not {magnification}")
 
 
+def _check_option(
+    option: str, value: float | None, bounds: tuple[float, float], others: dict[str, object], does: str
+) -> None:
+    """Refuse ``option`` outside ``bounds`` (mm), or given beside any of ``others`` that is set."""
+    if value is None:
+        return
+    low, high = bounds
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{option} must be between {low:g} and {high:g} mm, not {value}")
+    if any(other is not None for other in others.values()):
+        raise InputError(f"{option} {does}: leave out {' and '.join(others)}")
+
+
 def check_hip_height(
     hip_height_mm: float | None, magnification: float | None, marker_mm: float | None
 ) -> None:
     """Refuse a ``--hip-height-mm`` no film has, or one given beside ``--magnification`` or
     ``--marker-mm``, which set the magnification themselves."""
-    if hip_height_mm is None:
-        return
-    low, high = HIP_HEIGHT_RANGE_MM
-    if not (math.isfinite(hip_height_mm) and low <= hip_height_mm <= high):
-        raise InputError(f"--hip-height-mm must be between {low:g} and {high:g} mm, not {hip_height_mm}")
-    if magnification is not None or marker_mm is not None:
-        raise InputError("--hip-height-mm sets the magnification: leave out --magnification and --marker-mm")
+    others = {"--magnification": magnification, "--marker-mm": marker_mm}
+    _check_option("--hip-height-mm", hip_height_mm, HIP_HEIGHT_RANGE_MM, others, "sets the magnification")
 
 
 def check_marker(marker_mm: float | None, pixel_spacing: float | None, magnification: float | None) -> None:
     """Refuse a ``--marker-mm`` of no calibration marker's size, or one given beside another way
     to the spacing (``--pixel-spacing``, ``--magnification``), which it would overrule."""
-    if marker_mm is None:
-        return
-    low, high = MARKER_MM_RANGE
-    if not (math.isfinite(marker_mm) and low <= marker_mm <= high):
-        raise InputError(f"--marker-mm must be between {low:g} and {high:g} mm, not {marker_mm}")
-    if pixel_spacing is not None or magnification is not None:
-        raise InputError(
-            "--marker-mm gives the spacing from the image: leave out --pixel-spacing and --magnification"
-        )
+    others = {"--pixel-spacing": pixel_spacing, "--magnification": magnification}
+    _check_option("--marker-mm", marker_mm, MARKER_MM_RANGE, others, "gives the spacing from the image")
 
 
 def prepare(
