@@ -8,6 +8,7 @@ no pixel spacing, too small a field) gets ``rejected``; each with its reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,7 +138,11 @@ def check_magnification(magnification: float | None) -> None:
 
 
 def _check_option(
-    option: str, value: float | None, bounds: tuple[float, float], others: dict[str, object], does: str
+    option: str,
+    value: float | None,
+    bounds: tuple[float, float],
+    others: Mapping[str, float | None],
+    does: str,
 ) -> None:
     """Refuse ``option`` outside ``bounds`` (mm), or given beside any of ``others`` that is set."""
     if value is None:
