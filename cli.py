@@ -695,7 +695,8 @@ def inspect(
             "metadata": rad.metadata,
         }
         if marker_mm is not None:
-            from xraymuscle.prepare import check_marker, marker_in
+            from xraymuscle.calibration_marker import marker_in
+            from xraymuscle.prepare import check_marker
 
             check_marker(marker_mm, None, None)
             found = marker_in(rad, marker_mm)

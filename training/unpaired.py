@@ -16,10 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from xraymuscle.calibration_marker import marker_in, marker_scale, without_marker
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import normalise
-from xraymuscle.prepare import marker_in, marker_spacing, without_marker
 from xraymuscle.radiograph import read_radiograph
 from xraymuscle.study import find_inputs, left_out_line
 
@@ -95,7 +95,10 @@ def real_images(
                 domain.skipped.append(f"{item.name}: no calibration marker of {marker_mm:g} mm found")
                 continue
             pixels = without_marker(pixels, marker)
-            scale = float(np.mean(marker_spacing(radiograph, marker, marker_mm))) / spacing_mm
+            file_spacing = (
+                1.0 if radiograph.pixel_spacing is None else float(np.mean(radiograph.pixel_spacing))
+            )
+            scale = file_spacing * marker_scale(radiograph, marker, marker_mm) / spacing_mm
         elif radiograph.pixel_spacing is not None:
             spacing = float(np.mean(radiograph.pixel_spacing))
             if radiograph.spacing_plane == "detector":

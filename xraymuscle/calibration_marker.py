@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Marker", "find_marker", "MAGNIFICATION_RANGE"]
+from xraymuscle.radiograph import Radiograph
+
+__all__ = ["MAGNIFICATION_RANGE", "Marker", "find_marker", "marker_in", "marker_scale", "without_marker"]
 
 # A ball beside a hip on a table lies between the detector and the source: its shadow is larger
 # than it by 1.0 (on the detector) to 1.4 (a short distance, a thick patient). A file's spacing
@@ -39,16 +41,21 @@ PROPOSAL_PX = 48  # the smallest shadow allowed, across, on the copy that circle
 BRIGHT_PERCENTILE = 99.0  # the disc's inside is at least this bright in the image
 MIN_CONTRAST = 0.25  # disc against its ring, as a share of the image's 1st-99.9th percentile range
 MIN_ROUNDNESS = 0.92  # overlap (intersection over union) of the disc and the circle of its area
+# Around a shadow of radius r: its inside (the level of the metal) lies within 0.6 r, the ring it
+# is compared with (the level around it) from 1.3 r to 1.7 r, and painting it out covers 1.15 r
+# (its rim, blurred, included).
+INSIDE, RING, COVER = 0.6, (1.3, 1.7), 1.15
 
 
 @dataclass(frozen=True)
 class Marker:
-    """A calibration marker's shadow: centre (row, column), diameter (pixels), and contrast (the
-    disc's level over its ring's, in the image's units)."""
+    """A calibration marker's shadow: centre (row, column), diameter (pixels), its inside's level
+    and its contrast (that level over its ring's), in the image's units."""
 
     row: float
     column: float
     diameter_px: float
+    level: float
     contrast: float
 
     def spacing_mm(self, diameter_mm: float) -> float:
@@ -75,41 +82,49 @@ def _diameter_range_px(
     ), 1.1 * high * diameter_mm / spacing_mm
 
 
+def _window(shape: tuple[int, ...], row: float, col: float, reach: int) -> tuple[slice, slice, np.ndarray]:
+    """The rows and columns within ``reach`` of (row, col), clipped to the image, and each of
+    their pixels' distance from it."""
+    rows = slice(max(0, int(row) - reach), min(shape[0], int(row) + reach + 1))
+    cols = slice(max(0, int(col) - reach), min(shape[1], int(col) + reach + 1))
+    rr, cc = np.ogrid[rows, cols]
+    return rows, cols, np.hypot(rr - row, cc - col)
+
+
 def _measure(image: np.ndarray, row: float, col: float, radius: float) -> Marker | None:
     """The disc around a proposed circle, measured by its area; ``None`` unless it is a bright,
     round disc that stands out from its ring."""
-    h, w = image.shape
-    reach = int(math.ceil(1.8 * radius)) + 2
-    r0, r1 = max(0, int(row) - reach), min(h, int(row) + reach + 1)  # (the window may meet the
-    c0, c1 = max(0, int(col) - reach), min(w, int(col) + reach + 1)  # image's border, a disc not)
-    patch = image[r0:r1, c0:c1]
-    rr, cc = np.ogrid[r0:r1, c0:c1]
-    distance = np.hypot(rr - row, cc - col)
-    ring_pixels = patch[(distance > 1.3 * radius) & (distance < 1.7 * radius)]
+    # (the window may meet the image's border; the disc may not)
+    rows, cols, distance = _window(image.shape, row, col, int(math.ceil(1.8 * radius)) + 2)
+    patch = image[rows, cols]
+    ring_pixels = patch[(distance > RING[0] * radius) & (distance < RING[1] * radius)]
     if ring_pixels.size == 0:
         return None
-    inside = float(np.median(patch[distance < 0.6 * radius]))
+    inside = float(np.median(patch[distance < INSIDE * radius]))
     ring = float(np.median(ring_pixels))
     if inside <= ring:
         return None
     bright = (patch > (inside + ring) / 2).astype(np.uint8)
     _, components = cv2.connectedComponents(bright, connectivity=4)
-    centre = components[int(row) - r0, int(col) - c0]  # the proposal's centre
+    centre = components[int(row) - rows.start, int(col) - cols.start]  # the proposal's centre
     if centre == 0:
         return None
     disc = components == centre
     if disc[0].any() or disc[-1].any() or disc[:, 0].any() or disc[:, -1].any():
         return None  # it runs on beyond the window (bone, a poor proposal) or is cut by the border
     area = float(disc.sum())
-    rows, cols = np.nonzero(disc)
-    centre_row, centre_col, equal = rows.mean(), cols.mean(), math.sqrt(area / math.pi)
-    ideal = np.hypot(rr - r0 - centre_row, cc - c0 - centre_col) < equal  # the circle of its area
+    in_rows, in_cols = np.nonzero(disc)
+    centre_row, centre_col = in_rows.mean() + rows.start, in_cols.mean() + cols.start
+    equal = math.sqrt(area / math.pi)
+    rr, cc = np.ogrid[rows, cols]
+    ideal = np.hypot(rr - centre_row, cc - centre_col) < equal  # the circle of its area
     if np.count_nonzero(disc & ideal) / np.count_nonzero(disc | ideal) < MIN_ROUNDNESS:
         return None  # not round: a square of the same area overlaps its circle by 0.83
     return Marker(
-        row=float(centre_row + r0),
-        column=float(centre_col + c0),
+        row=float(centre_row),
+        column=float(centre_col),
         diameter_px=2.0 * equal,
+        level=inside,
         contrast=inside - ring,
     )
 
@@ -180,15 +195,40 @@ def _like_metal(image: np.ndarray, marker: Marker, top: float) -> bool:
     ``top``, where other metal, as a prosthesis, sets the brightest), or brighter than the
     ``BRIGHT_PERCENTILE`` of the image around it (the disc left out, as a large shadow would set
     that percentile itself), as no bone is."""
-    radius = marker.diameter_px / 2
-    r, c = np.ogrid[: image.shape[0], : image.shape[1]]
-    near = slice(max(0, int(marker.row - radius)), int(marker.row + radius) + 1)
-    across = slice(max(0, int(marker.column - radius)), int(marker.column + radius) + 1)
-    inside = np.hypot(r[near] - marker.row, c[:, across] - marker.column) < 0.6 * radius
-    level = float(np.median(image[near, across][inside]))
-    if level >= top:
+    if marker.level >= top:
         return True
     step = _sample_step(image)
     rows, cols = np.ogrid[0 : image.shape[0] : step, 0 : image.shape[1] : step]
-    outside = np.hypot(rows - marker.row, cols - marker.column) > 1.2 * radius
-    return level >= float(np.percentile(image[::step, ::step][outside], BRIGHT_PERCENTILE))
+    outside = np.hypot(rows - marker.row, cols - marker.column) > 1.2 * marker.diameter_px / 2
+    return marker.level >= float(np.percentile(image[::step, ::step][outside], BRIGHT_PERCENTILE))
+
+
+def marker_in(radiograph: Radiograph, marker_mm: float) -> Marker | None:
+    """The calibration marker's shadow in a radiograph, its size bounded by the file's spacing."""
+    spacing = radiograph.pixel_spacing
+    hint = None if spacing is None else math.sqrt(float(spacing[0]) * float(spacing[1]))
+    return find_marker(radiograph.pixels, marker_mm, spacing_mm=hint)
+
+
+def marker_scale(radiograph: Radiograph, marker: Marker, marker_mm: float) -> float:
+    """What the file's pixel spacing is multiplied by for the marker's shadow to have the marker's
+    size: its spacing at the marker's plane (mm) where the file has none (square pixels), the
+    inverse of the marker's magnification where the file's spacing is at the detector."""
+    if radiograph.pixel_spacing is None:
+        return marker.spacing_mm(marker_mm)
+    rows, cols = (float(v) for v in radiograph.pixel_spacing)
+    return marker.spacing_mm(marker_mm) / math.sqrt(rows * cols)
+
+
+def without_marker(pixels: np.ndarray, marker: Marker) -> np.ndarray:
+    """The image with the marker's shadow (and its rim) given the level of the ring around it, or
+    of what lies around it at the image's border: the decomposition network never saw one."""
+    out = np.array(pixels, dtype=np.float32, copy=True)
+    radius = marker.diameter_px / 2
+    rows, cols, distance = _window(out.shape, marker.row, marker.column, int(math.ceil(RING[1] * radius)) + 1)
+    window = out[rows, cols]  # (a view: filling it fills ``out``)
+    ring = (distance > RING[0] * radius) & (distance < RING[1] * radius)
+    around = window[ring] if ring.any() else window[distance > COVER * radius]
+    if around.size:
+        window[distance <= COVER * radius] = np.median(around)
+    return out

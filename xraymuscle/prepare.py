@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xraymuscle.calibration_marker import MAGNIFICATION_RANGE, Marker, find_marker
+from xraymuscle.calibration_marker import MAGNIFICATION_RANGE, Marker, marker_in, marker_scale, without_marker
 from xraymuscle.collimation import fill_collimation
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import fit_to_grid, normalise, resample
@@ -270,30 +270,14 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
     return prepared
 
 
-def marker_in(radiograph: Radiograph, marker_mm: float) -> Marker | None:
-    """The calibration marker's shadow in a radiograph, its size bounded by the file's spacing."""
-    spacing = radiograph.pixel_spacing
-    hint = None if spacing is None else float(np.sqrt(float(spacing[0]) * float(spacing[1])))
-    return find_marker(radiograph.pixels, marker_mm, spacing_mm=hint)
-
-
-def marker_spacing(radiograph: Radiograph, marker: Marker, marker_mm: float) -> tuple[float, float]:
-    """Row and column spacing at the marker's plane: the file's spacing (or square pixels) scaled
-    so that the marker's shadow has the marker's size."""
-    if radiograph.pixel_spacing is None:
-        rows, cols = 1.0, 1.0
-    else:
-        rows, cols = (float(v) for v in radiograph.pixel_spacing)
-    scale = marker.spacing_mm(marker_mm) / math.sqrt(rows * cols)
-    return rows * scale, cols * scale
-
-
 def _marker_spacing(
     radiograph: Radiograph, marker: Marker, marker_mm: float, prepared: Prepared
 ) -> tuple[float, float]:
-    """:func:`marker_spacing`, with the spacing source and a note on ``prepared``."""
-    row_mm, column_mm = marker_spacing(radiograph, marker, marker_mm)
-    scale = row_mm / float(radiograph.pixel_spacing[0]) if radiograph.pixel_spacing is not None else 1.0
+    """Row and column spacing at the marker's plane (the file's, or square pixels, scaled by
+    :func:`marker_scale`), with the spacing source and a note on ``prepared``."""
+    scale = marker_scale(radiograph, marker, marker_mm)
+    rows, cols = (1.0, 1.0) if radiograph.pixel_spacing is None else radiograph.pixel_spacing
+    row_mm, column_mm = float(rows) * scale, float(cols) * scale
     prepared.spacing_source = f"marker:{marker_mm:g}mm"
     note = (
         f"spacing {row_mm:.4f} x {column_mm:.4f} mm from the {marker_mm:g} mm calibration marker "
@@ -312,23 +296,6 @@ def _marker_spacing(
         note += f": {scale:.3f} times the file's spacing ({radiograph.spacing_source})"
     prepared.notes.append(note)
     return row_mm, column_mm
-
-
-def without_marker(pixels: np.ndarray, marker: Marker) -> np.ndarray:
-    """The image with the marker's shadow (and its rim) given the level around it: the network
-    never saw one."""
-    out = np.array(pixels, dtype=np.float32, copy=True)
-    radius = marker.diameter_px / 2
-    reach = int(math.ceil(1.7 * radius)) + 1
-    r0, c0 = max(0, int(marker.row) - reach), max(0, int(marker.column) - reach)
-    window = out[r0 : int(marker.row) + reach + 1, c0 : int(marker.column) + reach + 1]
-    rows, cols = np.ogrid[: window.shape[0], : window.shape[1]]
-    distance = np.hypot(rows + r0 - marker.row, cols + c0 - marker.column)
-    ring = (distance > 1.3 * radius) & (distance < 1.7 * radius)
-    around = window[ring] if ring.any() else window[distance > 1.15 * radius]  # (at a border)
-    if around.size:
-        window[distance <= 1.15 * radius] = np.median(around)  # (a view: fills ``out``)
-    return out
 
 
 def _reject(prepared: Prepared, reason: str) -> Prepared:
