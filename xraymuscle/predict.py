@@ -38,9 +38,7 @@ from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import (
     GridTarget,
     Prepared,
-    check_hip_height,
-    check_magnification,
-    check_marker,
+    check_spacing_options,
     prepare,
     read_and_prepare,
 )
@@ -103,17 +101,13 @@ def predict_images(
     ``marker_mm``, a calibration marker's diameter, takes every spacing from its shadow instead."""
     model = load_model(model_dir or default_model_dir(), device=device)
     check_mc_samples(mc_samples)
-    check_magnification(magnification)
-    check_marker(marker_mm, pixel_spacing, magnification)
-    check_hip_height(hip_height_mm, magnification, marker_mm)
+    check_spacing_options(pixel_spacing, magnification, hip_height_mm, marker_mm)
     target = GridTarget.of(
         model, magnification=magnification, marker_mm=marker_mm, hip_height_mm=hip_height_mm
     )
     inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     if not inputs:
         raise InputError("no images given")
-    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
-        raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
     out = Path(out)
     _check_out(out)
     earlier = picture_names(out / "predictions.csv")  # an earlier run's, replaced by this one's

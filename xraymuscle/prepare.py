@@ -163,6 +163,21 @@ def check_hip_height(
     _check_option("--hip-height-mm", hip_height_mm, HIP_HEIGHT_RANGE_MM, others, "sets the magnification")
 
 
+def check_spacing_options(
+    pixel_spacing: float | None,
+    magnification: float | None,
+    hip_height_mm: float | None,
+    marker_mm: float | None,
+) -> None:
+    """Refuse spacing options (``--pixel-spacing``, ``--magnification``, ``--hip-height-mm``,
+    ``--marker-mm``) that are out of range or that cannot be given together."""
+    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
+        raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
+    check_magnification(magnification)
+    check_marker(marker_mm, pixel_spacing, magnification)
+    check_hip_height(hip_height_mm, magnification, marker_mm)
+
+
 def check_marker(marker_mm: float | None, pixel_spacing: float | None, magnification: float | None) -> None:
     """Refuse a ``--marker-mm`` of no calibration marker's size, or one given beside another way
     to the spacing (``--pixel-spacing``, ``--magnification``), which it would overrule."""

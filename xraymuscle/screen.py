@@ -45,7 +45,7 @@ from xraymuscle.predict import (
     predictions_columns,
     write_pictures,
 )
-from xraymuscle.prepare import check_hip_height, check_magnification, check_marker
+from xraymuscle.prepare import check_spacing_options
 from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
 
@@ -193,11 +193,7 @@ def screen_study(
     if workers is not None and workers < 0:
         raise InputError(f"--workers must be 0 (decode here) or more, not {workers}")
     check_mc_samples(mc_samples)
-    check_magnification(magnification)
-    check_marker(marker_mm, pixel_spacing, magnification)
-    check_hip_height(hip_height_mm, magnification, marker_mm)
-    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
-        raise InputError(f"--pixel-spacing must be a positive number of mm, not {pixel_spacing}")
+    check_spacing_options(pixel_spacing, magnification, hip_height_mm, marker_mm)
     out = Path(out)
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
