@@ -633,6 +633,7 @@ def inspect(
     from xraymuscle.catalog import MuscleCatalog
     from xraymuscle.measure import (
         muscle_centroids,
+        muscle_channels,
         muscle_volumes,
         orientation_notes,
         unlike_muscle,
@@ -675,10 +676,13 @@ def inspect(
             lab = read_labels(labels, reference=ct, masks=masks)
             info["labels"] = [int(v) for v in np.unique(lab.array) if v != 0]
             if muscles is not None:
-                info["muscles"] = measured = muscle_volumes(ct, lab, muscles, str(label_source))
+                channel = muscle_channels(lab, muscles, str(label_source))  # (made once, used twice)
+                measured = muscle_volumes(ct, lab, muscles, str(label_source), channel=channel)
+                info["muscles"] = measured
                 unlike = unlike_muscle((m, v["volume_ml"], v["mass_g"]) for m, v in measured.items())
                 info["notes"] = [unlike_muscle_note(unlike)] if unlike else []
-                info["notes"] += orientation_notes(muscle_centroids(lab, muscles, str(label_source)))
+                centres = muscle_centroids(lab, muscles, str(label_source), channel=channel)
+                info["notes"] += orientation_notes(centres)
     else:
         rad = read_radiograph(path, pixel_spacing=pixel_spacing)
         info = {

@@ -18,12 +18,23 @@ from xraymuscle.volume import Volume
 MUSCLE_DENSITY_RANGE = (0.96, 1.15)
 
 
+def muscle_channels(labels: Volume, catalog: MuscleCatalog, source: str) -> np.ndarray:
+    """Each voxel's muscle, as its catalogue index + 1 (0: none), by the label source's values."""
+    return catalog.lookup(source, int(labels.array.max()))[labels.array]
+
+
 def muscle_volumes(
-    ct: Volume, labels: Volume, catalog: MuscleCatalog, source: str
+    ct: Volume,
+    labels: Volume,
+    catalog: MuscleCatalog,
+    source: str,
+    *,
+    channel: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Volume (ml) and mass (g) of every muscle the label source provides.
 
-    Mass is the sum of the voxels' densities (from HU) times the voxel volume.
+    Mass is the sum of the voxels' densities (from HU) times the voxel volume. ``channel``:
+    :func:`muscle_channels`, when already made.
 
     Returns
     -------
@@ -33,7 +44,8 @@ def muscle_volumes(
     if not ct.same_grid(labels):
         raise ValueError("CT and labels must share a grid; read them with read_ct_and_labels")
     voxel_ml = ct.voxel_volume_mm3 / 1000.0
-    channel = catalog.lookup(source, int(labels.array.max()))[labels.array]
+    if channel is None:
+        channel = muscle_channels(labels, catalog, source)
     inside = channel > 0
     density = density_from_hu(ct.array[inside]).astype(np.float64)
     ch = channel[inside].astype(np.int64)
@@ -69,9 +81,13 @@ def unlike_muscle_note(found: list[str]) -> str:
     )
 
 
-def muscle_centroids(labels: Volume, catalog: MuscleCatalog, source: str) -> dict[str, np.ndarray]:
-    """LPS centre (mm) of the voxels of every muscle the label map holds, in catalogue order."""
-    channel = catalog.lookup(source, int(labels.array.max()))[labels.array]
+def muscle_centroids(
+    labels: Volume, catalog: MuscleCatalog, source: str, *, channel: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """LPS centre (mm) of the voxels of every muscle the label map holds, in catalogue order
+    (``channel``: :func:`muscle_channels`, when already made)."""
+    if channel is None:
+        channel = muscle_channels(labels, catalog, source)
     k, j, i = np.nonzero(channel)
     ch = channel[k, j, i].astype(np.int64)
     n = len(catalog.muscles) + 1
