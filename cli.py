@@ -129,6 +129,14 @@ MarkerOpt = Annotated[
         "shadow, not from the file.",
     ),
 ]
+SpacingSdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--spacing-sd-percent",
+        help="The pixel spacing's relative sd at the hip, %: each volume's sd includes what it makes "
+        "of the volume, measured on the image (default: the spacing taken as exact).",
+    ),
+]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray instance (pip install '.[ray]').")]
 RayAddressOpt = Annotated[
     str | None, typer.Option("--ray-address", help="Run on an existing Ray cluster (e.g. ray://head:10001).")
@@ -392,6 +400,7 @@ def predict(
     magnification: MagnificationOpt = None,
     hip_height_mm: HipHeightOpt = None,
     marker_mm: MarkerOpt = None,
+    spacing_sd_percent: SpacingSdOpt = None,
     mc_samples: McSamplesOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -406,6 +415,7 @@ def predict(
         magnification=magnification,
         hip_height_mm=hip_height_mm,
         marker_mm=marker_mm,
+        spacing_sd_percent=spacing_sd_percent,
         mc_samples=mc_samples,
         device=_pick_device(device),
         echo=typer.echo,
@@ -564,6 +574,7 @@ def screen(
     magnification: MagnificationOpt = None,
     hip_height_mm: HipHeightOpt = None,
     marker_mm: MarkerOpt = None,
+    spacing_sd_percent: SpacingSdOpt = None,
     mc_samples: McSamplesOpt = None,
     keep_identifiers: Annotated[
         bool,
@@ -591,6 +602,7 @@ def screen(
         magnification=magnification,
         hip_height_mm=hip_height_mm,
         marker_mm=marker_mm,
+        spacing_sd_percent=spacing_sd_percent,
         keep_identifiers=keep_identifiers,
         overlays=overlays,
         report=report,

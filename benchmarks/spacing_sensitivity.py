@@ -1,7 +1,7 @@
 """How far the measured volumes follow an error in the radiograph's pixel spacing.
 
     python benchmarks/spacing_sensitivity.py --work DIR [--n 20] [--seed 909]
-        [--factors 0.85 0.9 0.95 1.0 1.05 1.1 1.15] [--model MODEL]
+        [--factors 0.85 0.9 0.95 1.0 1.05 1.1 1.15] [--spacing-sd 5] [--model MODEL]
 
 A spacing at the patient is never exact: a detector's spacing is divided by a magnification that
 depends on how far the hip lies from the detector (the patient's thickness, the table), and a
@@ -11,14 +11,23 @@ shipped model's cohorts) are rendered as its held-out ones were (``hip_ap``, 128
 written as DICOM, and measured with ``predict --pixel-spacing`` at the true spacing times each
 factor. For each factor it prints the mean ratio of the volumes to those at the true spacing, the
 exponent ``k`` of ``volume ∝ spacing^k`` that ratio gives, the spread of the ratio over muscles and
-images, the MAPE against the volumes in the field of view, and the share of images still ``ok``.
-Every step is skipped when its output is there, so a rerun only prints.
+images, the MAPE against the volumes in the field of view, the share of images still ``ok``, and
+the 95 % intervals' coverage of those volumes, as the model gives them and with
+``--spacing-sd-percent`` (``--spacing-sd``) added.
+
+Then the case the option is for: each radiograph written again with its spacing off by a factor
+drawn from a normal distribution of that relative sd (the same for every image, seeded), measured
+as the files say, without and with the option; and the time ``predict`` takes for the images at
+their true spacing without and with it (pictures off; best of three).
+Every step is skipped when its output is there, so a rerun only prints (and times again).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +54,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="phantoms (one radiograph each)")
     parser.add_argument("--seed", type=int, default=909)
     parser.add_argument("--factors", type=float, nargs="+", default=[0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15])
+    parser.add_argument("--spacing-sd", type=float, default=5.0, help="relative sd of the spacing, %%")
     parser.add_argument("--model", type=Path, default=None, help="a model folder (default: the shipped one)")
     args = parser.parse_args()
     factors = sorted(set(args.factors) | {1.0})
@@ -72,29 +82,82 @@ def main() -> None:
         for i, r in enumerate(data.rows)
     ])  # fmt: skip
 
-    measured: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-    for factor in factors:
+    def measure(
+        paths: list[Path], name: str, factor: float | None, sd: float | None
+    ) -> tuple[np.ndarray, ...]:
         rows = predict_images(
-            images, args.work / f"predict_x{factor:g}", model_dir=args.model,
-            pixel_spacing=spacing * factor, pictures=False, progress=False, echo=lambda _: None,
+            paths, args.work / name, model_dir=args.model,
+            pixel_spacing=None if factor is None else spacing * factor, spacing_sd_percent=sd,
+            pictures=False, progress=False, echo=lambda _: None,
         )  # fmt: skip
         volumes = np.array([[_number(r.get(f"volume_ml__{m}")) for m in data.muscles] for r in rows])
+        sds = np.array([[_number(r.get(f"volume_sd_ml__{m}")) for m in data.muscles] for r in rows])
         ok = np.array([r["status"] in ("ok", "uncertain") for r in rows])
-        measured[factor] = volumes, ok
+        return volumes, sds, ok
+
+    def coverage(volumes: np.ndarray, sds: np.ndarray, ok: np.ndarray) -> float:
+        inside = np.abs(volumes - in_field) <= 1.96 * sds
+        return float(inside[ok].mean()) if ok.any() else math.nan
+
+    measured = {f: measure(images, f"predict_x{f:g}", f, None) for f in factors}
+    sd_given = args.spacing_sd
+    widened = {f: measure(images, f"predict_x{f:g}_sd{sd_given:g}", f, sd_given) for f in factors}
 
     base = measured[1.0][0]
     print(f"{len(images)} phantom radiographs, true spacing {spacing:.3f} mm, {len(data.muscles)} muscles")
     header = ("spacing factor", "volume ratio", "k", "ratio 5-95 %", "MAPE %", "ok or uncertain")
-    print(" ".join(f"{h:>{w}s}" for h, w in zip(header, (14, 12, 6, 14, 7, 16), strict=True)))
+    header += ("cov95", "with sd")
+    widths = (14, 12, 6, 14, 7, 16, 6, 8)
+    print(" ".join(f"{h:>{w}s}" for h, w in zip(header, widths, strict=True)))
     for factor in factors:
-        volumes, ok = measured[factor]
+        volumes, sds, ok = measured[factor]
         ratio = volumes / base
         mean = float(np.nanmean(ratio))
         k = math.log(mean) / math.log(factor) if factor != 1.0 else math.nan
         lo, hi = np.nanpercentile(ratio, [5, 95])
         mape = float(np.nanmean(np.abs(volumes - in_field) / in_field)) * 100
         k_text = "" if math.isnan(k) else f"{k:6.2f}"
-        print(f"{factor:14.2f} {mean:12.3f} {k_text:>6s} {lo:6.2f} - {hi:5.2f} {mape:7.1f} {ok.mean():16.0%}")
+        plain, wide = coverage(volumes, sds, ok), coverage(*widened[factor])
+        print(
+            f"{factor:14.2f} {mean:12.3f} {k_text:>6s} {lo:6.2f} - {hi:5.2f} {mape:7.1f} {ok.mean():16.0%}"
+            f" {plain:6.0%} {wide:8.0%}"
+        )
+
+    # each file's spacing off by its own drawn factor, as a study's would be
+    rng = np.random.default_rng(args.seed)
+    drawn = 1.0 + rng.standard_normal(len(images)) * args.spacing_sd / 100
+    off = args.work / f"radiographs_sd{args.spacing_sd:g}"
+    off_paths = []
+    for index, (row, factor) in enumerate(zip(data.rows, drawn, strict=True)):
+        path = off / f"{row['sample_id']}.dcm"
+        if not path.is_file():
+            write_dx(path, data.sample(index)["image"], pixel_spacing_mm=spacing * factor)
+        off_paths.append(path)
+    plain = measure(off_paths, f"predict_drawn{args.spacing_sd:g}", None, None)
+    wide = measure(off_paths, f"predict_drawn{args.spacing_sd:g}_sd", None, args.spacing_sd)
+    print(
+        f"spacing off by factors drawn with sd {args.spacing_sd:g} % "
+        f"(drawn: {drawn.min():.3f}-{drawn.max():.3f}): "
+        f"MAPE {np.nanmean(np.abs(plain[0] - in_field) / in_field) * 100:.1f} %, coverage of the 95 % "
+        f"intervals {coverage(*plain):.0%} as the model gives them, {coverage(*wide):.0%} with "
+        f"--spacing-sd-percent {args.spacing_sd:g} (mean sd {np.nanmean(plain[1] / plain[0]) * 100:.1f} "
+        f"against {np.nanmean(wide[1] / wide[0]) * 100:.1f} % of the volume)"
+    )
+
+    seconds = {}
+    for sd in (None, args.spacing_sd):
+        times = []
+        for _ in range(3):
+            shutil.rmtree(args.work / "timing", ignore_errors=True)
+            begin = time.perf_counter()
+            measure(images, "timing", 1.0, sd)
+            times.append(time.perf_counter() - begin)
+        seconds[sd] = min(times)
+    print(
+        f"predict on the {len(images)} radiographs (best of 3, pictures off): {seconds[None]:.2f} s without, "
+        f"{seconds[args.spacing_sd]:.2f} s with --spacing-sd-percent: "
+        f"{seconds[args.spacing_sd] / seconds[None]:.2f} times"
+    )
 
 
 if __name__ == "__main__":

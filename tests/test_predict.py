@@ -762,6 +762,63 @@ def test_a_given_hip_height_sets_each_films_magnification(new_phantom: DrrDatase
     )
 
 
+def test_a_spacing_sd_adds_what_the_spacing_moves_each_volume(
+    new_phantom: DrrDataset, tmp_path: Path
+) -> None:
+    """``--spacing-sd-percent P``: each volume's sd gains, in quadrature, what a spacing P % off
+    moves it. The reference is ``predict`` itself, run with the spacing 5 % too large and too small
+    and many dropout draws: ``P / 5 · sqrt(((V₊ − V₀)² + (V₋ − V₀)²) / 2)``. The status stays the
+    model's, and a mirrored film keeps its sds with the sides exchanged."""
+    pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
+    film = write_dx(tmp_path / "film.dcm", pixels, pixel_spacing_mm=spacing)
+    mirror = write_dx(
+        tmp_path / "mirror.dcm", np.ascontiguousarray(pixels[:, ::-1]), pixel_spacing_mm=spacing
+    )
+
+    def run(name: str, *options: str, images: tuple[Path, ...] = (film,)) -> list[dict[str, str]]:
+        result = runner.invoke(app, ["predict", *map(str, images), "--out", str(tmp_path / name), *options])
+        assert result.exit_code == 0, result.output
+        with (tmp_path / name / "predictions.csv").open() as fh:
+            return list(csv.DictReader(fh))
+
+    plain, mirrored_plain = run("plain", images=(film, mirror))
+    widened, mirrored = run("widened", "--spacing-sd-percent", "4", images=(film, mirror))
+    many = ("--mc-samples", "200", "--pixel-spacing")
+    at = {f: run(f"x{f}", *many, f"{spacing * f:.6g}")[0] for f in (1.0, 1.05, 0.95)}
+    assert plain["spacing_sd_percent"] == "" and widened["spacing_sd_percent"] == "4.000"
+    assert widened["status"] == plain["status"]
+    muscles = [c[len("volume_ml__") :] for c in plain if c.startswith("volume_ml__")]
+    added, expected = [], []
+    for m in muscles:
+        volume = float(plain[f"volume_ml__{m}"])
+        assert float(widened[f"volume_ml__{m}"]) == pytest.approx(volume, rel=1e-6)
+        sd, wider = float(plain[f"volume_sd_ml__{m}"]), float(widened[f"volume_sd_ml__{m}"])
+        assert wider > sd
+        steps = [float(at[f][f"volume_ml__{m}"]) - float(at[1.0][f"volume_ml__{m}"]) for f in (1.05, 0.95)]
+        added.append(math.sqrt(wider**2 - sd**2))
+        expected.append(4 / 5 * math.sqrt((steps[0] ** 2 + steps[1] ** 2) / 2))
+    added_, expected_ = np.array(added), np.array(expected)
+    assert added_ == pytest.approx(expected_, rel=0.25, abs=1.0)
+    assert added_.sum() == pytest.approx(expected_.sum(), rel=0.08)
+    # a spacing 4 % off moves these volumes by about 2 to 3 times as much (a body drawn larger)
+    big = [muscles.index(m) for m in ("gluteus_maximus_left", "quadriceps_right")]
+    volumes = np.array([float(plain[f"volume_ml__{muscles[j]}"]) for j in big])
+    assert np.all((added_[big] / volumes > 0.04) & (added_[big] / volumes < 0.16))
+    twins = load_model(default_model_dir()).twins
+    assert twins is not None
+    for m, twin in zip(muscles, [muscles[t] for t in twins], strict=True):
+        column = "volume_sd_ml__"
+        assert float(mirrored[column + twin]) == pytest.approx(float(widened[column + m]), rel=1e-4)
+    assert float(mirrored_plain["volume_sd_ml__iliopsoas_left"]) < float(
+        mirrored["volume_sd_ml__iliopsoas_left"]
+    )
+    refused = runner.invoke(
+        app, ["predict", str(film), "--out", str(tmp_path / "bad"), "--spacing-sd-percent", "0"]
+    )
+    assert refused.exit_code == 2 and "--spacing-sd-percent must be more than 0" in refused.output
+    assert not (tmp_path / "bad").exists()
+
+
 def _with_ball(image: np.ndarray, diameter_px: float) -> tuple[np.ndarray, tuple[float, float]]:
     """``image`` with the shadow of a steel ball ``diameter_px`` across, laid where the image is
     darkest (in the air beside the body), as a calibration marker is: nearly opaque, so its

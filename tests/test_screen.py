@@ -330,6 +330,16 @@ def test_bad_command_lines(study, screened, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "other marker_mm" in result.output
     result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--hip-height-mm", "190"])
     assert result.exit_code == 2 and "other hip_height_mm" in result.output
+    result = runner.invoke(app, ["screen", str(folder), "--out", str(out), "--spacing-sd-percent", "3"])
+    assert result.exit_code == 2 and "other spacing_sd_percent" in result.output
+    for value in ("0", "-2", "25", "nan"):
+        result = runner.invoke(
+            app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--spacing-sd-percent", value]
+        )
+        assert (
+            result.exit_code == 2
+            and "--spacing-sd-percent must be more than 0 and at most 20" in result.output
+        )
     for marker, problem in (("3", "--marker-mm must be between 5 and 100 mm, not 3.0"), ("inf", "not inf")):
         result = runner.invoke(
             app, ["screen", str(folder), "--out", str(tmp_path / "o"), "--marker-mm", marker]
@@ -391,6 +401,9 @@ def test_the_report_shows_the_spacing_each_source_gave() -> None:
     assert "<td>dicom:ImagerPixelSpacing</td><td>1</td><td>0.2000</td>" in section
     assert section.index("marker:25mm") < section.index("dicom:ImagerPixelSpacing")  # most first
     assert "by where it came from" not in _qc_section([rows[-1]])
+    assert "sds take the pixel spacing as exact" in section
+    widened = _qc_section([{**r, "spacing_sd_percent": 4.0} for r in rows])
+    assert "sds include a pixel spacing sd of 4 %" in widened
 
 
 def test_report_renders_every_figure(screened, tmp_path: Path) -> None:
@@ -433,6 +446,38 @@ def test_ray_gives_the_same_table_and_resumes(study, screened, tmp_path: Path) -
             float(want[volume]), abs=2e-3
         )
     assert len({r["patient_pseudonym"] for r in rows if r["patient_pseudonym"]}) == 6  # one salt
+
+
+def test_a_spacing_sd_is_added_alike_by_screen_ray_and_predict(study, tmp_path: Path) -> None:
+    """``--spacing-sd-percent``: the probes are made in the decoding workers (and travel to Ray's
+    model actors), and give each volume the sd ``predict`` gives it; a rerun into the same
+    folder with another value is refused."""
+    pytest.importorskip("ray", reason="Ray is an extra: pip install '.[ray]'")
+    folder, expected = study
+    good = sorted(name for name in expected if "/good/" in name)[:3]
+    subset = tmp_path / "three.csv"
+    subset.write_text("path\n" + "\n".join(good) + "\n", encoding="utf-8")
+    options = {"spacing_sd_percent": 4.0, "report": False, "progress": False, "echo": str}
+    screen_study(subset, tmp_path / "local", workers=1, batch=2, **options)  # type: ignore[arg-type]
+    screen_study(subset, tmp_path / "ray", ray=True, batch=2, **options)  # type: ignore[arg-type]
+    result = runner.invoke(
+        app, ["predict", *good, "--out", str(tmp_path / "predict"), "--spacing-sd-percent", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    plain = runner.invoke(app, ["predict", *good, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    tables = [_rows(tmp_path / name / "results.csv") for name in ("local", "ray")]
+    predicted, unwidened = (_rows(tmp_path / name / "predictions.csv") for name in ("predict", "plain"))
+    sds = [c for c in predicted[0] if c.startswith("volume_sd_ml__")]
+    for rows in tables:
+        assert [r["image"] for r in rows] == [r["image"] for r in predicted]
+        for got, want, narrower in zip(rows, predicted, unwidened, strict=True):
+            assert got["spacing_sd_percent"] == "4.000" and got["status"] == want["status"]
+            for column in sds:
+                assert float(got[column]) == pytest.approx(float(want[column]), abs=2e-3), column
+                assert float(got[column]) > float(narrower[column])
+    again = runner.invoke(app, ["screen", str(subset), "--out", str(tmp_path / "local")])
+    assert again.exit_code == 2 and "other spacing_sd_percent" in again.output
 
 
 def test_generate_drr_on_ray_matches_local(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from training.unet import BayesianUNet
 from xraymuscle.errors import InputError
+from xraymuscle.spacing_error import mirror_order, spacing_sds
 
 # image-draws decoded in one pass (about 4.5 MB each on the 128-pixel grid): bounds the memory a
 # batch takes, whatever the number of draws; the defaults (10 draws, half mirrored, of `predict`'s 8
@@ -50,7 +51,9 @@ class McResult:
     ``features`` are the pooled features used by the out-of-distribution score
     (with ``twins``, averaged with the mirrored image's: see :func:`image_features`).
     ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
-    without an aleatoric head).
+    without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set by
+    :func:`add_spacing_sd` when a spacing sd of ``spacing_sd_percent`` % is asked for, are what
+    it adds to each volume's (and mass's) sd (:mod:`xraymuscle.spacing_error`).
     """
 
     volume: np.ndarray
@@ -61,6 +64,9 @@ class McResult:
     map_sd: np.ndarray
     features: np.ndarray
     volume_sd_draws: np.ndarray
+    spacing_volume_sd: np.ndarray | None = None
+    spacing_mass_sd: np.ndarray | None = None
+    spacing_sd_percent: float | None = None
 
 
 def mc_predict(
@@ -122,8 +128,7 @@ def _draw(
     k = network.out_channels
     pairs = list(twins or [])
     mirrored = samples // 2 if pairs else 0
-    # the channel order that puts the mirrored image's maps back in place
-    order = pairs + ([t + k for t in pairs] if network.mass_head else [])
+    order = mirror_order(k, pairs, network.mass_head)
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         x = chunk.to(device)
@@ -190,6 +195,37 @@ class _Draws:
         mean = self.total / self.count
         var = (self.squares - self.count * mean.square()).clamp(min=0) / max(1, self.count - 1)
         return mean.float().cpu().numpy(), var.sqrt().float().cpu().numpy()
+
+
+def add_spacing_sd(
+    mc: McResult,
+    network: BayesianUNet,
+    images: torch.Tensor,
+    probes: torch.Tensor,
+    *,
+    percent: float,
+    pixel_area_mm2: float,
+    map_scale_mm: float,
+    twins: Sequence[int] | None = None,
+    batch: int = 8,
+    device: str = "cpu",
+) -> McResult:
+    """``mc`` with the sd that a relative spacing sd of ``percent`` % adds to the volumes and
+    masses of its ``images`` ``(N, 1, S, S)``, measured on them and their ``probes``
+    ``(N, 2, S, S)`` (see :func:`xraymuscle.spacing_error.spacing_sds`)."""
+    volume_sd, mass_sd = spacing_sds(
+        network.to(device),
+        images,
+        probes,
+        percent=percent,
+        pixel_area_mm2=pixel_area_mm2,
+        map_scale_mm=map_scale_mm,
+        twins=twins,
+        batch=batch,
+        device=device,
+    )
+    mc.spacing_volume_sd, mc.spacing_mass_sd, mc.spacing_sd_percent = volume_sd, mass_sd, percent
+    return mc
 
 
 def image_features(network: BayesianUNet, x: torch.Tensor, *, mirrored: bool = False) -> torch.Tensor:

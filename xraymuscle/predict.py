@@ -4,7 +4,8 @@ For each image: read it (DICOM, PNG, JPEG, TIFF) with its pixel spacing; bring i
 grid (spacing at the isocentre plane; a detector-plane spacing is divided by the magnification
 of the model's training geometry); normalise its intensities by robust percentiles; draw the
 maps ``T`` times with dropout on. A volume is the integral of its mean map, its sd the calibrated
-spread. Every image gets a row of ``predictions.csv``:
+spread (and, with ``spacing_sd_percent``, what the pixel spacing's own uncertainty adds:
+:mod:`xraymuscle.spacing_error`). Every image gets a row of ``predictions.csv``:
 
 * ``ok``;
 * ``uncertain``: some muscle's coefficient of variation passes the model's threshold;
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
-from xraymuscle.inference import check_mc_samples, mc_predict
+from xraymuscle.inference import add_spacing_sd, check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import (
@@ -44,6 +45,7 @@ from xraymuscle.prepare import (
 )
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import LOCK_FILE, locks_output
+from xraymuscle.spacing_error import check_spacing_sd
 from xraymuscle.study import find_inputs, left_out_line
 
 __all__ = [
@@ -75,7 +77,7 @@ def predictions_columns(model: LoadedModel) -> list[str]:
     if model.meta["architecture"].get("mass_head"):
         for m in model.muscles:
             columns += [f"mass_g__{m}", f"mass_sd_g__{m}"]
-    return [*columns, "ood_score", "model", "notice", "notes"]
+    return [*columns, "ood_score", "spacing_sd_percent", "model", "notice", "notes"]
 
 
 @locks_output("out")
@@ -88,6 +90,7 @@ def predict_images(
     magnification: float | None = None,
     hip_height_mm: float | None = None,
     marker_mm: float | None = None,
+    spacing_sd_percent: float | None = None,
     mc_samples: int | None = None,
     device: str = "cpu",
     pictures: bool = True,
@@ -98,12 +101,18 @@ def predict_images(
     under ``out``; return the rows. ``magnification`` divides spacings given at the detector
     (default: :meth:`GridTarget.magnification_for`, from the file's source-to-detector distance
     and ``hip_height_mm``, the hip's height above the detector, else the training geometry's);
-    ``marker_mm``, a calibration marker's diameter, takes every spacing from its shadow instead."""
+    ``marker_mm``, a calibration marker's diameter, takes every spacing from its shadow instead;
+    ``spacing_sd_percent``, the spacing's relative sd, adds what it makes of each volume's sd."""
     model = load_model(model_dir or default_model_dir(), device=device)
     check_mc_samples(mc_samples)
     check_spacing_options(pixel_spacing, magnification, hip_height_mm, marker_mm)
+    check_spacing_sd(spacing_sd_percent)
     target = GridTarget.of(
-        model, magnification=magnification, marker_mm=marker_mm, hip_height_mm=hip_height_mm
+        model,
+        magnification=magnification,
+        marker_mm=marker_mm,
+        hip_height_mm=hip_height_mm,
+        spacing_probes=spacing_sd_percent is not None,
     )
     inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     if not inputs:
@@ -137,6 +146,18 @@ def predict_images(
                 device=device,
                 twins=model.twins,
             )
+            if spacing_sd_percent is not None:
+                add_spacing_sd(
+                    mc,
+                    model.network,
+                    images,
+                    torch.from_numpy(np.stack([p.probes for p in ready if p.probes is not None])),
+                    percent=spacing_sd_percent,
+                    pixel_area_mm2=model.pixel_spacing_mm**2,
+                    map_scale_mm=float(model.meta["map_scale_mm"]),
+                    twins=model.twins,
+                    device=device,
+                )
             scores = model.ood.score(mc.features)
             for i, p in enumerate(ready):
                 results[id(p)] = (mc, i, float(scores[i]))
@@ -228,17 +249,23 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
         return row
     mc, i, score = result
     scales = np.asarray(cal["sd_scale"])
-    volume, sd = mc.volume[i], mc.volume_sd[i] * scales
+    volume, sd = mc.volume[i], mc.volume_sd[i] * scales  # the model's own (calibrated) sd
+    # the spacing's part adds in quadrature to what is reported, not to the QC status below: the
+    # thresholds are the model's, and a study-wide spacing sd would flag every image alike
+    total = sd if mc.spacing_volume_sd is None else np.hypot(sd, mc.spacing_volume_sd[i])
     for j, m in enumerate(model.muscles):
         row[f"volume_ml__{m}"] = float(volume[j])
-        row[f"volume_sd_ml__{m}"] = float(sd[j])
-    if mc.mass is not None:
-        mass_scales = np.asarray(cal.get("mass_sd_scale", scales))
+        row[f"volume_sd_ml__{m}"] = float(total[j])
+    if mc.mass is not None and mc.mass_sd is not None:
+        mass_sd = mc.mass_sd[i] * np.asarray(cal.get("mass_sd_scale", scales))
+        if mc.spacing_mass_sd is not None:
+            mass_sd = np.hypot(mass_sd, mc.spacing_mass_sd[i])
         for j, m in enumerate(model.muscles):
             row[f"mass_g__{m}"] = float(mc.mass[i, j])
-            row[f"mass_sd_g__{m}"] = float(mc.mass_sd[i, j] * mass_scales[j])
+            row[f"mass_sd_g__{m}"] = float(mass_sd[j])
     row["ood_score"] = score
-    if not (np.isfinite(volume).all() and np.isfinite(sd).all() and math.isfinite(score)):
+    row["spacing_sd_percent"] = mc.spacing_sd_percent
+    if not (np.isfinite(volume).all() and np.isfinite(total).all() and math.isfinite(score)):
         # a NaN compares false with every threshold: without this it would pass as "ok"
         row["status"] = "error"
         row["reason"] = "the network gave values that are not finite numbers"

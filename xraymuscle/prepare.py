@@ -20,6 +20,7 @@ from xraymuscle.collimation import fill_collimation
 from xraymuscle.errors import InputError
 from xraymuscle.model_grid import fit_to_grid, normalise, resample
 from xraymuscle.radiograph import Radiograph, is_lateral, read_radiograph
+from xraymuscle.spacing_error import PROBE_FACTORS
 
 if TYPE_CHECKING:
     from xraymuscle.model import LoadedModel
@@ -51,6 +52,8 @@ class Prepared:
     spacing_source: str = ""
     image: np.ndarray | None = None  # (S, S) normalised
     notes: list[str] = field(default_factory=list)
+    # (2, S, S): the image as if its spacing were PROBE_FACTORS times its own (see spacing_error)
+    probes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class GridTarget:
     marker_mm: float | None = None  # a calibration marker's diameter (``--marker-mm``): spacing from it
     hip_height_given: bool = False  # ``hip_to_detector_mm`` is the user's (``--hip-height-mm``)
     training_sid_mm: float | None = None  # the training geometry's source-to-detector distance
+    spacing_probes: bool = False  # also the images at other spacings that a spacing sd needs
 
     @classmethod
     def of(
@@ -77,12 +81,14 @@ class GridTarget:
         magnification: float | None = None,
         marker_mm: float | None = None,
         hip_height_mm: float | None = None,
+        spacing_probes: bool = False,
     ) -> GridTarget:
         """The model's grid; detector spacings are divided by ``magnification`` when given, by
         one from the file's source-to-detector distance and the hip's height above the detector
         (``hip_height_mm``, else the training geometry's) otherwise (see
         :meth:`magnification_for`); with ``marker_mm``, every spacing comes from the calibration
-        marker of that diameter in the image instead."""
+        marker of that diameter in the image instead. ``spacing_probes`` also makes each image's
+        :attr:`Prepared.probes`."""
         geometry = (model.meta.get("training") or {}).get("geometry") or {}
         sid, sod = geometry.get("sid"), geometry.get("sod")
         trained, gap = (float(sid) / float(sod), float(sid) - float(sod)) if sid and sod else (1.0, None)
@@ -95,6 +101,7 @@ class GridTarget:
             marker_mm=marker_mm,
             hip_height_given=hip_height_mm is not None,
             training_sid_mm=float(sid) if sid else None,
+            spacing_probes=spacing_probes,
         )
 
     def magnification_for(self, source_to_detector_mm: float | None) -> tuple[float, str]:
@@ -279,10 +286,20 @@ def _to_grid(radiograph: Radiograph, target: GridTarget, prepared: Prepared) -> 
             f"check the pixel spacing ({radiograph.spacing_source})",
         )
     scale = (row_mm / target.spacing_mm, column_mm / target.spacing_mm)  # pixels need not be square
+    prepared.image = _on_grid(pixels, scale, target.size)
+    if target.spacing_probes:
+        prepared.probes = np.stack(
+            [_on_grid(pixels, (scale[0] * f, scale[1] * f), target.size) for f in PROBE_FACTORS]
+        )
+    return prepared
+
+
+def _on_grid(pixels: np.ndarray, scale: tuple[float, float], size: int) -> np.ndarray:
+    """The radiograph's pixels resampled by ``scale`` (rows, columns), its collimation filled,
+    fitted to the ``size`` × ``size`` grid and normalised."""
     # collimation bands are filled before a field smaller than the grid is padded (and hides them)
     image = fill_collimation(resample(pixels[None].astype(np.float32), scale)[0])
-    prepared.image = normalise(fit_to_grid(image[None], 1.0, target.size)[0])
-    return prepared
+    return normalise(fit_to_grid(image[None], 1.0, size)[0])
 
 
 def _marker_spacing(

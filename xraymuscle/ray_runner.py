@@ -70,10 +70,13 @@ def _encode(decoded: Any, size: int) -> dict[str, Any]:
         "study": decoded.study,
     }
     image = p.image if p.image is not None else np.zeros((size, size), np.float32)
+    probes = p.probes if p.probes is not None else np.zeros((2, size, size), np.float32)
     return {
         "index": decoded.index,
         "image": image,
         "has_image": p.image is not None,
+        "probes": probes,
+        "has_probes": p.probes is not None,
         "info": json.dumps(info),
     }
 
@@ -86,15 +89,20 @@ def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
         _encode(decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q)), settings), settings.target.size)
         for i, p, q in zip(batch["index"], batch["path"], batch["problem"], strict=True)
     ]
-    return {
-        k: np.stack([r[k] for r in records]) if k == "image" else np.array([r[k] for r in records])
-        for k in records[0]
-    }
+    arrays = ("image", "probes")
+    return {k: (np.stack if k in arrays else np.array)([r[k] for r in records]) for k in records[0]}
 
 
 class _InferenceActor:
     def __init__(
-        self, model_dir: str, device: str, samples: int, out: str, overlays: str, batch: int
+        self,
+        model_dir: str,
+        device: str,
+        samples: int,
+        out: str,
+        overlays: str,
+        batch: int,
+        spacing_sd_percent: float | None,
     ) -> None:
         from xraymuscle.model import load_model
         from xraymuscle.screen import Inference
@@ -105,8 +113,9 @@ class _InferenceActor:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(Path(model_dir), device=device)
         self.inference = Inference(
-            model, samples=samples, device=device, out=Path(out), overlays=overlays, batch=batch
-        )
+            model, samples=samples, device=device, out=Path(out), overlays=overlays, batch=batch,
+            spacing_sd_percent=spacing_sd_percent,
+        )  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from xraymuscle.decoding import Decoded
@@ -123,6 +132,7 @@ class _InferenceActor:
                 spacing_source=info["spacing_source"],
                 image=np.asarray(batch["image"][i], np.float32) if bool(batch["has_image"][i]) else None,
                 notes=info["notes"],
+                probes=np.asarray(batch["probes"][i], np.float32) if bool(batch["has_probes"][i]) else None,
             )
             decoded.append(Decoded(int(batch["index"][i]), prepared, info["study"]))
         rows = self.inference.rows(decoded)
@@ -140,6 +150,7 @@ def screen_row_batches(
     overlays: str,
     batch: int,
     address: str | None,
+    spacing_sd_percent: float | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The finished rows of ``todo``, in batches, computed on Ray (order not kept; the caller sorts)."""
     if not todo:
@@ -166,6 +177,7 @@ def screen_row_batches(
             "out": str(out),
             "overlays": overlays,
             "batch": batch,
+            "spacing_sd_percent": spacing_sd_percent,
         },
         batch_size=batch,
         num_gpus=1 if use_gpu else 0,

@@ -155,9 +155,18 @@ def _spacing_table(rows: Sequence[dict[str, Any]]) -> str:
         f"<td>{min(v):.4f} – {max(v):.4f}</td></tr>"
         for source, v in sorted(spacings.items(), key=lambda item: -len(item[1]))
     )
+    given = sorted(
+        {float(r["spacing_sd_percent"]) for r in rows if r.get("spacing_sd_percent") not in (None, "")}
+    )
+    carried = (
+        f"<p>The volumes' sds include a pixel spacing sd of {', '.join(f'{v:g}' for v in given)} % "
+        "(--spacing-sd-percent).</p>"
+        if given
+        else "<p>The volumes' sds take the pixel spacing as exact (no --spacing-sd-percent).</p>"
+    )
     return (
         "<p>Pixel spacing at the hip (mm), by where it came from:</p><table><tr><th>source</th>"
-        f"<th>radiographs</th><th>median</th><th>range</th></tr>{lines}</table>"
+        f"<th>radiographs</th><th>median</th><th>range</th></tr>{lines}</table>{carried}"
     )
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.decoding import Decoded, DecodeSettings, decoded_stream
 from xraymuscle.errors import InputError
-from xraymuscle.inference import check_mc_samples, mc_predict
+from xraymuscle.inference import add_spacing_sd, check_mc_samples, mc_predict
 from xraymuscle.journal import Journal
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
@@ -47,6 +47,7 @@ from xraymuscle.predict import (
 )
 from xraymuscle.prepare import check_spacing_options
 from xraymuscle.run_lock import is_empty, locks_output
+from xraymuscle.spacing_error import check_spacing_sd
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
@@ -63,6 +64,7 @@ RUN_KEYS = (
     "magnification",
     "hip_height_mm",
     "marker_mm",
+    "spacing_sd_percent",
     "keep_identifiers",
 )
 
@@ -79,9 +81,11 @@ class Inference:
         out: Path,
         overlays: str,
         batch: int,
+        spacing_sd_percent: float | None = None,
     ) -> None:
         self.model, self.samples, self.device = model, samples, device
         self.out, self.overlays, self.batch = out, overlays, batch
+        self.spacing_sd_percent = spacing_sd_percent
 
     def rows(self, decoded: Sequence[Decoded]) -> list[dict[str, Any]]:
         ready = [d for d in decoded if d.prepared.image is not None]
@@ -99,6 +103,20 @@ class Inference:
                 keep_maps=self.overlays != "none",
                 twins=self.model.twins,
             )
+            if self.spacing_sd_percent is not None:
+                probes = [d.prepared.probes for d in ready if d.prepared.probes is not None]
+                add_spacing_sd(
+                    mc,
+                    self.model.network,
+                    images,
+                    torch.from_numpy(np.stack(probes)),
+                    percent=self.spacing_sd_percent,
+                    pixel_area_mm2=self.model.pixel_spacing_mm**2,
+                    map_scale_mm=float(self.model.meta["map_scale_mm"]),
+                    twins=self.model.twins,
+                    batch=self.batch,
+                    device=self.device,
+                )
             scores = self.model.ood.score(mc.features)
             results = {d.index: (mc, i, float(scores[i])) for i, d in enumerate(ready)}
         rows = []
@@ -176,6 +194,7 @@ def screen_study(
     magnification: float | None = None,
     hip_height_mm: float | None = None,
     marker_mm: float | None = None,
+    spacing_sd_percent: float | None = None,
     keep_identifiers: bool = False,
     overlays: str = "flagged",
     report: bool = True,
@@ -194,6 +213,7 @@ def screen_study(
         raise InputError(f"--workers must be 0 (decode here) or more, not {workers}")
     check_mc_samples(mc_samples)
     check_spacing_options(pixel_spacing, magnification, hip_height_mm, marker_mm)
+    check_spacing_sd(spacing_sd_percent)
     out = Path(out)
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
@@ -211,6 +231,7 @@ def screen_study(
         "magnification": magnification,
         "hip_height_mm": hip_height_mm,
         "marker_mm": marker_mm,
+        "spacing_sd_percent": spacing_sd_percent,
         "keep_identifiers": keep_identifiers,
         "notice": model.notice,
     }
@@ -220,7 +241,13 @@ def screen_study(
     todo = [item for item in inputs if item.name not in journal]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(
-        GridTarget.of(model, magnification=magnification, marker_mm=marker_mm, hip_height_mm=hip_height_mm),
+        GridTarget.of(
+            model,
+            magnification=magnification,
+            marker_mm=marker_mm,
+            hip_height_mm=hip_height_mm,
+            spacing_probes=spacing_sd_percent is not None,
+        ),
         pixel_spacing,
         salt,
         keep_identifiers,
@@ -242,9 +269,13 @@ def screen_study(
         batches = screen_row_batches(
             todo, settings, model_dir=model.path, device=device, samples=samples,
             out=out, overlays=overlays, batch=batch, address=ray_address,
+            spacing_sd_percent=spacing_sd_percent,
         )  # fmt: skip
     else:
-        inference = Inference(model, samples=samples, device=device, out=out, overlays=overlays, batch=batch)
+        inference = Inference(
+            model, samples=samples, device=device, out=out, overlays=overlays, batch=batch,
+            spacing_sd_percent=spacing_sd_percent,
+        )  # fmt: skip
         n_workers = _default_workers() if workers is None else workers
         batches = _local_row_batches(todo, settings, inference, workers=n_workers, batch=batch)
     for rows in batches:
