@@ -794,6 +794,7 @@ def test_a_spacing_sd_adds_what_the_spacing_moves_each_volume(
         assert float(widened[f"volume_ml__{m}"]) == pytest.approx(volume, rel=1e-6)
         sd, wider = float(plain[f"volume_sd_ml__{m}"]), float(widened[f"volume_sd_ml__{m}"])
         assert wider > sd
+        assert float(widened[f"mass_sd_g__{m}"]) > float(plain[f"mass_sd_g__{m}"])  # the mass head's too
         steps = [float(at[f][f"volume_ml__{m}"]) - float(at[1.0][f"volume_ml__{m}"]) for f in (1.05, 0.95)]
         added.append(math.sqrt(wider**2 - sd**2))
         expected.append(4 / 5 * math.sqrt((steps[0] ** 2 + steps[1] ** 2) / 2))
