@@ -406,6 +406,31 @@ def test_the_report_shows_the_spacing_each_source_gave() -> None:
     assert "sds include a pixel spacing sd of 4 %" in widened
 
 
+def test_the_report_says_how_precisely_each_muscle_is_measured() -> None:
+    """Per muscle: the median sd, the median sd over the volume, and the reliability
+    ``1 − mean(sd²) / variance`` of the volumes between radiographs (by hand: volumes 100, 200
+    and 300 ml have a variance of 10 000 ml²; sds of 10 ml leave 0.99 of it, sds of 100 ml none)."""
+    import matplotlib
+
+    from xraymuscle.report import _distribution_section
+
+    matplotlib.use("Agg")
+    rows = [
+        {"volume_ml__a": v, "volume_sd_ml__a": 10.0, "volume_ml__b": v, "volume_sd_ml__b": 100.0}
+        for v in (100.0, 200.0, 300.0)
+    ]
+    section = _distribution_section(rows, ["a", "b"])
+    assert (
+        "<td>a</td><td>3</td><td>200</td><td>150–250</td><td>10.0</td><td>5.0 %</td><td>0.99</td>" in section
+    )
+    assert (
+        "<td>b</td><td>3</td><td>200</td><td>150–250</td><td>100.0</td><td>50.0 %</td><td>0.00</td>"
+        in section
+    )
+    two = _distribution_section(rows[:2], ["a"])
+    assert "<td>10.0</td><td>7.5 %</td><td></td>" in two  # too few radiographs for a variance
+
+
 def test_report_renders_every_figure(screened, tmp_path: Path) -> None:
     out, rows = screened
     html = (out / "report.html").read_text(encoding="utf-8")

@@ -58,7 +58,8 @@ def _source_root() -> str:
 # --------------------------------------------------------------------------- screen
 
 
-def _encode(decoded: Any, size: int) -> dict[str, Any]:
+def _encode(decoded: Any, size: int, probes: bool) -> dict[str, Any]:
+    """One decoded input as a row of a Ray batch (its ``probes`` only when a spacing sd needs them)."""
     p = decoded.prepared
     info = {
         "path": p.path,
@@ -70,15 +71,11 @@ def _encode(decoded: Any, size: int) -> dict[str, Any]:
         "study": decoded.study,
     }
     image = p.image if p.image is not None else np.zeros((size, size), np.float32)
-    probes = p.probes if p.probes is not None else np.zeros((2, size, size), np.float32)
-    return {
-        "index": decoded.index,
-        "image": image,
-        "has_image": p.image is not None,
-        "probes": probes,
-        "has_probes": p.probes is not None,
-        "info": json.dumps(info),
-    }
+    row = {"index": decoded.index, "image": image, "has_image": p.image is not None, "info": json.dumps(info)}
+    if probes:
+        row["probes"] = p.probes if p.probes is not None else np.zeros((2, size, size), np.float32)
+        row["has_probes"] = p.probes is not None
+    return row
 
 
 def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
@@ -86,7 +83,11 @@ def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
     from xraymuscle.study import StudyInput
 
     records = [
-        _encode(decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q)), settings), settings.target.size)
+        _encode(
+            decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q)), settings),
+            settings.target.size,
+            settings.target.spacing_probes,
+        )
         for i, p, q in zip(batch["index"], batch["path"], batch["problem"], strict=True)
     ]
     arrays = ("image", "probes")
@@ -132,7 +133,9 @@ class _InferenceActor:
                 spacing_source=info["spacing_source"],
                 image=np.asarray(batch["image"][i], np.float32) if bool(batch["has_image"][i]) else None,
                 notes=info["notes"],
-                probes=np.asarray(batch["probes"][i], np.float32) if bool(batch["has_probes"][i]) else None,
+                probes=np.asarray(batch["probes"][i], np.float32)
+                if "probes" in batch and bool(batch["has_probes"][i])
+                else None,
             )
             decoded.append(Decoded(int(batch["index"][i]), prepared, info["study"]))
         rows = self.inference.rows(decoded)

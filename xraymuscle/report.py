@@ -189,15 +189,41 @@ def _distribution_section(rows: Sequence[dict[str, Any]], muscles: list[str]) ->
     ax.set_title(f"Muscle volumes, {len(rows)} measured radiographs")
     table = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{len(v)}</td><td>{np.median(v):.0f}</td>"
-        f"<td>{np.percentile(v, 25):.0f}–{np.percentile(v, 75):.0f}</td></tr>"
+        f"<td>{np.percentile(v, 25):.0f}–{np.percentile(v, 75):.0f}</td>{_precision_cells(rows, m)}</tr>"
         for m, v in zip(muscles, data, strict=True)
         if len(v)
     )
     return (
         '<h2 id="distributions">Volumes</h2>'
         + _img(_png(fig), "per-muscle volume distributions")
-        + f"<table><tr><th>muscle</th><th>n</th><th>median (ml)</th><th>IQR (ml)</th></tr>{table}</table>"
+        + "<table><tr><th>muscle</th><th>n</th><th>median (ml)</th><th>IQR (ml)</th>"
+        "<th>median sd (ml)</th><th>median sd / volume</th><th>reliability</th></tr>"
+        f"{table}</table>"
+        "<p>The reliability is the share of the volumes' variance between radiographs that the sds "
+        "do not account for, <code>1 − mean(sd²) / variance</code>: near 1, the study's "
+        "radiographs are told apart by their muscles; near 0, by the measurement's own error "
+        "(empty for fewer than 3 radiographs).</p>"
     )
+
+
+def _precision_cells(rows: Sequence[dict[str, Any]], muscle: str) -> str:
+    """The cells of a muscle's median sd, median sd over volume, and reliability."""
+    pairs = np.array(
+        [
+            (float(r[f"volume_ml__{muscle}"]), float(r[f"volume_sd_ml__{muscle}"]))
+            for r in rows
+            if r.get(f"volume_ml__{muscle}") not in (None, "")
+            and r.get(f"volume_sd_ml__{muscle}") not in (None, "")
+        ]
+    ).reshape(-1, 2)
+    if not len(pairs):
+        return "<td></td><td></td><td></td>"
+    volume, sd = pairs[:, 0], pairs[:, 1]
+    relative = np.median(sd / np.maximum(volume, 1e-6))
+    reliability = ""
+    if len(pairs) >= 3 and np.var(volume, ddof=1) > 0:
+        reliability = f"{1 - np.mean(sd**2) / np.var(volume, ddof=1):.2f}"
+    return f"<td>{np.median(sd):.1f}</td><td>{100 * relative:.1f} %</td><td>{reliability}</td>"
 
 
 def _pairs(muscles: list[str]) -> list[tuple[str, str, str]]:
