@@ -1,5 +1,5 @@
-"""On a CUDA GPU: the torch projector, Monte Carlo inference and a CycleGAN step give what the
-CPU gives (skipped without a GPU).
+"""On a CUDA GPU: the torch projector, Monte Carlo inference (and the spacing's part of its sd)
+and a CycleGAN step give what the CPU gives (skipped without a GPU).
 
 Needs only the rendering engine, the model and the CycleGAN (PyTorch, NumPy, OpenCV, safetensors,
 and pydicom, which ``benchmarks/gpu_check.sh`` carries as a wheel), so it runs on a GPU machine
@@ -65,6 +65,27 @@ def test_mc_inference_on_cuda_matches_cpu() -> None:
         )  # fmt: skip
     np.testing.assert_allclose(results["cuda"].volume, results["cpu"].volume, rtol=2e-3, atol=0.05)
     np.testing.assert_allclose(results["cuda"].volume_sd, results["cpu"].volume_sd, rtol=2e-2, atol=0.05)
+
+
+def test_spacing_sd_on_cuda_matches_cpu() -> None:
+    """The spacing's part of the sd (``--spacing-sd-percent``): the same on both devices."""
+    from xraymuscle.model import load_model
+    from xraymuscle.paths import default_model_dir
+    from xraymuscle.spacing_error import spacing_sds
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(4, 1, 128, 128, generator=generator)
+    probes = torch.cat([images * 1.2, images * 0.8], dim=1)
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = load_model(default_model_dir(), device=device)
+        results[device] = spacing_sds(
+            model.network, images, probes, percent=5.0, pixel_area_mm2=model.pixel_spacing_mm**2,
+            map_scale_mm=float(model.meta["map_scale_mm"]), twins=model.twins, device=device,
+        )  # fmt: skip
+    for cuda, cpu in zip(results["cuda"], results["cpu"], strict=True):
+        assert cuda is not None and cpu is not None
+        np.testing.assert_allclose(cuda, cpu, rtol=2e-2, atol=0.05)
 
 
 def test_cyclegan_step_in_bf16_on_cuda() -> None:
