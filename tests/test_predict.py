@@ -25,10 +25,10 @@ from cli import app
 from tests.conftest import TINY_RECIPE as TINY
 from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
+from xraymuscle.agreement import metrics_csv, with_intervals
 from xraymuscle.clinical_style import clinical_style
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
-from xraymuscle.evaluate import _metrics_csv, _with_intervals
 from xraymuscle.inference import McResult
 from xraymuscle.metrics import case_intervals, icc_2_1, spearman_ceiling, volume_metrics
 from xraymuscle.model import load_model
@@ -169,11 +169,11 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     truth = rng.uniform(50, 300, (40, 2))
     pred, sd = truth * rng.normal(1.0, 0.05, truth.shape), truth * 0.05
     valid, cases = np.ones_like(truth, bool), [str(i // 2) for i in range(40)]
-    table = _with_intervals(
+    table = with_intervals(
         volume_metrics(pred, truth, valid, ["a", "b"], sd=sd),
         case_intervals(pred, truth, valid, ["a", "b"], cases, sd=sd),
     )
-    _assert_intervals_in_csv(table, list(csv.DictReader(io.StringIO(_metrics_csv(table)))))
+    _assert_intervals_in_csv(table, list(csv.DictReader(io.StringIO(metrics_csv(table)))))
     assert all(v is not None for v in table["mean"]["ci95"].values())
     for name in ("predicted_vs_true.png", "bland_altman.png", "uncertainty_vs_error.png"):
         assert cv2.imread(str(out / name)) is not None
