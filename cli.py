@@ -368,21 +368,70 @@ def evaluate(
     from xraymuscle.evaluate import evaluate_model
 
     metrics = evaluate_model(model, data, out, mc_samples=mc_samples, device=_pick_device(device))
-    mean = metrics["mean"]
-    ci = mean["ci95"]
-
-    def span(key: str, fmt: str) -> str:
-        return "" if ci.get(key) is None else f" [{ci[key][0]:{fmt}}, {ci[key][1]:{fmt}}]"
-
     typer.echo(
-        f"mean over muscles: r {mean['pcc']:.3f}{span('pcc', '.3f')}, ICC {mean['icc']:.3f}, "
-        f"MAPE {mean['mape']:.2f}{span('mape', '.2f')} %, MAE {mean['mae_ml']:.1f} ml, "
-        f"Spearman(sd, |error|) {mean['spearman_sd_abs_error']:.2f}{span('spearman_sd_abs_error', '.2f')} "
-        f"(ceiling {mean['spearman_ceiling']:.2f}), 95 % coverage {100 * mean['coverage95']:.0f} %; "
-        f"[95 % intervals over {metrics['intervals']['cases']} cases]; "
+        f"{_agreement_line(metrics)}; "
         f"{100 * metrics['out_of_distribution']['rejected']:.0f} % of the images would be rejected as "
         f"unlike the training images; details in {out}"
     )
+
+
+def _agreement_line(metrics: dict) -> str:
+    """The mean figures over muscles, with their 95 % intervals, in one line."""
+    mean = metrics["mean"]
+    ci = mean["ci95"]
+
+    def figure(key: str, fmt: str, scale: float = 1.0) -> str:
+        value = mean.get(key)
+        if value is None or value != value:  # undefined (NaN): too few cases
+            return "-"
+        span = "" if ci.get(key) is None else f" [{ci[key][0] * scale:{fmt}}, {ci[key][1] * scale:{fmt}}]"
+        return f"{value * scale:{fmt}}{span}"
+
+    return (
+        f"mean over muscles: r {figure('pcc', '.3f')}, ICC {figure('icc', '.3f')}, "
+        f"MAPE {figure('mape', '.2f')} %, MAE {figure('mae_ml', '.1f')} ml, "
+        f"Spearman(sd, |error|) {figure('spearman_sd_abs_error', '.2f')} "
+        f"(ceiling {figure('spearman_ceiling', '.2f')}), 95 % coverage {figure('coverage95', '.0f', 100)} %; "
+        f"[95 % intervals over {metrics['intervals']['cases']} cases]"
+    )
+
+
+@app.command()
+@user_errors
+def compare(
+    predictions: Annotated[Path, typer.Argument(help="A predictions.csv (predict) or results.csv (screen).")],
+    truth: Annotated[
+        Path,
+        typer.Option(
+            "--truth",
+            help="Reference volumes: a CSV with an image column, volume_ml__<muscle> columns (and "
+            "mass_g__<muscle>), optionally case_id.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for metrics and plots.")],
+    key: Annotated[
+        str, typer.Option("--key", help="The reference's column naming the radiographs.")
+    ] = "image",
+    match: Annotated[
+        str, typer.Option("--match", help="Match radiographs by file name (default) or by path.")
+    ] = "name",
+    statuses: Annotated[
+        str, typer.Option("--statuses", help="Rows compared, by status (comma-separated).")
+    ] = "ok,uncertain",
+) -> None:
+    """Agreement of predictions with reference volumes (a study's own CT, say): evaluate's figures."""
+    from xraymuscle.compare import compare_tables
+
+    metrics = compare_tables(
+        predictions,
+        truth,
+        out,
+        key=key,
+        match=match,
+        statuses=[s.strip() for s in statuses.split(",") if s.strip()],
+        echo=typer.echo,
+    )
+    typer.echo(f"{_agreement_line(metrics)}; details in {out}")
 
 
 @app.command()

@@ -1,0 +1,270 @@
+"""``compare``: a table of predictions against reference volumes, with ``evaluate``'s figures.
+
+A study that has, for some of its radiographs, the muscles' volumes from another source (most
+often a CT of the same person, its labelled muscles cut to the radiograph's field of view) can
+measure how the model does on its own films: ``predict`` or ``screen`` gives the table, a
+hand-made CSV gives the reference, and ``compare`` joins them and writes what ``evaluate``
+writes for a DRR dataset: ``metrics.json`` and ``metrics.csv`` (Pearson r, ICC(2,1), MAE,
+MAPE, bias, Spearman(sd, |error|) and 95 % coverage per muscle and their mean, each with a
+bootstrap interval over cases), the three plots, ``mass_metrics.json`` where both tables hold
+masses, and ``matched.csv``, the joined rows.
+
+The reference CSV has a column naming the radiograph (``image``: matched by file name, or by
+the path as the predictions table writes it with ``--match path``), ``volume_ml__<muscle>``
+columns for any of the model's muscles (and ``mass_g__<muscle>``), and, optionally, ``case_id``
+naming the person, so that several radiographs of one person are resampled together. An empty
+cell is a muscle without a reference. A predicted volume is that of the muscle within the
+radiograph's field of view (README): a reference for the whole muscle of a film that cuts it
+off is not comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraymuscle.agreement import format_number, json_clean, with_intervals, write_agreement
+from xraymuscle.atomic import write_text_atomic
+from xraymuscle.csv_table import read_csv_rows
+from xraymuscle.errors import InputError
+from xraymuscle.metrics import case_intervals, volume_metrics
+from xraymuscle.run_lock import locks_output
+
+MATCHES = ("name", "path")
+MEASURED = ("ok", "uncertain")
+KINDS = (("volume_ml__", "volume_sd_ml__"), ("mass_g__", "mass_sd_g__"))
+
+
+@locks_output("out")
+def compare_tables(
+    predictions: Path,
+    truth: Path,
+    out: Path,
+    *,
+    key: str = "image",
+    match: str = "name",
+    statuses: Sequence[str] = MEASURED,
+    plots: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Join ``predictions`` (a ``predictions.csv`` or ``results.csv``) with the reference volumes
+    of ``truth`` and write the agreement under ``out`` (see the module's note); return the metrics."""
+    if match not in MATCHES:
+        raise InputError(f"--match must be one of {', '.join(MATCHES)}, not {match!r}")
+    unknown = sorted(set(statuses) - {"ok", "uncertain", "rejected"})
+    if not statuses or unknown:
+        raise InputError(f"--statuses takes ok, uncertain and rejected (rows with volumes), not {unknown}")
+    for given in (predictions, truth):
+        if os.path.realpath(out) == os.path.realpath(given):
+            raise InputError("--out must be a folder, not one of the tables", out)
+    predicted = _predictions(Path(predictions))
+    reference, case_of = _reference(Path(truth), key)
+    muscles = [m for m in predicted.muscles if any(f"volume_ml__{m}" in row for row in reference.values())]
+    if not muscles:
+        raise InputError(
+            "no volume_ml__<muscle> column for any of the predicted muscles "
+            f"({', '.join(predicted.muscles)})",
+            truth,
+        )
+    keys = [_base_name(r["image"]) if match == "name" else r["image"] for r in predicted.rows]
+    _refuse_repeats(keys, Path(predictions), "file name" if match == "name" else "path")
+    by_key = dict(zip(keys, predicted.rows, strict=True))
+    matched = [(k, by_key[k]) for k in reference if k in by_key]
+    if not matched:
+        raise InputError(
+            f"none of its {len(reference)} radiographs is in {predictions} (matched by {match}); "
+            "check the key column and --match",
+            truth,
+        )
+    kept = [(k, row) for k, row in matched if row["status"] in statuses]
+    excluded = len(matched) - len(kept)
+    if not kept:
+        raise InputError(f"no matched radiograph has the status {', '.join(statuses)}", predictions)
+    out = Path(out)
+    cases = [case_of[k] for k, _ in kept]
+    matching = {
+        "predictions": str(predictions),
+        "truth": str(truth),
+        "match": match,
+        "statuses": list(statuses),
+        "compared": len(kept),
+        "excluded_by_status": excluded,
+        "only_in_predictions": len(predicted.rows) - len(matched),
+        "only_in_truth": len(reference) - len(matched),
+    }
+    results: dict[str, Any] = {}
+    for volume_prefix, sd_prefix in KINDS:
+        columns = [m for m in muscles if f"{volume_prefix}{m}" in predicted.columns]
+        if not any(f"{volume_prefix}{m}" in reference[k] for k, _ in kept for m in columns):
+            continue
+        pred, sd, true, valid = _arrays(kept, reference, columns, volume_prefix, sd_prefix)
+        if volume_prefix == "volume_ml__":
+            results["volume"] = write_agreement(
+                out, pred, true, valid, sd, columns, cases, plots=plots, extra={"matching": matching}
+            )
+            joined = _matched_csv(kept, case_of, columns, pred, sd, true, valid)
+            write_text_atomic(out / "matched.csv", joined)
+        else:
+            masses = with_intervals(
+                volume_metrics(pred, true, valid, columns, sd=sd),
+                case_intervals(pred, true, valid, columns, cases, sd=sd),
+            )
+            write_text_atomic(out / "mass_metrics.json", json.dumps(json_clean(masses), indent=1))
+            results["mass"] = masses
+    if "volume" not in results:
+        raise InputError("no volume_ml__<muscle> value for any matched radiograph", truth)
+    metrics: dict[str, Any] = results["volume"]
+    left_out = [m for m in predicted.muscles if m not in muscles]
+    echo(
+        f"{len(kept)} radiographs compared ({len(set(cases))} cases), {excluded} left out by status, "
+        f"{len(predicted.rows) - len(matched)} only in the predictions, "
+        f"{len(reference) - len(matched)} only in the reference"
+        + (f"; no reference for {', '.join(left_out)}" if left_out else "")
+    )
+    return metrics
+
+
+class _Predictions:
+    """A predictions table: its rows, columns and the muscles it measures."""
+
+    def __init__(self, rows: list[dict[str, str]], columns: list[str]) -> None:
+        self.rows, self.columns = rows, columns
+        self.muscles = [c[len("volume_ml__") :] for c in columns if c.startswith("volume_ml__")]
+
+
+def _predictions(path: Path) -> _Predictions:
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot be read as a CSV table ({exc})", path) from None
+    missing = [c for c in ("image", "status") if c not in columns]
+    table = _Predictions(rows, columns)
+    if missing or not table.muscles:
+        raise InputError(
+            "not a predictions table (from predict or screen): it has no "
+            + (", ".join(missing) if missing else "volume_ml__<muscle>")
+            + " column",
+            path,
+        )
+    return table
+
+
+def _reference(path: Path, key: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The reference values by radiograph (``{column: value}``, the columns named as in the
+    predictions table), and each radiograph's case."""
+    if not path.is_file():
+        raise InputError("no such file", path)
+    rows = read_csv_rows(path, [key])
+    if not rows:
+        raise InputError("the reference table is empty", path)
+    header = [c.strip() for c in rows[0]]
+    if key not in header:
+        raise InputError(f"no {key!r} column naming the radiographs (its columns: {', '.join(header)})", path)
+    at = header.index(key)
+    case_at = header.index("case_id") if "case_id" in header else None
+    values = [(i, c) for i, c in enumerate(header) if c.startswith(("volume_ml__", "mass_g__")) and c != key]
+    reference: dict[str, dict[str, float]] = {}
+    case_of: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, cells in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in cells):
+            continue
+        cells = cells + [""] * (len(header) - len(cells))
+        name = cells[at].strip()
+        if not name:
+            raise InputError(f"line {line}: no {key}", path)
+        if name in first_line:
+            raise InputError(f"line {line}: {name} is already on line {first_line[name]}", path)
+        first_line[name] = line
+        entry: dict[str, float] = {}
+        for i, column in values:
+            text = cells[i].strip()
+            if not text or text.lower() in ("nan", "na"):
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise InputError(f"line {line}, {column}: {text!r} is not a number", path) from None
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"line {line}, {column}: {text} is not a volume or mass", path)
+            entry[column] = value
+        reference[name] = entry
+        case_of[name] = cells[case_at].strip() if case_at is not None and cells[case_at].strip() else name
+    return reference, case_of
+
+
+def _arrays(
+    kept: list[tuple[str, dict[str, str]]],
+    reference: dict[str, dict[str, float]],
+    muscles: list[str],
+    volume_prefix: str,
+    sd_prefix: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted values, their sds, reference values and where both are there, ``(n, K)``."""
+    n, k = len(kept), len(muscles)
+    pred, sd, true = (np.full((n, k), np.nan) for _ in range(3))
+    for i, (name, row) in enumerate(kept):
+        for j, m in enumerate(muscles):
+            pred[i, j] = _number(row.get(f"{volume_prefix}{m}"))
+            sd[i, j] = _number(row.get(f"{sd_prefix}{m}"))
+            true[i, j] = reference[name].get(f"{volume_prefix}{m}", np.nan)
+    valid = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(true)
+    return np.nan_to_num(pred), np.nan_to_num(sd), np.nan_to_num(true), valid
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _base_name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _refuse_repeats(names: list[str], path: Path, what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(
+                f"two radiographs share the {what} {name}; match them by path (--match path)", path
+            )
+        seen.add(name)
+
+
+def _matched_csv(
+    kept: list[tuple[str, dict[str, str]]],
+    case_of: dict[str, str],
+    muscles: list[str],
+    pred: np.ndarray,
+    sd: np.ndarray,
+    true: np.ndarray,
+    valid: np.ndarray,
+) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    head = ["image", "case_id", "status"]
+    for m in muscles:
+        head += [f"true_ml__{m}", f"volume_ml__{m}", f"volume_sd_ml__{m}"]
+    writer.writerow(head)
+    for i, (name, row) in enumerate(kept):
+        cells = [row["image"], case_of[name], row["status"]]
+        for j in range(len(muscles)):
+            truth = float(true[i, j]) if valid[i, j] else math.nan
+            cells += [format_number(truth), format_number(float(pred[i, j])), format_number(float(sd[i, j]))]
+        writer.writerow(cells)
+    return buf.getvalue()
