@@ -226,7 +226,10 @@ def test_two_films_of_one_name_need_matching_by_path(measured, tmp_path: Path) -
         (lambda t: _cell(t, "x1"), "'x1' is not a number"),
         (lambda t: _cell(t, "-5"), "-5 is not a volume or mass"),
         (lambda t: t.replace(".dcm", ".png"), "none of its 6 radiographs is in"),
-        (lambda t: "image\n", "no volume_ml__<muscle> column"),
+        (lambda t: "image\n", "no volume_ml__<muscle> column with values"),
+        (lambda t: _without_volumes(t), "no volume_ml__<muscle> column with values"),
+        (lambda t: _without_volumes(t) + "elsewhere.dcm,x" + ",1" * 28 + "\n",
+         "no volume_ml__<muscle> value for any matched"),
     ],
 )  # fmt: skip
 def test_a_bad_reference_is_one_line_and_writes_nothing(measured, tmp_path: Path, edit, problem) -> None:
@@ -251,6 +254,17 @@ def test_a_bad_reference_is_one_line_and_writes_nothing(measured, tmp_path: Path
     assert problem in result.output and str(truth.name) in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def _without_volumes(text: str) -> str:
+    """The reference with its volume cells emptied (its masses kept)."""
+    lines = text.splitlines()
+    head = lines[0].split(",")
+    rows = [
+        [("" if head[i].startswith("volume_ml__") else c) for i, c in enumerate(line.split(","))]
+        for line in lines[1:]
+    ]
+    return "\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n"
 
 
 def _cell(text: str, value: str) -> str:

@@ -70,12 +70,12 @@ def compare_tables(
     muscles = [m for m in predicted.muscles if any(f"volume_ml__{m}" in row for row in reference.values())]
     if not muscles:
         raise InputError(
-            "no volume_ml__<muscle> column for any of the predicted muscles "
+            "no volume_ml__<muscle> column with values for any of the predicted muscles "
             f"({', '.join(predicted.muscles)})",
             truth,
         )
     keys = [_base_name(r["image"]) if match == "name" else r["image"] for r in predicted.rows]
-    _refuse_repeats(keys, Path(predictions), "file name" if match == "name" else "path")
+    _refuse_repeats(keys, Path(predictions), match)
     by_key = dict(zip(keys, predicted.rows, strict=True))
     matched = [(k, by_key[k]) for k in reference if k in by_key]
     if not matched:
@@ -88,6 +88,8 @@ def compare_tables(
     excluded = len(matched) - len(kept)
     if not kept:
         raise InputError(f"no matched radiograph has the status {', '.join(statuses)}", predictions)
+    if not any(f"volume_ml__{m}" in reference[k] for k, _ in kept for m in muscles):
+        raise InputError("no volume_ml__<muscle> value for any matched radiograph", truth)
     out = Path(out)
     cases = [case_of[k] for k, _ in kept]
     matching = {
@@ -119,8 +121,6 @@ def compare_tables(
             )
             write_text_atomic(out / "mass_metrics.json", json.dumps(json_clean(masses), indent=1))
             results["mass"] = masses
-    if "volume" not in results:
-        raise InputError("no volume_ml__<muscle> value for any matched radiograph", truth)
     metrics: dict[str, Any] = results["volume"]
     left_out = [m for m in predicted.muscles if m not in muscles]
     echo(
@@ -236,14 +236,18 @@ def _base_name(path: str) -> str:
     return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def _refuse_repeats(names: list[str], path: Path, what: str) -> None:
+def _refuse_repeats(keys: list[str], path: Path, match: str) -> None:
+    """Refuse a predictions table in which two rows have one key: a reference could not tell
+    them apart."""
     seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise InputError(
-                f"two radiographs share the {what} {name}; match them by path (--match path)", path
-            )
-        seen.add(name)
+    for key in keys:
+        if key in seen:
+            if match == "name":
+                raise InputError(
+                    f"two radiographs share the file name {key}; match them by path (--match path)", path
+                )
+            raise InputError(f"two rows are of the same radiograph {key}", path)
+        seen.add(key)
 
 
 def _matched_csv(
