@@ -43,6 +43,17 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, DrrD
     return root / "pred" / "predictions.csv", root, data
 
 
+def _compare(  # type: ignore[no-untyped-def]
+    predictions: Path, truth: Path, out: Path, *options: str, statuses: str | None = "ok,uncertain,rejected"
+):
+    """``compare`` run on the tables, every row with volumes compared (``statuses=None``: the
+    command's default)."""
+    chosen = [] if statuses is None else ["--statuses", statuses]
+    return runner.invoke(
+        app, ["compare", str(predictions), "--truth", str(truth), "--out", str(out), *chosen, *options]
+    )
+
+
 def _reference(data: DrrDataset, path: Path, *, delimiter: str = ",", drop: int | None = None) -> Path:
     """The in-field volumes (ml) and masses (g) of every radiograph, with its case."""
     muscles = data.muscles
@@ -68,19 +79,7 @@ def test_compare_gives_the_figures_of_the_joined_rows(measured, tmp_path: Path) 
     predictions, _, data = measured
     truth = _reference(data, tmp_path / "truth.csv")
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
-        [
-            "compare",
-            str(predictions),
-            "--truth",
-            str(truth),
-            "--out",
-            str(out),
-            "--statuses",
-            "ok,uncertain,rejected",
-        ],
-    )
+    result = _compare(predictions, truth, out)
     assert result.exit_code == 0, result.output
     assert "6 radiographs compared (3 cases), 0 left out by status" in result.output
     assert "mean over muscles: r " in result.output
@@ -125,19 +124,7 @@ def test_a_hand_made_reference_with_gaps_and_extra_rows(measured, tmp_path: Path
     rows.append(";".join(["elsewhere.dcm", "case_x", *["100"] * (len(head) - 3)]))
     truth.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
-        [
-            "compare",
-            str(predictions),
-            "--truth",
-            str(truth),
-            "--out",
-            str(out),
-            "--statuses",
-            "ok,uncertain,rejected",
-        ],
-    )
+    result = _compare(predictions, truth, out)
     assert result.exit_code == 0, result.output
     assert "1 only in the reference" in result.output and "no reference for adductors_right" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -163,13 +150,10 @@ def test_statuses_decide_which_rows_are_compared(measured, tmp_path: Path) -> No
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plain = runner.invoke(app, ["compare", str(edited), "--truth", str(truth), "--out", str(tmp_path / "a")])
+    plain = _compare(edited, truth, tmp_path / "a", statuses=None)
     assert plain.exit_code == 0, plain.output
     assert "4 radiographs compared (3 cases), 2 left out by status" in plain.output
-    wider = ["--statuses", "ok,uncertain,rejected"]
-    more = runner.invoke(
-        app, ["compare", str(edited), "--truth", str(truth), "--out", str(tmp_path / "b"), *wider]
-    )
+    more = _compare(edited, truth, tmp_path / "b")
     assert more.exit_code == 0, more.output
     assert "5 radiographs compared (3 cases), 1 left out by status" in more.output
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["muscles"][data.muscles[0]]["n"] == 5
@@ -194,26 +178,10 @@ def test_two_films_of_one_name_need_matching_by_path(measured, tmp_path: Path) -
         f"image,{columns}\n"
         + "".join(f"{image},{','.join(['300'] * len(data.muscles))}\n" for image in images)
     )
-    by_name = runner.invoke(
-        app,
-        [
-            "compare",
-            str(predictions),
-            "--truth",
-            str(truth),
-            "--out",
-            str(tmp_path / "o1"),
-            "--statuses",
-            "ok,uncertain,rejected",
-        ],
-    )
+    by_name = _compare(predictions, truth, tmp_path / "o1")
     assert by_name.exit_code == 2 and "two radiographs share the file name film.dcm" in by_name.output
     assert "--match path" in by_name.output and not (tmp_path / "o1").exists()
-    by_path = runner.invoke(
-        app,
-        ["compare", str(predictions), "--truth", str(truth), "--out", str(tmp_path / "o2"), "--match", "path",
-         "--statuses", "ok,uncertain,rejected"],
-    )  # fmt: skip
+    by_path = _compare(predictions, truth, tmp_path / "o2", "--match", "path")
     assert by_path.exit_code == 0, by_path.output
     assert "2 radiographs compared (2 cases)" in by_path.output
 
@@ -237,19 +205,7 @@ def test_a_bad_reference_is_one_line_and_writes_nothing(measured, tmp_path: Path
     truth = _reference(data, tmp_path / "truth.csv")
     truth.write_text(edit(truth.read_text(encoding="utf-8-sig")), encoding="utf-8")
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
-        [
-            "compare",
-            str(predictions),
-            "--truth",
-            str(truth),
-            "--out",
-            str(out),
-            "--statuses",
-            "ok,uncertain,rejected",
-        ],
-    )
+    result = _compare(predictions, truth, out)
     assert result.exit_code == 2, result.output
     assert problem in result.output and str(truth.name) in result.output
     assert len(result.output.strip().splitlines()) == 1

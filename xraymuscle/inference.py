@@ -25,7 +25,7 @@ import torch
 
 from training.unet import BayesianUNet
 from xraymuscle.errors import InputError
-from xraymuscle.spacing_error import mirror_order, spacing_sds
+from xraymuscle.spacing_error import mirror_order
 
 # image-draws decoded in one pass (about 4.5 MB each on the 128-pixel grid): bounds the memory a
 # batch takes, whatever the number of draws; the defaults (10 draws, half mirrored, of `predict`'s 8
@@ -51,9 +51,9 @@ class McResult:
     ``features`` are the pooled features used by the out-of-distribution score
     (with ``twins``, averaged with the mirrored image's: see :func:`image_features`).
     ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
-    without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set by
-    :func:`add_spacing_sd` when a spacing sd of ``spacing_sd_percent`` % is asked for, are what
-    it adds to each volume's (and mass's) sd (:mod:`xraymuscle.spacing_error`).
+    without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set from
+    :func:`xraymuscle.spacing_error.spacing_sds` when a spacing sd of ``spacing_sd_percent`` % is
+    asked for, are what it adds to each volume's (and mass's) sd.
     """
 
     volume: np.ndarray
@@ -195,37 +195,6 @@ class _Draws:
         mean = self.total / self.count
         var = (self.squares - self.count * mean.square()).clamp(min=0) / max(1, self.count - 1)
         return mean.float().cpu().numpy(), var.sqrt().float().cpu().numpy()
-
-
-def add_spacing_sd(
-    mc: McResult,
-    network: BayesianUNet,
-    images: torch.Tensor,
-    probes: torch.Tensor,
-    *,
-    percent: float,
-    pixel_area_mm2: float,
-    map_scale_mm: float,
-    twins: Sequence[int] | None = None,
-    batch: int = 8,
-    device: str = "cpu",
-) -> McResult:
-    """``mc`` with the sd that a relative spacing sd of ``percent`` % adds to the volumes and
-    masses of its ``images`` ``(N, 1, S, S)``, measured on them and their ``probes``
-    ``(N, 2, S, S)`` (see :func:`xraymuscle.spacing_error.spacing_sds`)."""
-    volume_sd, mass_sd = spacing_sds(
-        network.to(device),
-        images,
-        probes,
-        percent=percent,
-        pixel_area_mm2=pixel_area_mm2,
-        map_scale_mm=map_scale_mm,
-        twins=twins,
-        batch=batch,
-        device=device,
-    )
-    mc.spacing_volume_sd, mc.spacing_mass_sd, mc.spacing_sd_percent = volume_sd, mass_sd, percent
-    return mc
 
 
 def image_features(network: BayesianUNet, x: torch.Tensor, *, mirrored: bool = False) -> torch.Tensor:

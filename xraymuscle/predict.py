@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
-from xraymuscle.inference import add_spacing_sd, check_mc_samples, mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import (
@@ -45,7 +45,7 @@ from xraymuscle.prepare import (
 )
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import LOCK_FILE, locks_output
-from xraymuscle.spacing_error import check_spacing_sd
+from xraymuscle.spacing_error import check_spacing_sd, spacing_sds
 from xraymuscle.study import find_inputs, left_out_line
 
 __all__ = [
@@ -147,8 +147,7 @@ def predict_images(
                 twins=model.twins,
             )
             if spacing_sd_percent is not None:
-                add_spacing_sd(
-                    mc,
+                mc.spacing_volume_sd, mc.spacing_mass_sd = spacing_sds(
                     model.network,
                     images,
                     torch.from_numpy(np.stack([p.probes for p in ready if p.probes is not None])),
@@ -158,6 +157,7 @@ def predict_images(
                     twins=model.twins,
                     device=device,
                 )
+                mc.spacing_sd_percent = spacing_sd_percent
             scores = model.ood.score(mc.features)
             for i, p in enumerate(ready):
                 results[id(p)] = (mc, i, float(scores[i]))

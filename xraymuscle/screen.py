@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.decoding import Decoded, DecodeSettings, decoded_stream
 from xraymuscle.errors import InputError
-from xraymuscle.inference import add_spacing_sd, check_mc_samples, mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.journal import Journal
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
@@ -47,7 +47,7 @@ from xraymuscle.predict import (
 )
 from xraymuscle.prepare import check_spacing_options
 from xraymuscle.run_lock import is_empty, locks_output
-from xraymuscle.spacing_error import check_spacing_sd
+from xraymuscle.spacing_error import check_spacing_sd, spacing_sds
 from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
 
 JOURNAL = "journal.jsonl"
@@ -105,8 +105,7 @@ class Inference:
             )
             if self.spacing_sd_percent is not None:
                 probes = [d.prepared.probes for d in ready if d.prepared.probes is not None]
-                add_spacing_sd(
-                    mc,
+                mc.spacing_volume_sd, mc.spacing_mass_sd = spacing_sds(
                     self.model.network,
                     images,
                     torch.from_numpy(np.stack(probes)),
@@ -117,6 +116,7 @@ class Inference:
                     batch=self.batch,
                     device=self.device,
                 )
+                mc.spacing_sd_percent = self.spacing_sd_percent
             scores = self.model.ood.score(mc.features)
             results = {d.index: (mc, i, float(scores[i])) for i, d in enumerate(ready)}
         rows = []
