@@ -201,7 +201,7 @@ def _distribution_section(rows: Sequence[dict[str, Any]], muscles: list[str]) ->
         f"{table}</table>"
         "<p>The reliability is the share of the volumes' variance between radiographs that the sds "
         "do not account for, <code>1 − mean(sd²) / variance</code>: near 1, the study's "
-        "radiographs are told apart by their muscles; near 0, by the measurement's own error "
+        "radiographs are told apart by their muscles; near 0 (or below), by the measurement's own error "
         "(empty for fewer than 3 radiographs).</p>"
     )
 
