@@ -179,11 +179,32 @@ def test_two_films_of_one_name_need_matching_by_path(measured, tmp_path: Path) -
         + "".join(f"{image},{','.join(['300'] * len(data.muscles))}\n" for image in images)
     )
     by_name = _compare(predictions, truth, tmp_path / "o1")
-    assert by_name.exit_code == 2 and "two radiographs share the file name film.dcm" in by_name.output
+    assert (
+        by_name.exit_code == 2 and "has the file name of" in by_name.output and "film.dcm" in by_name.output
+    )
     assert "--match path" in by_name.output and not (tmp_path / "o1").exists()
+    # the predictions alone, with a reference naming one of the two, are refused as well
+    one = tmp_path / "one.csv"
+    one.write_text(f"image,{columns}\nfilm.dcm,{','.join(['300'] * len(data.muscles))}\n")
+    ambiguous = _compare(predictions, one, tmp_path / "o5")
+    assert ambiguous.exit_code == 2 and "two radiographs share the file name film.dcm" in ambiguous.output
     by_path = _compare(predictions, truth, tmp_path / "o2", "--match", "path")
     assert by_path.exit_code == 0, by_path.output
     assert "2 radiographs compared (2 cases)" in by_path.output
+    # matched by name, a path in the reference stands for its file name
+    single = tmp_path / "single.csv"
+    single.write_text(f"image,{columns}\n{images[0]},{','.join(['300'] * len(data.muscles))}\n")
+    lone = tmp_path / "lone.csv"
+    with lone.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(_rows(predictions)[0]))
+        writer.writeheader()
+        writer.writerow(_rows(predictions)[0])
+    by_its_name = _compare(lone, single, tmp_path / "o3")
+    assert by_its_name.exit_code == 0 and "1 radiographs compared" in by_its_name.output
+    twice = tmp_path / "twice.csv"
+    twice.write_text(single.read_text() + single.read_text().splitlines()[1] + "\n")
+    refused = _compare(lone, twice, tmp_path / "o4")
+    assert refused.exit_code == 2 and "film.dcm is already on line 2" in refused.output
 
 
 @pytest.mark.parametrize(

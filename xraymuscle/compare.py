@@ -66,7 +66,7 @@ def compare_tables(
         if os.path.realpath(out) == os.path.realpath(given):
             raise InputError("--out must be a folder, not one of the tables", out)
     predicted = _predictions(Path(predictions))
-    reference, case_of = _reference(Path(truth), key)
+    reference, case_of = _reference(Path(truth), key, match)
     muscles = [m for m in predicted.muscles if any(f"volume_ml__{m}" in row for row in reference.values())]
     if not muscles:
         raise InputError(
@@ -162,9 +162,10 @@ def _predictions(path: Path) -> _Predictions:
     return table
 
 
-def _reference(path: Path, key: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+def _reference(path: Path, key: str, match: str) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """The reference values by radiograph (``{column: value}``, the columns named as in the
-    predictions table), and each radiograph's case."""
+    predictions table), and each radiograph's case; radiographs are named by their file name
+    (``match`` ``name``: a path in the key column stands for its last part) or as written."""
     if not path.is_file():
         raise InputError("no such file", path)
     rows = read_csv_rows(path, [key])
@@ -178,7 +179,7 @@ def _reference(path: Path, key: str) -> tuple[dict[str, dict[str, float]], dict[
     values = [(i, c) for i, c in enumerate(header) if c.startswith(("volume_ml__", "mass_g__")) and c != key]
     reference: dict[str, dict[str, float]] = {}
     case_of: dict[str, str] = {}
-    first_line: dict[str, int] = {}
+    first_line: dict[str, tuple[int, str]] = {}  # each radiograph's line and name as written
     for line, cells in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in cells):
             continue
@@ -186,9 +187,17 @@ def _reference(path: Path, key: str) -> tuple[dict[str, dict[str, float]], dict[
         name = cells[at].strip()
         if not name:
             raise InputError(f"line {line}: no {key}", path)
+        written, name = name, (_base_name(name) if match == "name" else name)
         if name in first_line:
-            raise InputError(f"line {line}: {name} is already on line {first_line[name]}", path)
-        first_line[name] = line
+            earlier_line, earlier = first_line[name]
+            if earlier != written:
+                raise InputError(
+                    f"line {line}: {written} has the file name of {earlier} on line {earlier_line}; "
+                    "match them by path (--match path)",
+                    path,
+                )
+            raise InputError(f"line {line}: {name} is already on line {earlier_line}", path)
+        first_line[name] = (line, written)
         entry: dict[str, float] = {}
         for i, column in values:
             text = cells[i].strip()
