@@ -795,6 +795,8 @@ def catalog(
     for i, muscle in enumerate(cat.muscles):
         values = "  ".join(f"{s}={list(cat.sources[s].get(muscle, ())) or '-'}" for s in sources)
         typer.echo(f"{i:2d} {muscle:24s} {values}")
+    for group, members in cat.groups.items():
+        typer.echo(f"group {group}: {' + '.join(members)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,11 @@ def test_users_own_source(tmp_path: Path) -> None:
         ("muscles: [a, a]\n", "lists a muscle twice"),
         ("sources: {}\n", "needs a 'muscles' list"),
         ("muscles: [a\n", "not valid YAML"),
+        ("muscles: [a, b]\ngroups: {ab: [a, c]}\n", "group 'ab' names 'c', which is not in"),
+        ("muscles: [a, b]\ngroups: {a: [a, b]}\n", "group 'a' has the name of a muscle"),
+        ("muscles: [a, b]\ngroups: {ab: [a]}\n", "group 'ab' needs two or more different muscles"),
+        ("muscles: [a, b]\ngroups: {ab: [a, a]}\n", "group 'ab' needs two or more different muscles"),
+        ("muscles: [a, b]\ngroups: [a, b]\n", "'groups' must map group names to lists of muscles"),
     ],
 )
 def test_bad_catalogue(tmp_path: Path, text: str, problem: str) -> None:
@@ -71,6 +76,14 @@ def test_bad_catalogue(tmp_path: Path, text: str, problem: str) -> None:
     path.write_text(text)
     with pytest.raises(InputError, match=f"bad.yaml: .*{problem}"):
         MuscleCatalog.load(path)
+
+
+def test_the_default_groups_are_one_sides_muscles() -> None:
+    catalog = MuscleCatalog.load()
+    assert set(catalog.groups) == {"gluteal_left", "gluteal_right", "thigh_left", "thigh_right"}
+    for group, members in catalog.groups.items():
+        side = group.rsplit("_", 1)[1]
+        assert all(m.endswith(f"_{side}") for m in members) and len(members) == 3
 
 
 def test_unknown_preset() -> None:

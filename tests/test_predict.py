@@ -26,6 +26,7 @@ from tests.conftest import TINY_RECIPE as TINY
 from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
 from xraymuscle.agreement import metrics_csv, with_intervals
+from xraymuscle.catalog import MuscleCatalog
 from xraymuscle.clinical_style import clinical_style
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.drr_dataset import DrrDataset
@@ -609,6 +610,18 @@ def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_pat
             assert float(mirrored[column + twin]) == pytest.approx(float(row[column + muscle]), rel=1e-4)
     assert mirrored["status"] == row["status"]
     assert float(mirrored["ood_score"]) == pytest.approx(float(row["ood_score"]), rel=1e-4)
+    # the groups: each the sum of its muscles, its sd no more than theirs added, and mirrored
+    # with the sides exchanged
+    for group, members in MuscleCatalog.load().groups.items():
+        total = sum(float(row[f"volume_ml__{m}"]) for m in members)
+        assert float(row[f"group_volume_ml__{group}"]) == pytest.approx(total, abs=2e-3)
+        sds = [float(row[f"volume_sd_ml__{m}"]) for m in members]
+        assert 0 < float(row[f"group_volume_sd_ml__{group}"]) <= sum(sds) + 1e-3
+        twin = (
+            group.replace("_left", "_right") if group.endswith("_left") else group.replace("_right", "_left")
+        )
+        for column in ("group_volume_ml__", "group_volume_sd_ml__"):
+            assert float(mirrored[column + twin]) == pytest.approx(float(row[column + group]), rel=1e-4)
 
 
 def test_the_shipped_model_rejects_what_it_cannot_read(new_phantom: DrrDataset, tmp_path: Path) -> None:
@@ -805,6 +818,9 @@ def test_a_spacing_sd_adds_what_the_spacing_moves_each_volume(
     big = [muscles.index(m) for m in ("gluteus_maximus_left", "quadriceps_right")]
     volumes = np.array([float(plain[f"volume_ml__{muscles[j]}"]) for j in big])
     assert np.all((added_[big] / volumes > 0.04) & (added_[big] / volumes < 0.16))
+    for group in MuscleCatalog.load().groups:  # one spacing error moves a group's muscles together
+        column = f"group_volume_sd_ml__{group}"
+        assert float(widened[column]) > float(plain[column])
     twins = load_model(default_model_dir()).twins
     assert twins is not None
     for m, twin in zip(muscles, [muscles[t] for t in twins], strict=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,33 @@ class MuscleCatalog:
         ``{source: {muscle: (label values, ...)}}``; a source may lack some muscles.
     path
         The YAML file it came from.
+    groups
+        ``{group: (muscle, ...)}``: muscles whose summed volume is also reported (``predict``
+        writes ``group_volume_ml__<group>``), such as the gluteal muscles of one side. Muscles
+        that overlap in an AP view are measured better together than apart.
     """
 
     name: str
     muscles: tuple[str, ...]
     sources: dict[str, dict[str, tuple[int, ...]]]
     path: str | None = None
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(set(self.muscles)) != len(self.muscles):
             raise InputError("catalogue lists a muscle twice", self.path)
+        for group, members in self.groups.items():
+            if group in self.muscles:
+                raise InputError(f"group {group!r} has the name of a muscle", self.path)
+            unknown = [m for m in members if m not in self.muscles]
+            if unknown:
+                raise InputError(
+                    f"group {group!r} names {unknown[0]!r}, which is not in the catalogue's muscle "
+                    f"list{did_you_mean(unknown[0], list(self.muscles))}",
+                    self.path,
+                )
+            if len(set(members)) != len(members) or len(members) < 2:
+                raise InputError(f"group {group!r} needs two or more different muscles", self.path)
         for source, table in self.sources.items():
             for muscle, values in table.items():
                 if muscle not in self.muscles:
@@ -88,11 +105,15 @@ class MuscleCatalog:
                 str(m): tuple(int(v) for v in (vals if isinstance(vals, list) else [vals]))
                 for m, vals in table.items()
             }
+        groups_raw = raw.get("groups") or {}
+        if not isinstance(groups_raw, dict) or not all(isinstance(v, list) for v in groups_raw.values()):
+            raise InputError("catalogue 'groups' must map group names to lists of muscles", path)
         return cls(
             name=str(raw.get("name", Path(str(path)).stem if path else "catalogue")),
             muscles=tuple(str(m) for m in raw["muscles"]),
             sources=sources,
             path=None if path is None else str(path),
+            groups={str(g): tuple(str(m) for m in members) for g, members in groups_raw.items()},
         )
 
     def check_source(self, source: str) -> dict[str, tuple[int, ...]]:

@@ -53,7 +53,9 @@ class McResult:
     ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
     without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set from
     :func:`xraymuscle.spacing_error.spacing_sds` when a spacing sd of ``spacing_sd_percent`` % is
-    asked for, are what it adds to each volume's (and mass's) sd.
+    asked for, are what it adds to each volume's (and mass's) sd. ``volume_correlation``
+    ``(N, K, K)`` is how the muscles' volumes vary together over the draws (for the sd of a sum
+    of muscles: :func:`group_volumes`).
     """
 
     volume: np.ndarray
@@ -64,6 +66,7 @@ class McResult:
     map_sd: np.ndarray
     features: np.ndarray
     volume_sd_draws: np.ndarray
+    volume_correlation: np.ndarray | None = None
     spacing_volume_sd: np.ndarray | None = None
     spacing_mass_sd: np.ndarray | None = None
     spacing_sd_percent: float | None = None
@@ -95,7 +98,7 @@ def mc_predict(
     if twins is not None and samples < 2:
         raise ValueError(f"mirrored draws need at least 2 samples, not {samples}")
     out: dict[str, list[np.ndarray]] = {
-        "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": []
+        "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": [], "c": []
     }  # fmt: skip
     network = network.to(device)
     _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, seed, twins, out)
@@ -109,6 +112,7 @@ def mc_predict(
         map_sd=np.concatenate(out["sd"]) if out["sd"] else empty,
         features=np.concatenate(out["f"]),
         volume_sd_draws=np.concatenate(out["vd"]),
+        volume_correlation=np.concatenate(out["c"]),
     )
 
 
@@ -159,11 +163,37 @@ def _draw(
             out[spread].append((var + relative * mean.square()).sqrt().cpu().numpy())
             if key == "v":
                 out["vd"].append(var.sqrt().cpu().numpy())
+                out["c"].append(draw_correlations(part.double().cpu().numpy()))
         if keep_maps:
             map_mean, map_sd = draws.map_moments()
             out["maps"].append(map_mean)
             out["sd"].append(map_sd)
         out["f"].append(features.float().cpu().numpy())
+
+
+def draw_correlations(draws: np.ndarray) -> np.ndarray:
+    """Per image, the correlation over the draws ``(T, B, K)`` of its K volumes, ``(B, K, K)``; a
+    volume that does not vary is taken as uncorrelated with the others."""
+    centred = draws - draws.mean(axis=0)
+    cov = np.einsum("tbi,tbj->bij", centred, centred)
+    sd = np.sqrt(np.einsum("bii->bi", cov))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = cov / (sd[:, :, None] * sd[:, None, :])
+    corr = np.where(np.isfinite(corr), corr, 0.0)
+    corr[:, np.arange(corr.shape[1]), np.arange(corr.shape[1])] = 1.0
+    return corr
+
+
+def group_volumes(
+    volume: np.ndarray, sd: np.ndarray, correlation: np.ndarray | None, members: Sequence[int]
+) -> tuple[float, float]:
+    """A group's volume (the sum of its muscles') and its sd, from the muscles' sds and how their
+    volumes vary together over the draws: ``sqrt(Σᵢ Σⱼ ρᵢⱼ sdᵢ sdⱼ)``; taken as independent
+    (``ρ`` the identity) without ``correlation``."""
+    idx = np.asarray(members)
+    s = sd[idx]
+    rho = np.eye(len(idx)) if correlation is None else correlation[np.ix_(idx, idx)]
+    return float(volume[idx].sum()), float(np.sqrt(max(float(s @ rho @ s), 0.0)))
 
 
 class _Draws:

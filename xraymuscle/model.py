@@ -67,6 +67,19 @@ class LoadedModel:
         return twin_order(self.muscles) if self.meta.get("mc_mirror", False) else None
 
     @functools.cached_property
+    def groups(self) -> dict[str, list[int]]:
+        """The default catalogue's muscle groups whose muscles the model all measures, as the
+        channels of each (their summed volumes are reported beside the muscles')."""
+        from xraymuscle.catalog import MuscleCatalog
+
+        channels = {m: j for j, m in enumerate(self.muscles)}
+        return {
+            group: [channels[m] for m in members]
+            for group, members in MuscleCatalog.load().groups.items()
+            if all(m in channels for m in members)
+        }
+
+    @functools.cached_property
     def ood(self) -> OodModel:
         """The out-of-distribution score's statistics and threshold, from the calibration."""
         return OodModel.from_dict(self.meta["calibration"]["ood"])

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
-from xraymuscle.inference import check_mc_samples, mc_predict
+from xraymuscle.inference import check_mc_samples, group_volumes, mc_predict
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import (
@@ -77,6 +77,8 @@ def predictions_columns(model: LoadedModel) -> list[str]:
     if model.meta["architecture"].get("mass_head"):
         for m in model.muscles:
             columns += [f"mass_g__{m}", f"mass_sd_g__{m}"]
+    for g in model.groups:
+        columns += [f"group_volume_ml__{g}", f"group_volume_sd_ml__{g}"]
     return [*columns, "ood_score", "spacing_sd_percent", "model", "notice", "notes"]
 
 
@@ -263,6 +265,12 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
         for j, m in enumerate(model.muscles):
             row[f"mass_g__{m}"] = float(mc.mass[i, j])
             row[f"mass_sd_g__{m}"] = float(mass_sd[j])
+    for g, members in model.groups.items():
+        correlation = None if mc.volume_correlation is None else mc.volume_correlation[i]
+        group_volume, group_sd = group_volumes(volume, sd, correlation, members)
+        if mc.spacing_volume_sd is not None:  # one spacing error moves the group's muscles together
+            group_sd = math.hypot(group_sd, float(mc.spacing_volume_sd[i][members].sum()))
+        row[f"group_volume_ml__{g}"], row[f"group_volume_sd_ml__{g}"] = group_volume, group_sd
     row["ood_score"] = score
     row["spacing_sd_percent"] = mc.spacing_sd_percent
     if not (np.isfinite(volume).all() and np.isfinite(total).all() and math.isfinite(score)):
