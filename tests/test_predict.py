@@ -178,6 +178,20 @@ def test_evaluate_writes_metrics_and_plots(trained: tuple[Path, Path], tmp_path:
     assert all(v is not None for v in table["mean"]["ci95"].values())
     for name in ("predicted_vs_true.png", "bland_altman.png", "uncertainty_vs_error.png"):
         assert cv2.imread(str(out / name)) is not None
+    # the muscle groups: a group's MAE is that of the summed volumes in predictions.csv
+    groups = json.loads((out / "group_metrics.json").read_text())
+    assert groups["groups"]["gluteal_left"] == [
+        "gluteus_maximus_left",
+        "gluteus_medius_left",
+        "gluteus_minimus_left",
+    ]
+    with (out / "predictions.csv").open() as fh:
+        samples = list(csv.DictReader(fh))
+    members = groups["groups"]["thigh_right"]
+    pred = np.array([sum(float(r[f"volume_ml__{m}"]) for m in members) for r in samples])
+    true = np.array([sum(float(r[f"true_ml__{m}"]) for m in members) for r in samples])
+    assert groups["muscles"]["thigh_right"]["n"] == len(samples)
+    assert groups["muscles"]["thigh_right"]["mae_ml"] == pytest.approx(np.mean(np.abs(pred - true)), rel=1e-3)
 
 
 def _assert_intervals_in_csv(metrics: dict, rows: list[dict[str, str]]) -> None:

@@ -18,7 +18,7 @@ from xraymuscle.agreement import format_number, json_clean, with_intervals, writ
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.inference import check_mc_samples, mc_predict
+from xraymuscle.inference import check_mc_samples, group_volumes, mc_predict
 from xraymuscle.metrics import case_intervals, volume_metrics
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.run_lock import locks_output
@@ -83,8 +83,32 @@ def evaluate_model(
             ),
         )
         write_text_atomic(out / "mass_metrics.json", json.dumps(json_clean(mass_metrics), indent=1))
+    if model.groups:
+        groups = _group_metrics(model, result, sd, cases)
+        write_text_atomic(out / "group_metrics.json", json.dumps(json_clean(groups), indent=1))
     write_text_atomic(out / "predictions.csv", _predictions_csv(data, result, sd))
     return metrics
+
+
+def _group_metrics(
+    model: LoadedModel, result: dict[str, Any], sd: np.ndarray, cases: list[str]
+) -> dict[str, Any]:
+    """The figures of the model's muscle groups (summed volumes, their sd as ``predict`` gives
+    it), over the samples whose every muscle of the group has a truth."""
+    names = list(model.groups)
+    n = len(result["pred"])
+    pred, group_sd, truth = (np.zeros((n, len(names))) for _ in range(3))
+    valid = np.zeros((n, len(names)), bool)
+    for i in range(n):
+        for g, members in enumerate(model.groups.values()):
+            correlation = None if result["correlation"] is None else result["correlation"][i]
+            pred[i, g], group_sd[i, g] = group_volumes(result["pred"][i], sd[i], correlation, members)
+            truth[i, g] = float(result["truth"][i, members].sum())
+            valid[i, g] = bool(result["valid"][i, members].all())
+    return with_intervals(
+        volume_metrics(pred, truth, valid, names, sd=group_sd),
+        case_intervals(pred, truth, valid, names, cases, sd=group_sd),
+    ) | {"groups": {name: [model.muscles[j] for j in members] for name, members in model.groups.items()}}
 
 
 def predict_dataset(
@@ -116,6 +140,7 @@ def predict_dataset(
         "mass_sd": mc.mass_sd,
         "mass_truth": mass_truth,
         "features": mc.features,
+        "correlation": mc.volume_correlation,
     }
 
 
