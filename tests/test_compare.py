@@ -104,6 +104,13 @@ def test_compare_gives_the_figures_of_the_joined_rows(measured, tmp_path: Path) 
         assert masses["muscles"][m]["mae_ml"] == pytest.approx(
             np.mean(np.abs(pred - true)), rel=1e-3, abs=1e-3
         )
+    groups = json.loads((out / "group_metrics.json").read_text())
+    for group, members in groups["groups"].items():
+        pred = np.array([float(predicted[k][f"group_volume_ml__{group}"]) for k in reference])
+        true = np.array([sum(float(reference[k][f"volume_ml__{m}"]) for m in members) for k in reference])
+        assert groups["muscles"][group]["n"] == 6
+        assert groups["muscles"][group]["mae_ml"] == pytest.approx(np.mean(np.abs(pred - true)), rel=1e-3)
+    assert set(groups["groups"]) == {"gluteal_left", "gluteal_right", "thigh_left", "thigh_right"}
     joined = _rows(out / "matched.csv")
     assert len(joined) == 6 and {r["case_id"] for r in joined} == {r["case_id"] for r in data.rows}
     with (out / "metrics.csv").open() as fh:
@@ -132,6 +139,11 @@ def test_a_hand_made_reference_with_gaps_and_extra_rows(measured, tmp_path: Path
     assert "adductors_right" not in metrics["muscles"]
     first = data.muscles[0]
     assert metrics["muscles"][first]["n"] == 0 and metrics["muscles"][data.muscles[1]]["n"] == 6
+    groups = json.loads((out / "group_metrics.json").read_text())
+    # a group is compared where the reference holds all its muscles: not the left gluteal group (no
+    # gluteus maximus) nor the right thigh (no adductors)
+    assert set(groups["groups"]) == {"gluteal_right", "thigh_left"}
+    assert groups["muscles"]["gluteal_right"]["n"] == 6
     assert math.isnan(metrics["muscles"][first]["mae_ml"] or math.nan)
 
 

@@ -7,7 +7,8 @@ hand-made CSV gives the reference, and ``compare`` joins them and writes what ``
 writes for a DRR dataset: ``metrics.json`` and ``metrics.csv`` (Pearson r, ICC(2,1), MAE,
 MAPE, bias, Spearman(sd, |error|) and 95 % coverage per muscle and their mean, each with a
 bootstrap interval over cases), the three plots, ``mass_metrics.json`` where both tables hold
-masses, and ``matched.csv``, the joined rows.
+masses, ``group_metrics.json`` for the muscle groups the predictions report (the reference's
+value of a group is the sum of its muscles'), and ``matched.csv``, the joined rows.
 
 The reference CSV has a column naming the radiograph (``image``: matched by file name, or by
 the path as the predictions table writes it with ``--match path``), ``volume_ml__<muscle>``
@@ -121,6 +122,14 @@ def compare_tables(
             )
             write_text_atomic(out / "mass_metrics.json", json.dumps(json_clean(masses), indent=1))
             results["mass"] = masses
+    groups = _group_arrays(kept, reference, predicted.columns)
+    if groups is not None:
+        names, members, (pred, sd, true, valid) = groups
+        summed = with_intervals(
+            volume_metrics(pred, true, valid, names, sd=sd),
+            case_intervals(pred, true, valid, names, cases, sd=sd),
+        ) | {"groups": members}
+        write_text_atomic(out / "group_metrics.json", json.dumps(json_clean(summed), indent=1))
     metrics: dict[str, Any] = results["volume"]
     left_out = [m for m in predicted.muscles if m not in muscles]
     echo(
@@ -232,6 +241,34 @@ def _arrays(
             true[i, j] = reference[name].get(f"{volume_prefix}{m}", np.nan)
     valid = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(true)
     return np.nan_to_num(pred), np.nan_to_num(sd), np.nan_to_num(true), valid
+
+
+def _group_arrays(
+    kept: list[tuple[str, dict[str, str]]], reference: dict[str, dict[str, float]], columns: list[str]
+) -> tuple[list[str], dict[str, list[str]], tuple[np.ndarray, ...]] | None:
+    """The catalogue's muscle groups the predictions report and the reference holds every muscle
+    of for some radiograph: their names, muscles, and :func:`_arrays`' four arrays, the
+    reference's value of a group being the sum of its muscles'."""
+    from xraymuscle.catalog import MuscleCatalog
+
+    groups = {
+        g: list(members)
+        for g, members in MuscleCatalog.load().groups.items()
+        if f"group_volume_ml__{g}" in columns
+        and any(all(f"volume_ml__{m}" in reference[k] for m in members) for k, _ in kept)
+    }
+    if not groups:
+        return None
+    n, names = len(kept), list(groups)
+    pred, sd, true = (np.full((n, len(names)), np.nan) for _ in range(3))
+    for i, (name, row) in enumerate(kept):
+        for j, (group, members) in enumerate(groups.items()):
+            pred[i, j] = _number(row.get(f"group_volume_ml__{group}"))
+            sd[i, j] = _number(row.get(f"group_volume_sd_ml__{group}"))
+            values = [reference[name].get(f"volume_ml__{m}", np.nan) for m in members]
+            true[i, j] = float(np.sum(values))  # NaN where one is missing
+    valid = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(true)
+    return names, groups, (np.nan_to_num(pred), np.nan_to_num(sd), np.nan_to_num(true), valid)
 
 
 def _number(text: str | None) -> float:
