@@ -427,6 +427,14 @@ def test_the_report_says_how_precisely_each_muscle_is_measured() -> None:
         "<td>b</td><td>3</td><td>200</td><td>150–250</td><td>100.0</td><td>50.0 %</td><td>0.00</td>"
         in section
     )
+    grouped = [
+        {**r, "group_volume_ml__ab": 2 * r["volume_ml__a"], "group_volume_sd_ml__ab": 15.0} for r in rows
+    ]
+    with_group = _distribution_section(grouped, ["a", "b"])
+    assert (
+        "<td>ab (group)</td><td>3</td><td>400</td><td>300–500</td><td>15.0</td><td>3.8 %</td><td>0.99</td>"
+        in with_group
+    )
     two = _distribution_section(rows[:2], ["a"])
     assert "<td>10.0</td><td>7.5 %</td><td></td>" in two  # too few radiographs for a variance
 

@@ -170,10 +170,10 @@ def _spacing_table(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _volumes(rows: Sequence[dict[str, Any]], muscle: str) -> np.ndarray:
-    return np.array(
-        [float(r[f"volume_ml__{muscle}"]) for r in rows if r.get(f"volume_ml__{muscle}") is not None]
-    )
+def _volumes(rows: Sequence[dict[str, Any]], muscle: str, prefix: str = "volume_ml__") -> np.ndarray:
+    """The volumes of a muscle (or, with ``prefix`` ``group_volume_ml__``, of a muscle group)."""
+    key = f"{prefix}{muscle}"
+    return np.array([float(r[key]) for r in rows if r.get(key) not in (None, "")])
 
 
 def _distribution_section(rows: Sequence[dict[str, Any]], muscles: list[str]) -> str:
@@ -187,10 +187,17 @@ def _distribution_section(rows: Sequence[dict[str, Any]], muscles: list[str]) ->
     ax.set_xticks(range(1, len(muscles) + 1), [m.replace("_", " ") for m in muscles], rotation=40, ha="right")
     ax.set_ylabel("volume (ml)")
     ax.set_title(f"Muscle volumes, {len(rows)} measured radiographs")
+    # the muscles, then the muscle groups (their summed volumes) where the table has them
+    groups = sorted(
+        {k[len("group_volume_ml__") :] for r in rows for k in r if k.startswith("group_volume_ml__")}
+    )
+    lines = [(m, v, "") for m, v in zip(muscles, data, strict=True)]
+    lines += [(g, _volumes(rows, g, "group_volume_ml__"), "group_") for g in groups]
     table = "".join(
-        f"<tr><td>{html.escape(m)}</td><td>{len(v)}</td><td>{np.median(v):.0f}</td>"
-        f"<td>{np.percentile(v, 25):.0f}–{np.percentile(v, 75):.0f}</td>{_precision_cells(rows, m)}</tr>"
-        for m, v in zip(muscles, data, strict=True)
+        f"<tr><td>{html.escape(name)}{' (group)' if kind else ''}</td><td>{len(v)}</td>"
+        f"<td>{np.median(v):.0f}</td><td>{np.percentile(v, 25):.0f}–{np.percentile(v, 75):.0f}</td>"
+        f"{_precision_cells(rows, name, kind)}</tr>"
+        for name, v, kind in lines
         if len(v)
     )
     return (
@@ -206,14 +213,15 @@ def _distribution_section(rows: Sequence[dict[str, Any]], muscles: list[str]) ->
     )
 
 
-def _precision_cells(rows: Sequence[dict[str, Any]], muscle: str) -> str:
-    """The cells of a muscle's median sd, median sd over volume, and reliability."""
+def _precision_cells(rows: Sequence[dict[str, Any]], muscle: str, kind: str = "") -> str:
+    """The cells of a muscle's (``kind`` ``group_``: a muscle group's) median sd, median sd over
+    volume, and reliability."""
+    volume_key, sd_key = f"{kind}volume_ml__{muscle}", f"{kind}volume_sd_ml__{muscle}"
     pairs = np.array(
         [
-            (float(r[f"volume_ml__{muscle}"]), float(r[f"volume_sd_ml__{muscle}"]))
+            (float(r[volume_key]), float(r[sd_key]))
             for r in rows
-            if r.get(f"volume_ml__{muscle}") not in (None, "")
-            and r.get(f"volume_sd_ml__{muscle}") not in (None, "")
+            if r.get(volume_key) not in (None, "") and r.get(sd_key) not in (None, "")
         ]
     ).reshape(-1, 2)
     if not len(pairs):
