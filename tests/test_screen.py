@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import shutil
 import signal
@@ -511,6 +512,27 @@ def test_a_spacing_sd_is_added_alike_by_screen_ray_and_predict(study, tmp_path: 
                 assert float(got[column]) > float(narrower[column])
     again = runner.invoke(app, ["screen", str(subset), "--out", str(tmp_path / "local")])
     assert again.exit_code == 2 and "other spacing_sd_percent" in again.output
+
+
+def test_compare_reads_a_screens_results(screened, tmp_path: Path) -> None:
+    """``compare`` takes a ``screen`` table as it takes ``predict``'s: the measured rows of the
+    study against a reference that names them by file name."""
+    out, rows = screened
+    measured = [r for r in rows if r["status"] in ("ok", "uncertain") and r["volume_ml__iliopsoas_left"]]
+    assert measured
+    reference = tmp_path / "reference.csv"
+    lines = ["image,case_id,volume_ml__iliopsoas_left,volume_ml__iliopsoas_right"]
+    lines += [f"{Path(r['image']).name},{r['patient_pseudonym']},150,155" for r in measured]
+    reference.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(
+        app, ["compare", str(out / "results.csv"), "--truth", str(reference), "--out", str(tmp_path / "c")]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["muscles"]["iliopsoas_left"]["n"] == len(measured)
+    volumes = np.array([float(r["volume_ml__iliopsoas_left"]) for r in measured])
+    assert metrics["muscles"]["iliopsoas_left"]["bias_ml"] == pytest.approx(np.mean(volumes - 150), rel=1e-3)
+    assert metrics["intervals"]["cases"] == len({r["patient_pseudonym"] for r in measured})
 
 
 def test_generate_drr_on_ray_matches_local(tmp_path: Path) -> None:
