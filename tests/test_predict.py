@@ -627,14 +627,15 @@ def test_the_shipped_model_works_out_of_the_box(new_phantom: DrrDataset, tmp_pat
     # the groups: each the sum of its muscles, its sd no more than theirs added, and mirrored
     # with the sides exchanged
     for group, members in MuscleCatalog.load().groups.items():
-        total = sum(float(row[f"volume_ml__{m}"]) for m in members)
-        assert float(row[f"group_volume_ml__{group}"]) == pytest.approx(total, abs=2e-3)
-        sds = [float(row[f"volume_sd_ml__{m}"]) for m in members]
-        assert 0 < float(row[f"group_volume_sd_ml__{group}"]) <= sum(sds) + 1e-3
+        for value, spread in (("volume_ml__", "volume_sd_ml__"), ("mass_g__", "mass_sd_g__")):
+            total = sum(float(row[f"{value}{m}"]) for m in members)
+            assert float(row[f"group_{value}{group}"]) == pytest.approx(total, abs=2e-3)
+            sds = [float(row[f"{spread}{m}"]) for m in members]
+            assert 0 < float(row[f"group_{spread}{group}"]) <= sum(sds) + 1e-3
         twin = (
             group.replace("_left", "_right") if group.endswith("_left") else group.replace("_right", "_left")
         )
-        for column in ("group_volume_ml__", "group_volume_sd_ml__"):
+        for column in ("group_volume_ml__", "group_volume_sd_ml__", "group_mass_g__", "group_mass_sd_g__"):
             assert float(mirrored[column + twin]) == pytest.approx(float(row[column + group]), rel=1e-4)
 
 
@@ -833,8 +834,8 @@ def test_a_spacing_sd_adds_what_the_spacing_moves_each_volume(
     volumes = np.array([float(plain[f"volume_ml__{muscles[j]}"]) for j in big])
     assert np.all((added_[big] / volumes > 0.04) & (added_[big] / volumes < 0.16))
     for group in MuscleCatalog.load().groups:  # one spacing error moves a group's muscles together
-        column = f"group_volume_sd_ml__{group}"
-        assert float(widened[column]) > float(plain[column])
+        for column in (f"group_volume_sd_ml__{group}", f"group_mass_sd_g__{group}"):
+            assert float(widened[column]) > float(plain[column])
     twins = load_model(default_model_dir()).twins
     assert twins is not None
     for m, twin in zip(muscles, [muscles[t] for t in twins], strict=True):

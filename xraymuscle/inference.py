@@ -54,8 +54,8 @@ class McResult:
     without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set from
     :func:`xraymuscle.spacing_error.spacing_sds` when a spacing sd of ``spacing_sd_percent`` % is
     asked for, are what it adds to each volume's (and mass's) sd. ``volume_correlation``
-    ``(N, K, K)`` is how the muscles' volumes vary together over the draws (for the sd of a sum
-    of muscles: :func:`group_volumes`).
+    ``(N, K, K)`` is how the muscles' volumes vary together over the draws, ``mass_correlation``
+    their masses' (for the sd of a sum of muscles: :func:`group_volumes`).
     """
 
     volume: np.ndarray
@@ -67,6 +67,7 @@ class McResult:
     features: np.ndarray
     volume_sd_draws: np.ndarray
     volume_correlation: np.ndarray | None = None
+    mass_correlation: np.ndarray | None = None
     spacing_volume_sd: np.ndarray | None = None
     spacing_mass_sd: np.ndarray | None = None
     spacing_sd_percent: float | None = None
@@ -98,7 +99,7 @@ def mc_predict(
     if twins is not None and samples < 2:
         raise ValueError(f"mirrored draws need at least 2 samples, not {samples}")
     out: dict[str, list[np.ndarray]] = {
-        "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": [], "c": []
+        "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": [], "vc": [], "mc": []
     }  # fmt: skip
     network = network.to(device)
     _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, seed, twins, out)
@@ -112,7 +113,8 @@ def mc_predict(
         map_sd=np.concatenate(out["sd"]) if out["sd"] else empty,
         features=np.concatenate(out["f"]),
         volume_sd_draws=np.concatenate(out["vd"]),
-        volume_correlation=np.concatenate(out["c"]),
+        volume_correlation=np.concatenate(out["vc"]),
+        mass_correlation=np.concatenate(out["mc"]) if out["mc"] else None,
     )
 
 
@@ -161,9 +163,9 @@ def _draw(
             mean, var = part.mean(0), part.var(0)
             out[key].append(mean.cpu().numpy())
             out[spread].append((var + relative * mean.square()).sqrt().cpu().numpy())
+            out[f"{key}c"].append(draw_correlations(part.double().cpu().numpy()))
             if key == "v":
                 out["vd"].append(var.sqrt().cpu().numpy())
-                out["c"].append(draw_correlations(part.double().cpu().numpy()))
         if keep_maps:
             map_mean, map_sd = draws.map_moments()
             out["maps"].append(map_mean)

@@ -79,6 +79,9 @@ def predictions_columns(model: LoadedModel) -> list[str]:
             columns += [f"mass_g__{m}", f"mass_sd_g__{m}"]
     for g in model.groups:
         columns += [f"group_volume_ml__{g}", f"group_volume_sd_ml__{g}"]
+    if model.meta["architecture"].get("mass_head"):
+        for g in model.groups:
+            columns += [f"group_mass_g__{g}", f"group_mass_sd_g__{g}"]
     return [*columns, "ood_score", "spacing_sd_percent", "model", "notice", "notes"]
 
 
@@ -258,19 +261,18 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
     for j, m in enumerate(model.muscles):
         row[f"volume_ml__{m}"] = float(volume[j])
         row[f"volume_sd_ml__{m}"] = float(total[j])
+    _group_cells(row, model, "volume_ml__", volume, sd, mc.volume_correlation, mc.spacing_volume_sd, i)
     if mc.mass is not None and mc.mass_sd is not None:
-        mass_sd = mc.mass_sd[i] * np.asarray(cal.get("mass_sd_scale", scales))
+        model_mass_sd = mc.mass_sd[i] * np.asarray(cal.get("mass_sd_scale", scales))
+        mass_sd = model_mass_sd
         if mc.spacing_mass_sd is not None:
-            mass_sd = np.hypot(mass_sd, mc.spacing_mass_sd[i])
+            mass_sd = np.hypot(model_mass_sd, mc.spacing_mass_sd[i])
         for j, m in enumerate(model.muscles):
             row[f"mass_g__{m}"] = float(mc.mass[i, j])
             row[f"mass_sd_g__{m}"] = float(mass_sd[j])
-    for g, members in model.groups.items():
-        correlation = None if mc.volume_correlation is None else mc.volume_correlation[i]
-        group_volume, group_sd = group_volumes(volume, sd, correlation, members)
-        if mc.spacing_volume_sd is not None:  # one spacing error moves the group's muscles together
-            group_sd = math.hypot(group_sd, float(mc.spacing_volume_sd[i][members].sum()))
-        row[f"group_volume_ml__{g}"], row[f"group_volume_sd_ml__{g}"] = group_volume, group_sd
+        _group_cells(
+            row, model, "mass_g__", mc.mass[i], model_mass_sd, mc.mass_correlation, mc.spacing_mass_sd, i
+        )
     row["ood_score"] = score
     row["spacing_sd_percent"] = mc.spacing_sd_percent
     if not (np.isfinite(volume).all() and np.isfinite(total).all() and math.isfinite(score)):
@@ -288,6 +290,27 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
         row["status"] = "uncertain"
         row["reason"] = f"wide uncertainty for {', '.join(over)}"
     return row
+
+
+def _group_cells(
+    row: dict[str, Any],
+    model: LoadedModel,
+    prefix: str,
+    values: np.ndarray,
+    sd: np.ndarray,
+    correlation: np.ndarray | None,
+    spacing_sd: np.ndarray | None,
+    i: int,
+) -> None:
+    """The muscle groups' sums and sds (``prefix`` ``volume_ml__`` or ``mass_g__``) into ``row``,
+    from the image's values, their calibrated sds and how they vary together over the draws; a
+    spacing sd adds its muscles' parts summed, as one spacing error moves them all together."""
+    sd_prefix = prefix.replace("_ml__", "_sd_ml__").replace("_g__", "_sd_g__")
+    for g, members in model.groups.items():
+        total, group_sd = group_volumes(values, sd, None if correlation is None else correlation[i], members)
+        if spacing_sd is not None:
+            group_sd = math.hypot(group_sd, float(spacing_sd[i][members].sum()))
+        row[f"group_{prefix}{g}"], row[f"group_{sd_prefix}{g}"] = total, group_sd
 
 
 def predictions_csv(model: LoadedModel, rows: list[dict[str, Any]]) -> str:
