@@ -38,9 +38,9 @@ class MuscleCatalog:
     path
         The YAML file it came from.
     groups
-        ``{group: (muscle, ...)}``: muscles whose summed volume is also reported (``predict``
-        writes ``group_volume_ml__<group>``), such as the gluteal muscles of one side. Muscles
-        that overlap in an AP view are measured better together than apart.
+        ``{group: (muscle, ...)}``: muscles whose summed volume (and mass) is also reported
+        (``predict`` writes ``group_volume_ml__<group>``), such as the gluteal muscles of one
+        side. Muscles that overlap in an AP view are measured better together than apart.
     """
 
     name: str
