@@ -20,14 +20,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from new_phantoms import new_phantom_radiographs
 
-from drr.presets import load_preset
 from xraymuscle.catalog import MuscleCatalog
-from xraymuscle.dicom_writer import write_dx
-from xraymuscle.drr_dataset import DrrDataset
-from xraymuscle.generate import GenerateOptions, generate_drr, read_cohort
-from xraymuscle.paths import config_file
-from xraymuscle.phantom.cohort import make_cohort
 from xraymuscle.predict import predict_images
 
 
@@ -52,28 +47,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="a model folder (default: the shipped one)")
     args = parser.parse_args()
 
-    catalog = MuscleCatalog.load()
-    cohort = args.work / "phantoms" / "cohort.csv"
-    if not cohort.is_file():
-        cohort = make_cohort(args.n, args.work / "phantoms", seed=args.seed, spacing=3.0, catalog=catalog)
-    drr = args.work / "drr"
-    if not (drr / "dataset.json").is_file():
-        preset = load_preset(config_file("geometry", "hip_ap"), image_size=128)
-        generate_drr(
-            read_cohort(cohort)[0], drr, GenerateOptions(catalog, "phantom", preset, views=1, seed=1)
-        )
-    data = DrrDataset.load(drr)
-    spacing = float(data.info["pixel_spacing_mm"])
-    images = []
-    for index, row in enumerate(data.rows):
-        path = args.work / "radiographs" / f"{row['sample_id']}.dcm"
-        if not path.is_file():
-            write_dx(path, data.sample(index)["image"], pixel_spacing_mm=spacing)
-        images.append(path)
-    in_field = np.array([
-        data.sample(i, keys=("maps",))["maps"].sum(axis=(1, 2)) * r["pixel_area_mm2"] / 1000
-        for i, r in enumerate(data.rows)
-    ])  # fmt: skip
+    data, images, in_field = new_phantom_radiographs(args.work, args.n, args.seed)
     rows = predict_images(
         images, args.work / "predict", model_dir=args.model, pictures=False, progress=False,
         echo=lambda _: None,
@@ -84,7 +58,7 @@ def main() -> None:
     sd = np.array([[_number(r.get(f"volume_sd_ml__{m}")) for m in muscles] for r in rows])[kept]
     truth = in_field[kept]
     print(f"{int(kept.sum())} of {len(rows)} phantom radiographs ok or uncertain, {len(muscles)} muscles")
-    for group, members in catalog.groups.items():
+    for group, members in MuscleCatalog.load().groups.items():
         if f"group_volume_ml__{group}" not in rows[0]:
             continue
         idx = [muscles.index(m) for m in members]
