@@ -120,8 +120,8 @@ def test_compare_gives_the_figures_of_the_joined_rows(measured, tmp_path: Path) 
 
 
 def test_a_hand_made_reference_with_gaps_and_extra_rows(measured, tmp_path: Path) -> None:
-    """Semicolons and a byte-order mark (a spreadsheet's export), an empty cell, a radiograph the
-    predictions do not hold, and a muscle with no reference at all."""
+    """Semicolons, a byte-order mark and a capital in a column's name (a spreadsheet's export), an
+    empty cell, a radiograph the predictions do not hold, and a muscle with no reference at all."""
     predictions, _, data = measured
     truth = _reference(data, tmp_path / "truth.csv", delimiter=";", drop=0)
     lines = truth.read_text(encoding="utf-8-sig").splitlines()
@@ -129,6 +129,7 @@ def test_a_hand_made_reference_with_gaps_and_extra_rows(measured, tmp_path: Path
     gone = head.index("volume_ml__adductors_right")
     rows = [";".join(c for i, c in enumerate(line.split(";")) if i != gone) for line in lines]
     rows.append(";".join(["elsewhere.dcm", "case_x", *["100"] * (len(head) - 3)]))
+    rows[0] = rows[0].replace("image;", "Image;", 1)  # a spreadsheet's capital
     truth.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
     out = tmp_path / "out"
     result = _compare(predictions, truth, out)

@@ -180,12 +180,15 @@ def _reference(path: Path, key: str, match: str) -> tuple[dict[str, dict[str, fl
     rows = read_csv_rows(path, [key])
     if not rows:
         raise InputError("the reference table is empty", path)
-    header = [c.strip() for c in rows[0]]
-    if key not in header:
-        raise InputError(f"no {key!r} column naming the radiographs (its columns: {', '.join(header)})", path)
-    at = header.index(key)
+    written = [c.strip() for c in rows[0]]
+    header = [c.lower() for c in written]  # a spreadsheet's "Image" or "Volume_ml__..." as well
+    if key.lower() not in header:
+        raise InputError(
+            f"no {key!r} column naming the radiographs (its columns: {', '.join(written)})", path
+        )
+    at = header.index(key.lower())
     case_at = header.index("case_id") if "case_id" in header else None
-    values = [(i, c) for i, c in enumerate(header) if c.startswith(("volume_ml__", "mass_g__")) and c != key]
+    values = [(i, c) for i, c in enumerate(header) if c.startswith(("volume_ml__", "mass_g__")) and i != at]
     reference: dict[str, dict[str, float]] = {}
     case_of: dict[str, str] = {}
     first_line: dict[str, tuple[int, str]] = {}  # each radiograph's line and name as written
