@@ -180,11 +180,11 @@ def _reference(path: Path, key: str, match: str) -> tuple[dict[str, dict[str, fl
     rows = read_csv_rows(path, [key])
     if not rows:
         raise InputError("the reference table is empty", path)
-    written = [c.strip() for c in rows[0]]
-    header = [c.lower() for c in written]  # a spreadsheet's "Image" or "Volume_ml__..." as well
+    columns = [c.strip() for c in rows[0]]
+    header = [c.lower() for c in columns]  # a spreadsheet's "Image" or "Volume_ml__..." as well
     if key.lower() not in header:
         raise InputError(
-            f"no {key!r} column naming the radiographs (its columns: {', '.join(written)})", path
+            f"no {key!r} column naming the radiographs (its columns: {', '.join(columns)})", path
         )
     at = header.index(key.lower())
     case_at = header.index("case_id") if "case_id" in header else None
