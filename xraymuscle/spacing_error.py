@@ -22,7 +22,7 @@ volumes follow a spacing too small more steeply than one too large: ``k`` of abo
 response is what its errors follow, and on three phantoms it was 1.4 to 3.4 σ V.
 
 The probes cost three more network passes per image (six with mirrored reading), without the
-dropout draws: ``predict`` took 1.36 times as long (``benchmarks/spacing_sensitivity.py``).
+dropout draws: ``predict`` took about 1.5 times as long (``benchmarks/spacing_sensitivity.py``).
 """
 
 from __future__ import annotations
