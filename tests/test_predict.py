@@ -521,6 +521,11 @@ def _calibration(meta: dict, **changes: object) -> dict:
             "calibration.ood must give",
         ),
         (
+            _edit_json(lambda m: _calibration(m, group_sd_scale={"gluteal_left": -1.0})),
+            "model.json",
+            "calibration.group_sd_scale must map group names to positive numbers",
+        ),
+        (
             _edit_json(lambda m: {**m, "architecture": _without(m["architecture"], "depth")}),
             "model.json",
             "architecture cannot be built",
@@ -567,6 +572,30 @@ def test_a_non_finite_network_output_is_an_error_not_ok(trained: tuple[Path, Pat
     mc.volume[0, 3] = math.nan
     row = prediction_row(prepared, model, (mc, 0, 0.0))
     assert row["status"] == "error" and "not finite" in row["reason"]
+
+
+def test_a_groups_sd_takes_the_scale_its_calibration_set(trained: tuple[Path, Path]) -> None:
+    """Calibration sets each muscle group's own sd scale on the validation images (pooled with its
+    twin); ``predict`` multiplies the group's sd by it, and a model calibrated before groups
+    (no scales) reads as scale 1."""
+    _, model_dir = trained
+    model = load_model(model_dir)
+    scales = model.meta["calibration"]["group_sd_scale"]
+    assert set(scales) == set(model.groups) == {"gluteal_left", "gluteal_right", "thigh_left", "thigh_right"}
+    assert all(v > 0 for v in scales.values()) and scales["gluteal_left"] == scales["gluteal_right"]
+    assert set(model.meta["calibration"]["group_mass_sd_scale"]) == set(model.groups)
+    k = len(model.muscles)
+    volume = np.linspace(100, 400, k)[None]
+    mc = McResult(volume, volume * 0.05, None, None, np.zeros((1, k, 4, 4)), np.zeros((1, k, 4, 4)),
+                  np.zeros((1, 4)), volume * 0.05, volume_correlation=np.eye(k)[None])  # fmt: skip
+    prepared = Prepared("x.dcm", spacing_mm=1.0, spacing_source="user")
+    row = prediction_row(prepared, model, (mc, 0, 0.0))
+    model.meta["calibration"]["group_sd_scale"] = {}
+    del model.meta["calibration"]["group_mass_sd_scale"]
+    unscaled = prediction_row(prepared, model, (mc, 0, 0.0))
+    for group, scale in scales.items():
+        column = f"group_volume_sd_ml__{group}"
+        assert float(row[column]) == pytest.approx(scale * float(unscaled[column]), rel=1e-9)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,7 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
+from xraymuscle.muscle_groups import group_table, group_truth, group_twins, model_groups
 from xraymuscle.ood import OodModel
 from xraymuscle.run_lock import locks_output
 from xraymuscle.weights_file import read_tensors
@@ -583,6 +584,7 @@ def _calibrate(
         if mc.mass is not None and mc.mass_sd is not None
         else scales
     )
+    groups = _group_scales(mc, truth, mass, valid, scales, mass_scales, val_set, config.mc_mirror)
     cv = mc.volume_sd * scales / np.maximum(mc.volume, 1.0)
     thresholds = cv_thresholds(paired(cv), paired(valid), images=len(cv))
     rng = np.random.default_rng(config.seed)
@@ -610,7 +612,44 @@ def _calibrate(
         "validation_coverage95_raw": float(raw[valid].mean()),
         "validation_coverage95_calibrated": float(calibrated[valid].mean()),
         "validation_cases": len(val_set),
+        **groups,
     }
+
+
+def _group_scales(
+    mc: Any,
+    truth: np.ndarray,
+    mass: np.ndarray | None,
+    valid: np.ndarray,
+    scales: np.ndarray,
+    mass_scales: np.ndarray,
+    val_set: DrrTrainingSet,
+    mirrored: bool,
+) -> dict[str, Any]:
+    """Each muscle group's own sd scale (``group_sd_scale``, ``group_mass_sd_scale``: name →
+    factor), set on the validation images as the muscles' are, on the groups' sds made from the
+    calibrated muscles' (:mod:`xraymuscle.muscle_groups`); with mirrored draws a group and its twin
+    are pooled. Nothing for a model whose muscles make no group."""
+    groups = model_groups(val_set.data.muscles)
+    if not groups:
+        return {}
+    twins = group_twins(list(groups))
+
+    def paired(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, a[:, twins]]) if mirrored else a
+
+    out: dict[str, Any] = {}
+    kinds = [("group_sd_scale", mc.volume, mc.volume_sd * scales, mc.volume_correlation, truth)]
+    if mc.mass is not None and mc.mass_sd is not None and mass is not None:
+        kinds.append(
+            ("group_mass_sd_scale", mc.mass, mc.mass_sd * np.asarray(mass_scales), mc.mass_correlation, mass)
+        )
+    for key, values, sd, correlation, true in kinds:
+        sums, sds = group_table(values, sd, correlation, groups)
+        true_sums, known = group_truth(true, valid, groups)
+        factors = sd_scales(paired(sums), paired(sds), paired(true_sums), paired(known))
+        out[key] = {g: float(f) for g, f in zip(groups, factors, strict=True)}
+    return out
 
 
 def cv_thresholds(

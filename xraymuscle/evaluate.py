@@ -18,9 +18,10 @@ from xraymuscle.agreement import format_number, json_clean, with_intervals, writ
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.inference import check_mc_samples, group_volumes, mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.metrics import case_intervals, volume_metrics
 from xraymuscle.model import LoadedModel, load_model
+from xraymuscle.muscle_groups import group_table, group_truth
 from xraymuscle.run_lock import locks_output
 
 
@@ -96,15 +97,9 @@ def _group_metrics(
     """The figures of the model's muscle groups (summed volumes, their sd as ``predict`` gives
     it), over the samples whose every muscle of the group has a truth."""
     names = list(model.groups)
-    n = len(result["pred"])
-    pred, group_sd, truth = (np.zeros((n, len(names))) for _ in range(3))
-    valid = np.zeros((n, len(names)), bool)
-    for i in range(n):
-        for g, members in enumerate(model.groups.values()):
-            correlation = None if result["correlation"] is None else result["correlation"][i]
-            pred[i, g], group_sd[i, g] = group_volumes(result["pred"][i], sd[i], correlation, members)
-            truth[i, g] = float(result["truth"][i, members].sum())
-            valid[i, g] = bool(result["valid"][i, members].all())
+    pred, group_sd = group_table(result["pred"], sd, result["correlation"], model.groups)
+    group_sd = group_sd * model.group_sd_scales("volume")
+    truth, valid = group_truth(result["truth"], result["valid"], model.groups)
     return with_intervals(
         volume_metrics(pred, truth, valid, names, sd=group_sd),
         case_intervals(pred, truth, valid, names, cases, sd=group_sd),

@@ -55,7 +55,7 @@ class McResult:
     :func:`xraymuscle.spacing_error.spacing_sds` when a spacing sd of ``spacing_sd_percent`` % is
     asked for, are what it adds to each volume's (and mass's) sd. ``volume_correlation``
     ``(N, K, K)`` is how the muscles' volumes vary together over the draws, ``mass_correlation``
-    their masses' (for the sd of a sum of muscles: :func:`group_volumes`).
+    their masses' (for the sd of a sum of muscles: :mod:`xraymuscle.muscle_groups`).
     """
 
     volume: np.ndarray
@@ -184,18 +184,6 @@ def draw_correlations(draws: np.ndarray) -> np.ndarray:
     corr = np.where(np.isfinite(corr), corr, 0.0)
     corr[:, np.arange(corr.shape[1]), np.arange(corr.shape[1])] = 1.0
     return corr
-
-
-def group_volumes(
-    volume: np.ndarray, sd: np.ndarray, correlation: np.ndarray | None, members: Sequence[int]
-) -> tuple[float, float]:
-    """A group's volume (the sum of its muscles') and its sd, from the muscles' sds and how their
-    volumes vary together over the draws: ``sqrt(Σᵢ Σⱼ ρᵢⱼ sdᵢ sdⱼ)``; taken as independent
-    (``ρ`` the identity) without ``correlation``."""
-    idx = np.asarray(members)
-    s = sd[idx]
-    rho = np.eye(len(idx)) if correlation is None else correlation[np.ix_(idx, idx)]
-    return float(volume[idx].sum()), float(np.sqrt(max(float(s @ rho @ s), 0.0)))
 
 
 class _Draws:

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.data import twin_order
 from training.unet import BayesianUNet
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
+from xraymuscle.muscle_groups import model_groups
 from xraymuscle.ood import OodModel
 from xraymuscle.typing import PathLikeStr
 from xraymuscle.weights_file import read_tensors, write_tensors
@@ -70,14 +72,14 @@ class LoadedModel:
     def groups(self) -> dict[str, list[int]]:
         """The default catalogue's muscle groups whose muscles the model all measures, as the
         channels of each (their summed volumes are reported beside the muscles')."""
-        from xraymuscle.catalog import MuscleCatalog
+        return model_groups(self.muscles)
 
-        channels = {m: j for j, m in enumerate(self.muscles)}
-        return {
-            group: [channels[m] for m in members]
-            for group, members in MuscleCatalog.load().groups.items()
-            if all(m in channels for m in members)
-        }
+    def group_sd_scales(self, kind: str = "volume") -> np.ndarray:
+        """Each group's sd scale from the calibration (``kind`` ``volume`` or ``mass``), 1 where
+        the model's calibration set none (models calibrated before groups)."""
+        key = "group_sd_scale" if kind == "volume" else "group_mass_sd_scale"
+        scales = self.meta["calibration"].get(key) or {}
+        return np.array([float(scales.get(g, 1.0)) for g in self.groups])
 
     @functools.cached_property
     def ood(self) -> OodModel:
@@ -278,6 +280,12 @@ def metadata_problem(meta: dict[str, Any]) -> str | None:
             return f"calibration.{key} must hold {k} positive numbers, one per muscle"
     if "mass_sd_scale" in cal and not _numbers(cal["mass_sd_scale"], k, positive=True):
         return f"calibration.mass_sd_scale must hold {k} positive numbers, one per muscle"
+    for key in ("group_sd_scale", "group_mass_sd_scale"):
+        scales = cal.get(key)
+        if scales is not None and (
+            not isinstance(scales, dict) or (scales and not _numbers(list(scales.values()), positive=True))
+        ):
+            return f"calibration.{key} must map group names to positive numbers"
     ood = cal.get("ood")
     if (
         not isinstance(ood, dict)

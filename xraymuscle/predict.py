@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.errors import InputError
-from xraymuscle.inference import check_mc_samples, group_volumes, mc_predict
+from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
+from xraymuscle.muscle_groups import group_volumes
 from xraymuscle.paths import default_model_dir, shown
 from xraymuscle.prepare import (
     GridTarget,
@@ -261,7 +262,7 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
     for j, m in enumerate(model.muscles):
         row[f"volume_ml__{m}"] = float(volume[j])
         row[f"volume_sd_ml__{m}"] = float(total[j])
-    _group_cells(row, model, "volume_ml__", volume, sd, mc.volume_correlation, mc.spacing_volume_sd, i)
+    _group_cells(row, model, "volume", volume, sd, mc.volume_correlation, mc.spacing_volume_sd, i)
     if mc.mass is not None and mc.mass_sd is not None:
         model_mass_sd = mc.mass_sd[i] * np.asarray(cal.get("mass_sd_scale", scales))
         mass_sd = model_mass_sd
@@ -271,7 +272,7 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
             row[f"mass_g__{m}"] = float(mc.mass[i, j])
             row[f"mass_sd_g__{m}"] = float(mass_sd[j])
         _group_cells(
-            row, model, "mass_g__", mc.mass[i], model_mass_sd, mc.mass_correlation, mc.spacing_mass_sd, i
+            row, model, "mass", mc.mass[i], model_mass_sd, mc.mass_correlation, mc.spacing_mass_sd, i
         )
     row["ood_score"] = score
     row["spacing_sd_percent"] = mc.spacing_sd_percent
@@ -295,22 +296,25 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
 def _group_cells(
     row: dict[str, Any],
     model: LoadedModel,
-    prefix: str,
+    kind: str,
     values: np.ndarray,
     sd: np.ndarray,
     correlation: np.ndarray | None,
     spacing_sd: np.ndarray | None,
     i: int,
 ) -> None:
-    """The muscle groups' sums and sds (``prefix`` ``volume_ml__`` or ``mass_g__``) into ``row``,
-    from the image's values, their calibrated sds and how they vary together over the draws; a
-    spacing sd adds its muscles' parts summed, as one spacing error moves them all together."""
-    sd_prefix = prefix.replace("_ml__", "_sd_ml__").replace("_g__", "_sd_g__")
-    for g, members in model.groups.items():
+    """The muscle groups' sums and sds (``kind`` ``volume`` or ``mass``) into ``row``, from the
+    image's values, their calibrated sds and how they vary together over the draws
+    (:mod:`xraymuscle.muscle_groups`), times the group's own scale; a spacing sd adds its muscles'
+    parts summed, as one spacing error moves them all together."""
+    value_key, sd_key = ("volume_ml__", "volume_sd_ml__") if kind == "volume" else ("mass_g__", "mass_sd_g__")
+    scales = model.group_sd_scales(kind)
+    for (g, members), scale in zip(model.groups.items(), scales, strict=True):
         total, group_sd = group_volumes(values, sd, None if correlation is None else correlation[i], members)
+        group_sd *= scale
         if spacing_sd is not None:
             group_sd = math.hypot(group_sd, float(spacing_sd[i][members].sum()))
-        row[f"group_{prefix}{g}"], row[f"group_{sd_prefix}{g}"] = total, group_sd
+        row[f"group_{value_key}{g}"], row[f"group_{sd_key}{g}"] = total, group_sd
 
 
 def predictions_csv(model: LoadedModel, rows: list[dict[str, Any]]) -> str:
