@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xraymuscle.inference import draw_correlations
-from xraymuscle.muscle_groups import group_table, group_truth, group_twins, group_volumes, model_groups
+from xraymuscle.muscle_groups import group_table, group_truth, group_volumes, model_groups
 
 
 def testdraw_correlations_are_those_of_each_images_draws() -> None:
@@ -48,6 +48,5 @@ def test_the_table_of_every_image_and_group_and_their_truths() -> None:
     truth_sums, known = group_truth(volume * 2, valid, groups)
     np.testing.assert_allclose(truth_sums, [[6.0, 14.0], [22.0, 30.0]])
     assert known.tolist() == [[True, False], [True, True]]
-    assert group_twins(["ab_left", "ab_right", "core"]) == [1, 0, 2]
     muscles = ["gluteus_maximus_left", "gluteus_medius_left", "gluteus_minimus_left", "quadriceps_left"]
     assert model_groups(muscles) == {"gluteal_left": [0, 1, 2]}  # the thigh lacks two of its muscles

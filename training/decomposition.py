@@ -53,6 +53,7 @@ from training.data import (
     GridSpec,
     collect,
     material_maps,
+    twin_order,
     worker_init,
 )
 from training.unet import BayesianUNet
@@ -64,7 +65,7 @@ from xraymuscle.errors import InputError
 from xraymuscle.inference import image_features, mc_predict, sd_scales
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
-from xraymuscle.muscle_groups import group_table, group_truth, group_twins, model_groups
+from xraymuscle.muscle_groups import group_table, group_truth, model_groups
 from xraymuscle.ood import OodModel
 from xraymuscle.run_lock import locks_output
 from xraymuscle.weights_file import read_tensors
@@ -633,7 +634,7 @@ def _group_scales(
     groups = model_groups(val_set.data.muscles)
     if not groups:
         return {}
-    twins = group_twins(list(groups))
+    twins = twin_order(list(groups))  # the groups' names end in _left and _right as the muscles' do
 
     def paired(a: np.ndarray) -> np.ndarray:
         return np.concatenate([a, a[:, twins]]) if mirrored else a

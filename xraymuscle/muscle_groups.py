@@ -64,17 +64,3 @@ def group_truth(
     sums = np.stack([truth[:, members].sum(axis=1) for members in groups.values()], axis=1)
     known = np.stack([valid[:, members].all(axis=1) for members in groups.values()], axis=1)
     return sums, known
-
-
-def group_twins(names: Sequence[str]) -> list[int]:
-    """For every group, the index of its left/right twin (itself if it has none)."""
-    index = {g: i for i, g in enumerate(names)}
-    twins = []
-    for g in names:
-        if g.endswith("_left"):
-            twins.append(index.get(g[: -len("_left")] + "_right", index[g]))
-        elif g.endswith("_right"):
-            twins.append(index.get(g[: -len("_right")] + "_left", index[g]))
-        else:
-            twins.append(index[g])
-    return twins
