@@ -38,17 +38,29 @@ def write_agreement(
     """``metrics.json`` and ``metrics.csv`` (per muscle and their mean, with bootstrap intervals
     over ``cases``) and, with ``plots``, the three PNG plots, under ``out``; returns the metrics.
     ``extra`` adds blocks of its own to ``metrics.json``."""
-    metrics = with_intervals(
-        volume_metrics(pred, truth, valid, muscles, sd=sd),
-        case_intervals(pred, truth, valid, muscles, cases, sd=sd),
-    )
-    metrics.update(extra or {})
+    metrics = agreement_figures(pred, truth, valid, sd, muscles, cases) | (extra or {})
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "metrics.json", json.dumps(json_clean(metrics), indent=1))
+    write_json(out / "metrics.json", metrics)
     write_text_atomic(out / "metrics.csv", metrics_csv(metrics))
     if plots:
         agreement_plots(out, muscles, pred, truth, sd, valid)
     return metrics
+
+
+def agreement_figures(
+    pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, sd: np.ndarray, names: list[str], cases: list[str]
+) -> dict[str, Any]:
+    """The figures per column (``names``: muscles, or muscle groups) and their mean, each with its
+    bootstrap interval over ``cases`` (``metrics.json``'s layout)."""
+    return with_intervals(
+        volume_metrics(pred, truth, valid, names, sd=sd),
+        case_intervals(pred, truth, valid, names, cases, sd=sd),
+    )
+
+
+def write_json(path: Path, metrics: dict[str, Any]) -> None:
+    """``metrics`` as standard JSON (NaN as null), written atomically."""
+    write_text_atomic(path, json.dumps(json_clean(metrics), indent=1))
 
 
 def with_intervals(metrics: dict[str, Any], intervals: dict[str, Any]) -> dict[str, Any]:

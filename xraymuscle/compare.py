@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -32,16 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from xraymuscle.agreement import format_number, json_clean, with_intervals, write_agreement
+from xraymuscle.agreement import agreement_figures, format_number, write_agreement, write_json
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
-from xraymuscle.metrics import case_intervals, volume_metrics
+from xraymuscle.muscle_groups import model_groups
 from xraymuscle.run_lock import locks_output
 
 MATCHES = ("name", "path")
 MEASURED = ("ok", "uncertain")
-KINDS = (("volume_ml__", "volume_sd_ml__"), ("mass_g__", "mass_sd_g__"))
 
 
 @locks_output("out")
@@ -103,34 +101,38 @@ def compare_tables(
         "only_in_predictions": len(predicted.rows) - len(matched),
         "only_in_truth": len(reference) - len(matched),
     }
-    results: dict[str, Any] = {}
-    for volume_prefix, sd_prefix in KINDS:
-        columns = [m for m in muscles if f"{volume_prefix}{m}" in predicted.columns]
-        if not any(f"{volume_prefix}{m}" in reference[k] for k, _ in kept for m in columns):
-            continue
-        pred, sd, true, valid = _arrays(kept, reference, columns, volume_prefix, sd_prefix)
-        if volume_prefix == "volume_ml__":
-            results["volume"] = write_agreement(
-                out, pred, true, valid, sd, columns, cases, plots=plots, extra={"matching": matching}
-            )
-            joined = _matched_csv(kept, case_of, columns, pred, sd, true, valid)
-            write_text_atomic(out / "matched.csv", joined)
-        else:
-            masses = with_intervals(
-                volume_metrics(pred, true, valid, columns, sd=sd),
-                case_intervals(pred, true, valid, columns, cases, sd=sd),
-            )
-            write_text_atomic(out / "mass_metrics.json", json.dumps(json_clean(masses), indent=1))
-            results["mass"] = masses
-    groups = _group_arrays(kept, reference, predicted.columns)
-    if groups is not None:
-        names, members, (pred, sd, true, valid) = groups
-        summed = with_intervals(
-            volume_metrics(pred, true, valid, names, sd=sd),
-            case_intervals(pred, true, valid, names, cases, sd=sd),
-        ) | {"groups": members}
-        write_text_atomic(out / "group_metrics.json", json.dumps(json_clean(summed), indent=1))
-    metrics: dict[str, Any] = results["volume"]
+    pred, sd, true, valid = _arrays(
+        kept, reference, [f"volume_ml__{m}" for m in muscles], [f"volume_sd_ml__{m}" for m in muscles],
+        [[f"volume_ml__{m}"] for m in muscles],
+    )  # fmt: skip
+    metrics = write_agreement(
+        out, pred, true, valid, sd, muscles, cases, plots=plots, extra={"matching": matching}
+    )
+    write_text_atomic(out / "matched.csv", _matched_csv(kept, case_of, muscles, pred, sd, true, valid))
+    weighed = [m for m in muscles if f"mass_g__{m}" in predicted.columns]
+    if any(f"mass_g__{m}" in reference[k] for k, _ in kept for m in weighed):
+        masses = [f"mass_g__{m}" for m in weighed]
+        pred, sd, true, valid = _arrays(
+            kept, reference, masses, [f"mass_sd_g__{m}" for m in weighed], [[c] for c in masses]
+        )
+        write_json(out / "mass_metrics.json", agreement_figures(pred, true, valid, sd, weighed, cases))
+    # the muscle groups the predictions report and the reference holds every muscle of somewhere
+    muscles_of = model_groups(predicted.muscles)
+    named = {g: [predicted.muscles[j] for j in members] for g, members in muscles_of.items()}
+    groups = {
+        g: members
+        for g, members in named.items()
+        if f"group_volume_ml__{g}" in predicted.columns
+        and any(all(f"volume_ml__{m}" in reference[k] for m in members) for k, _ in kept)
+    }
+    if groups:
+        pred, sd, true, valid = _arrays(
+            kept, reference,
+            [f"group_volume_ml__{g}" for g in groups], [f"group_volume_sd_ml__{g}" for g in groups],
+            [[f"volume_ml__{m}" for m in members] for members in groups.values()],
+        )  # fmt: skip
+        summed = agreement_figures(pred, true, valid, sd, list(groups), cases) | {"groups": groups}
+        write_json(out / "group_metrics.json", summed)
     left_out = [m for m in predicted.muscles if m not in muscles]
     echo(
         f"{len(kept)} radiographs compared ({len(set(cases))} cases), {excluded} left out by status, "
@@ -230,48 +232,22 @@ def _reference(path: Path, key: str, match: str) -> tuple[dict[str, dict[str, fl
 def _arrays(
     kept: list[tuple[str, dict[str, str]]],
     reference: dict[str, dict[str, float]],
-    muscles: list[str],
-    volume_prefix: str,
-    sd_prefix: str,
+    values: list[str],
+    sds: list[str],
+    truths: list[list[str]],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Predicted values, their sds, reference values and where both are there, ``(n, K)``."""
-    n, k = len(kept), len(muscles)
+    """Predicted values (the predictions' ``values`` columns), their sds (``sds``), reference
+    values (for column ``j``, the sum of the reference's ``truths[j]``: one muscle's, or a
+    group's muscles') and where all three are there, each ``(n, len(values))``."""
+    n, k = len(kept), len(values)
     pred, sd, true = (np.full((n, k), np.nan) for _ in range(3))
     for i, (name, row) in enumerate(kept):
-        for j, m in enumerate(muscles):
-            pred[i, j] = _number(row.get(f"{volume_prefix}{m}"))
-            sd[i, j] = _number(row.get(f"{sd_prefix}{m}"))
-            true[i, j] = reference[name].get(f"{volume_prefix}{m}", np.nan)
+        for j in range(k):
+            pred[i, j] = _number(row.get(values[j]))
+            sd[i, j] = _number(row.get(sds[j]))
+            true[i, j] = sum(reference[name].get(c, np.nan) for c in truths[j])  # NaN where one is missing
     valid = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(true)
     return np.nan_to_num(pred), np.nan_to_num(sd), np.nan_to_num(true), valid
-
-
-def _group_arrays(
-    kept: list[tuple[str, dict[str, str]]], reference: dict[str, dict[str, float]], columns: list[str]
-) -> tuple[list[str], dict[str, list[str]], tuple[np.ndarray, ...]] | None:
-    """The catalogue's muscle groups the predictions report and the reference holds every muscle
-    of for some radiograph: their names, muscles, and :func:`_arrays`' four arrays, the
-    reference's value of a group being the sum of its muscles'."""
-    from xraymuscle.catalog import MuscleCatalog
-
-    groups = {
-        g: list(members)
-        for g, members in MuscleCatalog.load().groups.items()
-        if f"group_volume_ml__{g}" in columns
-        and any(all(f"volume_ml__{m}" in reference[k] for m in members) for k, _ in kept)
-    }
-    if not groups:
-        return None
-    n, names = len(kept), list(groups)
-    pred, sd, true = (np.full((n, len(names)), np.nan) for _ in range(3))
-    for i, (name, row) in enumerate(kept):
-        for j, (group, members) in enumerate(groups.items()):
-            pred[i, j] = _number(row.get(f"group_volume_ml__{group}"))
-            sd[i, j] = _number(row.get(f"group_volume_sd_ml__{group}"))
-            values = [reference[name].get(f"volume_ml__{m}", np.nan) for m in members]
-            true[i, j] = float(np.sum(values))  # NaN where one is missing
-    valid = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(true)
-    return names, groups, (np.nan_to_num(pred), np.nan_to_num(sd), np.nan_to_num(true), valid)
 
 
 def _number(text: str | None) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import warnings
@@ -14,12 +13,11 @@ from typing import Any
 import numpy as np
 
 from training.data import DrrTrainingSet, GridSpec, collect
-from xraymuscle.agreement import format_number, json_clean, with_intervals, write_agreement
+from xraymuscle.agreement import agreement_figures, format_number, write_agreement, write_json
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.inference import check_mc_samples, mc_predict
-from xraymuscle.metrics import case_intervals, volume_metrics
 from xraymuscle.model import LoadedModel, load_model
 from xraymuscle.muscle_groups import group_table, group_truth
 from xraymuscle.run_lock import locks_output
@@ -77,16 +75,12 @@ def evaluate_model(
     if result["mass"] is not None:
         mass_scales = np.asarray(model.meta["calibration"].get("mass_sd_scale", scales))
         mass_sd = result["mass_sd"] * mass_scales
-        mass_metrics = with_intervals(
-            volume_metrics(result["mass"], result["mass_truth"], result["valid"], data.muscles, sd=mass_sd),
-            case_intervals(
-                result["mass"], result["mass_truth"], result["valid"], data.muscles, cases, sd=mass_sd
-            ),
+        mass_metrics = agreement_figures(
+            result["mass"], result["mass_truth"], result["valid"], mass_sd, data.muscles, cases
         )
-        write_text_atomic(out / "mass_metrics.json", json.dumps(json_clean(mass_metrics), indent=1))
+        write_json(out / "mass_metrics.json", mass_metrics)
     if model.groups:
-        groups = _group_metrics(model, result, sd, cases)
-        write_text_atomic(out / "group_metrics.json", json.dumps(json_clean(groups), indent=1))
+        write_json(out / "group_metrics.json", _group_metrics(model, result, sd, cases))
     write_text_atomic(out / "predictions.csv", _predictions_csv(data, result, sd))
     return metrics
 
@@ -100,10 +94,9 @@ def _group_metrics(
     pred, group_sd = group_table(result["pred"], sd, result["correlation"], model.groups)
     group_sd = group_sd * model.group_sd_scales("volume")
     truth, valid = group_truth(result["truth"], result["valid"], model.groups)
-    return with_intervals(
-        volume_metrics(pred, truth, valid, names, sd=group_sd),
-        case_intervals(pred, truth, valid, names, cases, sd=group_sd),
-    ) | {"groups": {name: [model.muscles[j] for j in members] for name, members in model.groups.items()}}
+    return agreement_figures(pred, truth, valid, group_sd, names, cases) | {
+        "groups": {name: [model.muscles[j] for j in members] for name, members in model.groups.items()}
+    }
 
 
 def predict_dataset(
