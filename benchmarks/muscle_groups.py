@@ -10,24 +10,20 @@ volumes in the field of view, and the mean sd over the volume; then the group's 
 gives it (the muscles' calibrated sds combined with how their volumes vary together over the
 dropout draws) beside the two sds it lies between, were the muscles' errors independent
 (``sqrt(Σ sd²)``) or moving together (``Σ sd``).
-Every step is skipped when its output is there, so a rerun only prints.
+The phantoms, their DRRs and DICOM files are made once under DIR and kept; the predictions run
+again each time.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
-from new_phantoms import new_phantom_radiographs
+from new_phantoms import cell_number, new_phantom_radiographs
 
 from xraymuscle.catalog import MuscleCatalog
 from xraymuscle.predict import predict_images
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float | str) and value != "" else math.nan
 
 
 def _figures(pred: np.ndarray, true: np.ndarray, sd: np.ndarray) -> str:
@@ -54,16 +50,16 @@ def main() -> None:
     )  # fmt: skip
     kept = np.array([r["status"] in ("ok", "uncertain") for r in rows])
     muscles = data.muscles
-    volume = np.array([[_number(r.get(f"volume_ml__{m}")) for m in muscles] for r in rows])[kept]
-    sd = np.array([[_number(r.get(f"volume_sd_ml__{m}")) for m in muscles] for r in rows])[kept]
+    volume = np.array([[cell_number(r.get(f"volume_ml__{m}")) for m in muscles] for r in rows])[kept]
+    sd = np.array([[cell_number(r.get(f"volume_sd_ml__{m}")) for m in muscles] for r in rows])[kept]
     truth = in_field[kept]
     print(f"{int(kept.sum())} of {len(rows)} phantom radiographs ok or uncertain, {len(muscles)} muscles")
     for group, members in MuscleCatalog.load().groups.items():
         if f"group_volume_ml__{group}" not in rows[0]:
             continue
         idx = [muscles.index(m) for m in members]
-        g_pred = np.array([_number(r[f"group_volume_ml__{group}"]) for r in rows])[kept]
-        g_sd = np.array([_number(r[f"group_volume_sd_ml__{group}"]) for r in rows])[kept]
+        g_pred = np.array([cell_number(r[f"group_volume_ml__{group}"]) for r in rows])[kept]
+        g_sd = np.array([cell_number(r[f"group_volume_sd_ml__{group}"]) for r in rows])[kept]
         g_true = truth[:, idx].sum(axis=1)
         print(f"{group:30s} {_figures(g_pred, g_true, g_sd)}")
         for j, m in zip(idx, members, strict=True):
