@@ -618,7 +618,7 @@ def screen(
     ] = None,
     pixel_spacing: Annotated[
         float | None,
-        typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm, for files without one."),
+        typer.Option("--pixel-spacing", help="Pixel spacing at the patient, mm (overrides files)."),
     ] = None,
     magnification: MagnificationOpt = None,
     hip_height_mm: HipHeightOpt = None,

@@ -22,6 +22,9 @@ from cli import app
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
 from xraymuscle.journal import Journal
+from xraymuscle.model import load_model
+from xraymuscle.paths import default_model_dir
+from xraymuscle.predict import numeric_columns
 from xraymuscle.screen import screen_study
 from xraymuscle.study import StudyInput, age_years, find_inputs
 from xraymuscle.synthetic_study import write_study
@@ -74,6 +77,29 @@ def test_every_input_gets_one_row_with_the_right_status(study, screened) -> None
     assert "spacing" in reasons["film16.png"]
     # the column that says how each file was read
     assert all("notes" in r for r in rows) and all("notes" in r for r in table)
+
+
+def test_parquet_numbers_are_numbers(screened) -> None:
+    """Every number of the table (volumes, masses, group sums, spacings, sds) is a float in
+    Parquet, the CSV's to its rounding, with null where the CSV cell is empty; text stays text."""
+    import pyarrow as pa
+
+    out, rows = screened
+    table = pq.read_table(out / "results.parquet")
+    model = load_model(default_model_dir())
+    numeric = numeric_columns(model) | {"age_years"}
+    assert any(c.startswith("group_volume_ml__") for c in numeric) and "spacing_sd_percent" in numeric
+    for column in table.column_names:
+        kind = table.schema.field(column).type
+        assert kind == (pa.float64() if column in numeric else pa.string()), (column, kind)
+    values = table.to_pylist()
+    for row, parquet_row in zip(rows, values, strict=True):
+        for column in numeric & set(table.column_names):
+            cell = row[column]  # rounded to 3 decimals
+            expected = None if cell == "" else pytest.approx(float(cell), abs=6e-4)
+            assert parquet_row[column] == expected, column
+    measured = [r for r in values if r["status"] in ("ok", "uncertain")]
+    assert measured and all(r["group_volume_ml__gluteal_left"] > 0 for r in measured)
 
 
 def test_duplicates_are_named_and_agree_exactly(screened) -> None:

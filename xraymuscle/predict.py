@@ -86,6 +86,14 @@ def predictions_columns(model: LoadedModel) -> list[str]:
     return [*columns, "ood_score", "spacing_sd_percent", "model", "notice", "notes"]
 
 
+TEXT_COLUMNS = frozenset({"image", "status", "reason", "spacing_source", "model", "notice", "notes"})
+
+
+def numeric_columns(model: LoadedModel) -> frozenset[str]:
+    """The columns of :func:`predictions_columns` that hold numbers (empty where there is none)."""
+    return frozenset(predictions_columns(model)) - TEXT_COLUMNS
+
+
 @locks_output("out")
 def predict_images(
     paths: Sequence[str | Path],

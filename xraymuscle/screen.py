@@ -41,6 +41,7 @@ from xraymuscle.predict import (
     STATUSES,
     GridTarget,
     format_cell,
+    numeric_columns,
     prediction_row,
     predictions_columns,
     write_pictures,
@@ -56,6 +57,7 @@ FORMAT = "xraymuscle-screen"
 VERSION = 1
 OVERLAYS = ("flagged", "all", "none")
 TABLE_EVERY_S = 20.0
+NUMERIC_STUDY_COLUMNS = frozenset({"age_years"})
 # settings that change the numbers: a resumed run must use the same ones
 RUN_KEYS = (
     "model",
@@ -253,6 +255,7 @@ def screen_study(
         keep_identifiers,
     )
     columns = table_columns(model, keep_identifiers=keep_identifiers)
+    numeric = numeric_columns(model) | NUMERIC_STUDY_COLUMNS
     paths = [item.name for item in inputs]
     bar = tqdm(
         total=len(inputs),
@@ -282,10 +285,10 @@ def screen_study(
         journal.append(rows)
         bar.update(len(rows))
         if time.perf_counter() - last_table > TABLE_EVERY_S:
-            write_tables(out, paths, journal, columns)
+            write_tables(out, paths, journal, columns, numeric)
             last_table = time.perf_counter()
     bar.close()
-    rows = write_tables(out, paths, journal, columns)
+    rows = write_tables(out, paths, journal, columns, numeric)
     if report:
         from xraymuscle.report import write_report
 
@@ -341,11 +344,16 @@ def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
 
 
 def write_tables(
-    out: Path, paths: Sequence[str], journal: Journal, columns: list[str]
+    out: Path,
+    paths: Sequence[str],
+    journal: Journal,
+    columns: list[str],
+    numeric: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Rewrite ``results.csv`` and ``results.parquet`` from the journal, in the study's order.
 
-    Only the study's inputs are written, each once; ``duplicate_of`` names the first input (in
+    Only the study's inputs are written, each once; the Parquet columns named in ``numeric`` are
+    floats (missing values null), the others strings; ``duplicate_of`` names the first input (in
     that order) whose file has the same content.
     """
     rows = [journal.rows[p] for p in paths if p in journal]
@@ -356,7 +364,7 @@ def write_tables(
         if row["duplicate_of"] == row["image"]:
             row["duplicate_of"] = ""
     _write_csv(out / "results.csv", rows, columns)
-    _write_parquet(out / "results.parquet", rows, columns)
+    _write_parquet(out / "results.parquet", rows, columns, numeric)
     return rows
 
 
@@ -369,19 +377,16 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     write_text_atomic(path, buf.getvalue())
 
 
-def _write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _write_parquet(
+    path: Path, rows: list[dict[str, Any]], columns: list[str], numeric: frozenset[str]
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     arrays = {}
     for column in columns:
         values = [row.get(column) for row in rows]
-        numeric = column.startswith(("volume", "mass")) or column in (
-            "pixel_spacing_mm",
-            "ood_score",
-            "age_years",
-        )
-        if numeric:
+        if column in numeric:
             arrays[column] = pa.array(
                 [None if v is None or v == "" else float(v) for v in values], pa.float64()
             )
