@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -188,6 +189,34 @@ def test_inputs_from_a_csv_and_unreadable_folders(study, tmp_path: Path, monkeyp
     screen_study(tmp_path / "tree", out, workers=0, report=False, progress=False, echo=str)
     rows = _rows(out / "results.csv")
     assert rows[1]["status"] == "error" and "cannot be read" in rows[1]["reason"]
+
+
+def test_a_lists_per_file_values_are_read_or_refused_per_file(tmp_path: Path) -> None:
+    listing = tmp_path / "list.csv"
+    lines = [
+        "file,spacing_sd_percent,PIXEL_SPACING_MM",
+        "a.dcm,2.5,0.143",
+        "b.dcm,,",
+        "a.dcm,2.5,0.143",  # listed twice alike: one input
+        "c.dcm,25,",  # over the most a spacing sd may be
+        "d.dcm,,-0.1",
+        "e.dcm,nan,",
+        "f.dcm,,1e999",
+    ]
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    found = {Path(i.path).name: i for i in find_inputs(listing)}
+    assert sorted(found) == ["a.dcm", "b.dcm", "c.dcm", "d.dcm", "e.dcm", "f.dcm"]
+    assert found["a.dcm"].listed == [0.143, 2.5] and not found["a.dcm"].problem
+    assert found["b.dcm"].listed == [None, None] and not found["b.dcm"].problem
+    assert (
+        found["c.dcm"].problem
+        == "list.csv line 5: spacing_sd_percent '25' is not a number more than 0 and at most 20 (%)"
+    )
+    assert found["d.dcm"].problem.startswith("list.csv line 6: pixel_spacing_mm '-0.1'")
+    assert "line 7" in found["e.dcm"].problem and "line 8" in found["f.dcm"].problem
+    # without the columns, or as a bare list, nothing is listed
+    listing.write_text("a.dcm\nb.dcm\n", encoding="utf-8")
+    assert [i.listed for i in find_inputs(listing)] == [[None, None], [None, None]]
 
 
 def test_names_that_are_not_utf8_and_outputs_inside_the_study(study, tmp_path: Path) -> None:
@@ -431,6 +460,12 @@ def test_the_report_shows_the_spacing_each_source_gave() -> None:
     assert "sds take the pixel spacing as exact" in section
     widened = _qc_section([{**r, "spacing_sd_percent": 4.0} for r in rows])
     assert "sds include a pixel spacing sd of 4 %" in widened
+    # a study list's per-file sds: which, for how many, and how many measured radiographs have none
+    measured = [{**r, "ood_score": 1.0} for r in rows[:4]]
+    listed = [{**r, "spacing_sd_percent": sd} for r, sd in zip(measured, (4.0, 4.0, 2.5, ""), strict=True)]
+    line = _qc_section(listed)
+    assert "sds of 3 radiographs include a pixel spacing sd (2.5 %: 1, 4 %: 2;" in line
+    assert "those of the other 1 take the spacing as exact" in line
 
 
 def test_the_report_says_how_precisely_each_muscle_is_measured() -> None:
@@ -538,6 +573,99 @@ def test_a_spacing_sd_is_added_alike_by_screen_ray_and_predict(study, tmp_path: 
                 assert float(got[column]) > float(narrower[column])
     again = runner.invoke(app, ["screen", str(subset), "--out", str(tmp_path / "local")])
     assert again.exit_code == 2 and "other spacing_sd_percent" in again.output
+
+
+@pytest.fixture(scope="module")
+def listed_study(study, screened, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A study list as a spreadsheet in a decimal-comma language exports it (semicolons, a
+    byte-order mark, a decimal comma): per-file spacings and spacing sds, and cells that are wrong."""
+    folder, expected = study
+    _, reference = screened
+    good = sorted(name for name in expected if "/good/" in name)[:3]
+    film = next(name for name in expected if name.endswith("film16.png"))  # a PNG without spacing
+    photo = next(name for name in expected if name.endswith("photo.png"))
+    spacing = float(next(r for r in reference if r["image"] == good[0])["pixel_spacing_mm"])
+    root = tmp_path_factory.mktemp("listed")
+    lines = [
+        "Path;Pixel_Spacing_mm;spacing_sd_percent",
+        f"{good[0]};;4",
+        f"{good[1]};;",
+        f"{film};{f'{spacing:.3f}'.replace('.', ',')};",
+        f"{photo};abc;",  # line 5
+        f"{good[2]};;3",
+        f"{good[2]};;5",  # line 7: the same file with another sd
+    ]
+    listing = root / "list.csv"
+    listing.write_text("\ufeff" + "\r\n".join(lines) + "\r\n", encoding="utf-8")
+    references = {}
+    for name, args in (
+        ("widened", [good[0], "--spacing-sd-percent", "4"]),
+        ("plain", [good[1]]),
+        ("film", [film, "--pixel-spacing", f"{spacing:.3f}"]),
+    ):
+        result = runner.invoke(app, ["predict", *args, "--out", str(root / name)])
+        assert result.exit_code == 0, result.output
+        references[f"{name}_row"] = _rows(root / name / "predictions.csv")[0]
+    return {"list": listing, "good": good, "film": film, "photo": photo, "spacing": spacing, **references}
+
+
+def _check_listed(rows: list[dict[str, str]], listed: dict[str, Any]) -> None:
+    by_image = {r["image"]: r for r in rows}
+    good, film = listed["good"], listed["film"]
+    sds = [c for c in rows[0] if c.startswith(("volume_sd_ml__", "group_volume_sd_ml__"))]
+    # the listed sd for the first file, none for the second: each as predict gives it
+    for name, key, percent in ((good[0], "widened_row", "4.000"), (good[1], "plain_row", "")):
+        got, want = by_image[name], listed[key]
+        assert got["spacing_sd_percent"] == percent and got["status"] == want["status"]
+        for column in sds:
+            assert float(got[column]) == pytest.approx(float(want[column]), abs=2e-3), (name, column)
+    # a PNG without spacing is measured at the listed one, as with --pixel-spacing
+    got, want = by_image[film], listed["film_row"]
+    assert got["status"] == want["status"] and got["spacing_source"] == "study list"
+    assert float(got["pixel_spacing_mm"]) == pytest.approx(listed["spacing"], abs=1e-3)
+    for column in (c for c in rows[0] if c.startswith("volume_ml__")):
+        assert float(got[column]) == pytest.approx(float(want[column]), abs=2e-3), column
+    photo, twice = by_image[listed["photo"]], by_image[good[2]]
+    assert photo["status"] == "error" and photo["reason"] == (
+        "list.csv line 5: pixel_spacing_mm 'abc' is not a number more than 0 (mm)"
+    )
+    assert twice["status"] == "error" and "lines 6 and 7" in twice["reason"]
+
+
+def test_a_study_list_gives_each_file_its_spacing_and_sd(listed_study, tmp_path: Path) -> None:
+    """A list's ``pixel_spacing_mm`` and ``spacing_sd_percent`` columns: each file measured as
+    ``predict`` measures it with those options; a bad cell costs its file's row; a resumed run
+    must be given the same values; ``--marker-mm`` beside listed spacings is refused."""
+    out = tmp_path / "out"
+    screen_study(listed_study["list"], out, workers=1, batch=2, report=False, progress=False, echo=str)
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 5
+    _check_listed(rows, listed_study)
+    # resumed with the same list and one more file: only that one is screened
+    listing = listed_study["list"]
+    longer = tmp_path / "longer.csv"
+    extra = listed_study["good"][0].replace("xr_00000", "xr_00003")
+    assert Path(extra).is_file()
+    longer.write_text(listing.read_text(encoding="utf-8-sig") + f"{extra};;\r\n", encoding="utf-8")
+    summary = screen_study(longer, out, workers=0, report=False, progress=False, echo=str)
+    assert summary.processed == 1 and len(_rows(out / "results.csv")) == 6
+    # a file already screened given another sd: refused, nothing changed
+    before = (out / "results.csv").read_bytes()
+    changed = tmp_path / "changed.csv"
+    changed.write_text(longer.read_text(encoding="utf-8").replace(";;4", ";;2"), encoding="utf-8")
+    again = runner.invoke(app, ["screen", str(changed), "--out", str(out)])
+    assert again.exit_code == 2 and "other pixel_spacing_mm or spacing_sd_percent" in again.output
+    assert (out / "results.csv").read_bytes() == before
+    marker = runner.invoke(app, ["screen", str(listing), "--out", str(tmp_path / "m"), "--marker-mm", "25"])
+    assert marker.exit_code == 2 and "--marker-mm would overrule" in marker.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_study_lists_values_travel_to_ray(listed_study, tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an extra: pip install '.[ray]'")
+    out = tmp_path / "ray"
+    screen_study(listed_study["list"], out, ray=True, batch=2, report=False, progress=False, echo=str)
+    _check_listed(_rows(out / "results.csv"), listed_study)
 
 
 def test_compare_reads_a_screens_results(screened, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ class Decoded:
     index: int
     prepared: Prepared
     study: dict[str, Any] = field(default_factory=dict)
+    listed: list[float | None] = field(default_factory=lambda: [None, None])  # StudyInput.listed
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,30 @@ class DecodeSettings:
     pixel_spacing: float | None
     salt: str
     keep_identifiers: bool
+    spacing_sd_percent: float | None = None  # the run's; a study list's per-file value wins
 
 
 def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
-    """Read one input and bring it to the model's grid. Never raises: problems become its status."""
+    """Read one input and bring it to the model's grid. Never raises: problems become its status.
+
+    The pixel spacing and spacing sd that the study list gives the input win over the run's
+    (``--pixel-spacing``, ``--spacing-sd-percent``); a listed spacing's source is ``study list``.
+    """
     if item.problem:
-        return Decoded(item.index, Prepared(item.name, status="error", reason=item.problem))
+        return Decoded(
+            item.index, Prepared(item.name, status="error", reason=item.problem), listed=item.listed
+        )
+    listed_spacing = item.pixel_spacing is not None
     try:
         prepared, radiograph = read_and_prepare(
-            item.path, settings.target, pixel_spacing=settings.pixel_spacing
+            item.path,
+            settings.target,
+            pixel_spacing=item.pixel_spacing if listed_spacing else settings.pixel_spacing,
+        )
+        if listed_spacing and prepared.spacing_source == "user":
+            prepared.spacing_source = "study list"
+        prepared.spacing_sd_percent = (
+            item.spacing_sd_percent if item.spacing_sd_percent is not None else settings.spacing_sd_percent
         )
         meta = radiograph.metadata if radiograph is not None else {}
         study = study_metadata(meta, settings.salt, keep_identifiers=settings.keep_identifiers)
@@ -53,7 +69,7 @@ def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
         study = {}
     prepared.path = item.name  # read from the path, shown by its name
     study["content_sha256"] = file_sha256(item.path)
-    return Decoded(item.index, prepared, study)
+    return Decoded(item.index, prepared, study, item.listed)
 
 
 def _decode_task(args: tuple[StudyInput, DecodeSettings]) -> Decoded:
@@ -106,4 +122,4 @@ def _decode_alone(item: StudyInput, settings: DecodeSettings, context: Any) -> D
             return solo.submit(_decode_task, (item, settings)).result()
         except BrokenProcessPool:
             prepared = Prepared(item.name, status="error", reason="reading it crashed the decoder")
-            return Decoded(item.index, prepared, {"content_sha256": file_sha256(item.path)})
+            return Decoded(item.index, prepared, {"content_sha256": file_sha256(item.path)}, item.listed)

@@ -51,9 +51,10 @@ class McResult:
     ``features`` are the pooled features used by the out-of-distribution score
     (with ``twins``, averaged with the mirrored image's: see :func:`image_features`).
     ``volume_sd_draws`` is the spread over the dropout draws alone (equal to ``volume_sd``
-    without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set from
-    :func:`xraymuscle.spacing_error.spacing_sds` when a spacing sd of ``spacing_sd_percent`` % is
-    asked for, are what it adds to each volume's (and mass's) sd. ``volume_correlation``
+    without an aleatoric head). ``spacing_volume_sd`` and ``spacing_mass_sd``, set by
+    :func:`xraymuscle.spacing_error.attach_spacing_sds` when some image carries a spacing sd
+    (``spacing_sd_percent``, per image: NaN for none), are what it adds to each volume's (and
+    mass's) sd (0 for an image without one). ``volume_correlation``
     ``(N, K, K)`` is how the muscles' volumes vary together over the draws, ``mass_correlation``
     their masses' (for the sd of a sum of muscles: :mod:`xraymuscle.muscle_groups`).
     """
@@ -70,7 +71,7 @@ class McResult:
     mass_correlation: np.ndarray | None = None
     spacing_volume_sd: np.ndarray | None = None
     spacing_mass_sd: np.ndarray | None = None
-    spacing_sd_percent: float | None = None
+    spacing_sd_percent: np.ndarray | None = None
 
 
 def mc_predict(

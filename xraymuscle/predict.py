@@ -46,7 +46,7 @@ from xraymuscle.prepare import (
 )
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import LOCK_FILE, locks_output
-from xraymuscle.spacing_error import check_spacing_sd, spacing_sds
+from xraymuscle.spacing_error import attach_spacing_sds, check_spacing_sd
 from xraymuscle.study import find_inputs, left_out_line
 
 __all__ = [
@@ -147,6 +147,7 @@ def predict_images(
         ]
         for p in chunk:
             p.path = shown(p.path)  # read from the path, shown by its name
+            p.spacing_sd_percent = spacing_sd_percent
         ready = [p for p in chunk if p.image is not None]
         results: dict[int, Any] = {}
         if ready:
@@ -160,18 +161,7 @@ def predict_images(
                 device=device,
                 twins=model.twins,
             )
-            if spacing_sd_percent is not None:
-                mc.spacing_volume_sd, mc.spacing_mass_sd = spacing_sds(
-                    model.network,
-                    images,
-                    torch.from_numpy(np.stack([p.probes for p in ready if p.probes is not None])),
-                    percent=spacing_sd_percent,
-                    pixel_area_mm2=model.pixel_spacing_mm**2,
-                    map_scale_mm=float(model.meta["map_scale_mm"]),
-                    twins=model.twins,
-                    device=device,
-                )
-                mc.spacing_sd_percent = spacing_sd_percent
+            attach_spacing_sds(mc, model, images, ready, device=device)
             scores = model.ood.score(mc.features)
             for i, p in enumerate(ready):
                 results[id(p)] = (mc, i, float(scores[i]))
@@ -283,7 +273,8 @@ def prediction_row(p: Prepared, model: LoadedModel, result: Any) -> dict[str, An
             row, model, "mass", mc.mass[i], model_mass_sd, mc.mass_correlation, mc.spacing_mass_sd, i
         )
     row["ood_score"] = score
-    row["spacing_sd_percent"] = mc.spacing_sd_percent
+    percent = None if mc.spacing_sd_percent is None else float(mc.spacing_sd_percent[i])
+    row["spacing_sd_percent"] = percent if percent is not None and math.isfinite(percent) else None
     if not (np.isfinite(volume).all() and np.isfinite(total).all() and math.isfinite(score)):
         # a NaN compares false with every threshold: without this it would pass as "ok"
         row["status"] = "error"

@@ -54,6 +54,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     # (2, S, S): the image as if its spacing were PROBE_FACTORS times its own (see spacing_error)
     probes: np.ndarray | None = None
+    spacing_sd_percent: float | None = None  # the spacing's relative sd that the volumes' sds carry
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,10 @@ def _encode(decoded: Any, size: int, probes: bool) -> dict[str, Any]:
         "reason": p.reason,
         "spacing_mm": p.spacing_mm,
         "spacing_source": p.spacing_source,
+        "spacing_sd_percent": p.spacing_sd_percent,
         "notes": p.notes,
         "study": decoded.study,
+        "listed": decoded.listed,
     }
     image = p.image if p.image is not None else np.zeros((size, size), np.float32)
     row = {"index": decoded.index, "image": image, "has_image": p.image is not None, "info": json.dumps(info)}
@@ -84,11 +86,11 @@ def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
 
     records = [
         _encode(
-            decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q)), settings),
+            decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q), *json.loads(str(v))), settings),
             settings.target.size,
             settings.target.spacing_probes,
         )
-        for i, p, q in zip(batch["index"], batch["path"], batch["problem"], strict=True)
+        for i, p, q, v in zip(batch["index"], batch["path"], batch["problem"], batch["listed"], strict=True)
     ]
     arrays = ("image", "probes")
     return {k: (np.stack if k in arrays else np.array)([r[k] for r in records]) for k in records[0]}
@@ -103,7 +105,6 @@ class _InferenceActor:
         out: str,
         overlays: str,
         batch: int,
-        spacing_sd_percent: float | None,
     ) -> None:
         from xraymuscle.model import load_model
         from xraymuscle.screen import Inference
@@ -114,9 +115,8 @@ class _InferenceActor:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_model(Path(model_dir), device=device)
         self.inference = Inference(
-            model, samples=samples, device=device, out=Path(out), overlays=overlays, batch=batch,
-            spacing_sd_percent=spacing_sd_percent,
-        )  # fmt: skip
+            model, samples=samples, device=device, out=Path(out), overlays=overlays, batch=batch
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from xraymuscle.decoding import Decoded
@@ -136,8 +136,9 @@ class _InferenceActor:
                 probes=np.asarray(batch["probes"][i], np.float32)
                 if "probes" in batch and bool(batch["has_probes"][i])
                 else None,
+                spacing_sd_percent=info["spacing_sd_percent"],
             )
-            decoded.append(Decoded(int(batch["index"][i]), prepared, info["study"]))
+            decoded.append(Decoded(int(batch["index"][i]), prepared, info["study"], info["listed"]))
         rows = self.inference.rows(decoded)
         return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
 
@@ -153,7 +154,6 @@ def screen_row_batches(
     overlays: str,
     batch: int,
     address: str | None,
-    spacing_sd_percent: float | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The finished rows of ``todo``, in batches, computed on Ray (order not kept; the caller sorts)."""
     if not todo:
@@ -166,7 +166,10 @@ def screen_row_batches(
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     actors = gpus if use_gpu else max(1, cpus // 4)
     # paths travel as bytes: a file name that is not valid UTF-8 is no Arrow string
-    items = [{"index": t.index, "path": os.fsencode(t.path), "problem": t.problem} for t in todo]
+    items = [
+        {"index": t.index, "path": os.fsencode(t.path), "problem": t.problem, "listed": json.dumps(t.listed)}
+        for t in todo
+    ]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch + 1, 4 * cpus)))
     decoded = dataset.map_batches(
         _decode_rows, fn_kwargs={"settings": settings}, batch_size=batch, num_cpus=1
@@ -180,7 +183,6 @@ def screen_row_batches(
             "out": str(out),
             "overlays": overlays,
             "batch": batch,
-            "spacing_sd_percent": spacing_sd_percent,
         },
         batch_size=batch,
         num_gpus=1 if use_gpu else 0,

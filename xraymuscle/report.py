@@ -155,18 +155,31 @@ def _spacing_table(rows: Sequence[dict[str, Any]]) -> str:
         f"<td>{min(v):.4f} – {max(v):.4f}</td></tr>"
         for source, v in sorted(spacings.items(), key=lambda item: -len(item[1]))
     )
-    given = sorted(
-        {float(r["spacing_sd_percent"]) for r in rows if r.get("spacing_sd_percent") not in (None, "")}
-    )
-    carried = (
-        f"<p>The volumes' sds include a pixel spacing sd of {', '.join(f'{v:g}' for v in given)} % "
-        "(--spacing-sd-percent).</p>"
-        if given
-        else "<p>The volumes' sds take the pixel spacing as exact (no --spacing-sd-percent).</p>"
-    )
     return (
         "<p>Pixel spacing at the hip (mm), by where it came from:</p><table><tr><th>source</th>"
-        f"<th>radiographs</th><th>median</th><th>range</th></tr>{lines}</table>{carried}"
+        f"<th>radiographs</th><th>median</th><th>range</th></tr>{lines}</table>{_spacing_sd_line(rows)}"
+    )
+
+
+def _spacing_sd_line(rows: Sequence[dict[str, Any]]) -> str:
+    """Whether the volumes' sds carry a pixel spacing sd (``--spacing-sd-percent``, or a study
+    list's per-file one), and which, for how many radiographs."""
+    given = Counter(
+        float(r["spacing_sd_percent"]) for r in rows if r.get("spacing_sd_percent") not in (None, "")
+    )
+    without = sum(
+        1 for r in rows if r.get("ood_score") not in (None, "") and r.get("spacing_sd_percent") in (None, "")
+    )
+    where = "--spacing-sd-percent or the study list"
+    if not given:
+        return "<p>The volumes' sds take the pixel spacing as exact (no --spacing-sd-percent).</p>"
+    if len(given) == 1 and not without:
+        return f"<p>The volumes' sds include a pixel spacing sd of {next(iter(given)):g} % ({where}).</p>"
+    counts = ", ".join(f"{v:g} %: {n}" for v, n in sorted(given.items()))
+    others = f"; those of the other {without} take the spacing as exact" if without else ""
+    return (
+        f"<p>The volumes' sds of {sum(given.values())} radiographs include a pixel spacing sd "
+        f"({counts}; {where}){others}.</p>"
     )
 
 

@@ -48,8 +48,16 @@ from xraymuscle.predict import (
 )
 from xraymuscle.prepare import check_spacing_options
 from xraymuscle.run_lock import is_empty, locks_output
-from xraymuscle.spacing_error import check_spacing_sd, spacing_sds
-from xraymuscle.study import METADATA_COLUMNS, StudyInput, find_inputs, left_out_line, load_or_make_salt
+from xraymuscle.spacing_error import attach_spacing_sds, check_spacing_sd
+from xraymuscle.study import (
+    METADATA_COLUMNS,
+    SPACING_COLUMN,
+    SPACING_SD_COLUMN,
+    StudyInput,
+    find_inputs,
+    left_out_line,
+    load_or_make_salt,
+)
 
 JOURNAL = "journal.jsonl"
 RUN_FILE = "screen.json"
@@ -83,11 +91,9 @@ class Inference:
         out: Path,
         overlays: str,
         batch: int,
-        spacing_sd_percent: float | None = None,
     ) -> None:
         self.model, self.samples, self.device = model, samples, device
         self.out, self.overlays, self.batch = out, overlays, batch
-        self.spacing_sd_percent = spacing_sd_percent
 
     def rows(self, decoded: Sequence[Decoded]) -> list[dict[str, Any]]:
         ready = [d for d in decoded if d.prepared.image is not None]
@@ -105,20 +111,8 @@ class Inference:
                 keep_maps=self.overlays != "none",
                 twins=self.model.twins,
             )
-            if self.spacing_sd_percent is not None:
-                probes = [d.prepared.probes for d in ready if d.prepared.probes is not None]
-                mc.spacing_volume_sd, mc.spacing_mass_sd = spacing_sds(
-                    self.model.network,
-                    images,
-                    torch.from_numpy(np.stack(probes)),
-                    percent=self.spacing_sd_percent,
-                    pixel_area_mm2=self.model.pixel_spacing_mm**2,
-                    map_scale_mm=float(self.model.meta["map_scale_mm"]),
-                    twins=self.model.twins,
-                    batch=self.batch,
-                    device=self.device,
-                )
-                mc.spacing_sd_percent = self.spacing_sd_percent
+            prepared = [d.prepared for d in ready]
+            attach_spacing_sds(mc, self.model, images, prepared, batch=self.batch, device=self.device)
             scores = self.model.ood.score(mc.features)
             results = {d.index: (mc, i, float(scores[i])) for i, d in enumerate(ready)}
         rows = []
@@ -127,6 +121,7 @@ class Inference:
             row = prediction_row(d.prepared, self.model, result)
             row.update(d.study)
             row["index"] = d.index
+            row["listed"] = d.listed  # the study list's values: a resumed run must be given the same
             row["overlay"] = ""
             if result is not None and self._wants_picture(row):
                 mc_, i, _ = result
@@ -220,6 +215,13 @@ def screen_study(
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
     inputs = find_inputs(source, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
+    if marker_mm is not None and any(i.pixel_spacing is not None for i in inputs):
+        raise InputError(
+            f"the list gives pixel spacings ({SPACING_COLUMN}), which --marker-mm would overrule; "
+            "leave out one of them",
+            source,
+        )
+    listed_sd = any(i.spacing_sd_percent is not None for i in inputs)
     on_ray = ray or ray_address is not None
     model = load_model(model_dir or default_model_dir(), device="cpu" if on_ray else device)
     samples = mc_samples or int(model.meta["mc_samples"])
@@ -240,6 +242,7 @@ def screen_study(
     _check_same_run(out, settings_run)
     write_text_atomic(out / RUN_FILE, json.dumps(settings_run, indent=2) + "\n")
     journal = Journal(out / JOURNAL, "image")
+    _check_same_listing(out, inputs, journal)
     todo = [item for item in inputs if item.name not in journal]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(
@@ -248,11 +251,12 @@ def screen_study(
             magnification=magnification,
             marker_mm=marker_mm,
             hip_height_mm=hip_height_mm,
-            spacing_probes=spacing_sd_percent is not None,
+            spacing_probes=spacing_sd_percent is not None or listed_sd,
         ),
         pixel_spacing,
         salt,
         keep_identifiers,
+        spacing_sd_percent,
     )
     columns = table_columns(model, keep_identifiers=keep_identifiers)
     numeric = numeric_columns(model) | NUMERIC_STUDY_COLUMNS
@@ -272,13 +276,9 @@ def screen_study(
         batches = screen_row_batches(
             todo, settings, model_dir=model.path, device=device, samples=samples,
             out=out, overlays=overlays, batch=batch, address=ray_address,
-            spacing_sd_percent=spacing_sd_percent,
         )  # fmt: skip
     else:
-        inference = Inference(
-            model, samples=samples, device=device, out=out, overlays=overlays, batch=batch,
-            spacing_sd_percent=spacing_sd_percent,
-        )  # fmt: skip
+        inference = Inference(model, samples=samples, device=device, out=out, overlays=overlays, batch=batch)
         n_workers = _default_workers() if workers is None else workers
         batches = _local_row_batches(todo, settings, inference, workers=n_workers, batch=batch)
     for rows in batches:
@@ -339,6 +339,23 @@ def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
         raise InputError(
             f"this folder holds a study screened with other {', '.join(changed)}; "
             "resume with the same settings or use another --out",
+            out,
+        )
+
+
+def _check_same_listing(out: Path, inputs: Sequence[StudyInput], journal: Journal) -> None:
+    """Refuse to resume where the study list now gives a file already screened another pixel
+    spacing or spacing sd than the run that screened it (its row would not say what it was)."""
+    changed = [
+        i.name
+        for i in inputs
+        if i.name in journal and journal.rows[i.name].get("listed", [None, None]) != i.listed
+    ]
+    if changed:
+        raise InputError(
+            f"the study list gives {len(changed)} file(s) screened here other {SPACING_COLUMN} or "
+            f"{SPACING_SD_COLUMN} than when they were screened (first: {changed[0]}); resume with "
+            "the same list or use another --out",
             out,
         )
 

@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # the probes are made in decoding workers, which need no PyTo
     import torch
 
     from training.unet import BayesianUNet
+    from xraymuscle.inference import McResult
+    from xraymuscle.model import LoadedModel
+    from xraymuscle.prepare import Prepared
 
 SPACING_STEP = 0.05  # the probes' spacing is 1 ± this times the image's
 PROBE_FACTORS = (1.0 + SPACING_STEP, 1.0 - SPACING_STEP)
@@ -67,7 +70,7 @@ def spacing_sds(
     images: torch.Tensor,
     probes: torch.Tensor,
     *,
-    percent: float,
+    percent: float | np.ndarray,
     pixel_area_mm2: float,
     map_scale_mm: float,
     twins: Sequence[int] | None = None,
@@ -75,9 +78,9 @@ def spacing_sds(
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per image and muscle, the sd (ml, and g for a mass head) that a relative spacing sd of
-    ``percent`` % adds, from the ``images`` ``(N, 1, S, S)`` on the grid and their ``probes``
-    ``(N, 2, S, S)``: each image normalised on the grid as if its spacing were
-    :data:`PROBE_FACTORS` times its own."""
+    ``percent`` % (one for all, or ``(N,)``, one per image) adds, from the ``images``
+    ``(N, 1, S, S)`` on the grid and their ``probes`` ``(N, 2, S, S)``: each image normalised on
+    the grid as if its spacing were :data:`PROBE_FACTORS` times its own."""
     import torch
 
     if images.shape[0] != probes.shape[0] or probes.shape[1] != len(PROBE_FACTORS):
@@ -90,9 +93,53 @@ def spacing_sds(
             integrals.append(_integrals(network, x, twins, pixel_area_mm2, map_scale_mm))
     sums = torch.cat(integrals).reshape(len(views), 3, -1).double()
     steps = sums[:, 1:] - sums[:, :1]  # V± − V₀
-    sd = (steps.square().mean(dim=1).sqrt() / SPACING_STEP * percent / 100.0).cpu().numpy()
+    per_step = (steps.square().mean(dim=1).sqrt() / SPACING_STEP).cpu().numpy()
+    sd = per_step * np.broadcast_to(np.asarray(percent, np.float64), (len(views),))[:, None] / 100.0
     k = network.out_channels
     return sd[:, :k], (sd[:, k:] if network.mass_head else None)
+
+
+def attach_spacing_sds(
+    mc: McResult,
+    model: LoadedModel,
+    images: torch.Tensor,
+    prepared: Sequence[Prepared],
+    *,
+    batch: int = 8,
+    device: str = "cpu",
+) -> None:
+    """Set ``mc``'s spacing sds for the ``images`` (``(N, 1, S, S)``, the grid images of
+    ``prepared``, in order) whose :attr:`Prepared.spacing_sd_percent` is set: each its own
+    percent, from its probes; the other images keep their sds as they are (a spacing sd of 0,
+    and NaN for its percent). Nothing is set when no image carries one."""
+    import torch
+
+    percent = np.array(
+        [
+            np.nan if p.spacing_sd_percent is None or p.probes is None else p.spacing_sd_percent
+            for p in prepared
+        ]
+    )
+    chosen = np.flatnonzero(np.isfinite(percent))
+    if not len(chosen):
+        return
+    volume_sd, mass_sd = spacing_sds(
+        model.network,
+        images[torch.from_numpy(chosen)],
+        torch.from_numpy(np.stack([prepared[int(i)].probes for i in chosen])),  # type: ignore[misc]
+        percent=percent[chosen],
+        pixel_area_mm2=model.pixel_spacing_mm**2,
+        map_scale_mm=float(model.meta["map_scale_mm"]),
+        twins=model.twins,
+        batch=batch,
+        device=device,
+    )
+    mc.spacing_volume_sd = np.zeros((len(prepared), volume_sd.shape[1]))
+    mc.spacing_volume_sd[chosen] = volume_sd
+    if mass_sd is not None:
+        mc.spacing_mass_sd = np.zeros((len(prepared), mass_sd.shape[1]))
+        mc.spacing_mass_sd[chosen] = mass_sd
+    mc.spacing_sd_percent = percent
 
 
 def _integrals(
