@@ -438,7 +438,8 @@ def compare(
 @user_errors
 def predict(
     images: Annotated[
-        list[Path], typer.Argument(help="Radiographs (DICOM, PNG, JPEG, TIFF), or folders of them.")
+        list[Path],
+        typer.Argument(help="Radiographs (DICOM, PNG, JPEG, TIFF), folders of them, or CSV lists of them."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     model: ModelOpt = None,

@@ -635,7 +635,8 @@ def _check_listed(rows: list[dict[str, str]], listed: dict[str, Any]) -> None:
 def test_a_study_list_gives_each_file_its_spacing_and_sd(listed_study, tmp_path: Path) -> None:
     """A list's ``pixel_spacing_mm`` and ``spacing_sd_percent`` columns: each file measured as
     ``predict`` measures it with those options; a bad cell costs its file's row; a resumed run
-    must be given the same values; ``--marker-mm`` beside listed spacings is refused."""
+    must be given the same values; ``--marker-mm`` beside listed spacings is refused (by
+    ``predict`` too)."""
     out = tmp_path / "out"
     screen_study(listed_study["list"], out, workers=1, batch=2, report=False, progress=False, echo=str)
     rows = _rows(out / "results.csv")
@@ -656,9 +657,21 @@ def test_a_study_list_gives_each_file_its_spacing_and_sd(listed_study, tmp_path:
     again = runner.invoke(app, ["screen", str(changed), "--out", str(out)])
     assert again.exit_code == 2 and "other pixel_spacing_mm or spacing_sd_percent" in again.output
     assert (out / "results.csv").read_bytes() == before
-    marker = runner.invoke(app, ["screen", str(listing), "--out", str(tmp_path / "m"), "--marker-mm", "25"])
-    assert marker.exit_code == 2 and "--marker-mm would overrule" in marker.output
-    assert not (tmp_path / "m").exists()
+    for command in ("screen", "predict"):
+        marker = runner.invoke(
+            app, [command, str(listing), "--out", str(tmp_path / "m"), "--marker-mm", "25"]
+        )
+        assert marker.exit_code == 2 and "--marker-mm would overrule" in marker.output
+        assert not (tmp_path / "m").exists()
+
+
+def test_predict_reads_a_study_list_as_screen_does(listed_study, tmp_path: Path) -> None:
+    """``predict list.csv``: the listed files, each with its listed spacing and spacing sd."""
+    result = runner.invoke(app, ["predict", str(listed_study["list"]), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "p" / "predictions.csv")
+    assert len(rows) == 5
+    _check_listed(rows, listed_study)
 
 
 def test_a_study_lists_values_travel_to_ray(listed_study, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xraymuscle.prepare import GridTarget, Prepared, read_and_prepare
+from xraymuscle.radiograph import Radiograph
 from xraymuscle.study import StudyInput, file_sha256, study_metadata
 
 
@@ -41,26 +42,17 @@ class DecodeSettings:
 
 
 def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
-    """Read one input and bring it to the model's grid. Never raises: problems become its status.
-
-    The pixel spacing and spacing sd that the study list gives the input win over the run's
-    (``--pixel-spacing``, ``--spacing-sd-percent``); a listed spacing's source is ``study list``.
-    """
+    """Read one input and bring it to the model's grid. Never raises: problems become its status."""
     if item.problem:
         return Decoded(
             item.index, Prepared(item.name, status="error", reason=item.problem), listed=item.listed
         )
-    listed_spacing = item.pixel_spacing is not None
     try:
-        prepared, radiograph = read_and_prepare(
-            item.path,
+        prepared, radiograph = prepare_input(
+            item,
             settings.target,
-            pixel_spacing=item.pixel_spacing if listed_spacing else settings.pixel_spacing,
-        )
-        if listed_spacing and prepared.spacing_source == "user":
-            prepared.spacing_source = "study list"
-        prepared.spacing_sd_percent = (
-            item.spacing_sd_percent if item.spacing_sd_percent is not None else settings.spacing_sd_percent
+            pixel_spacing=settings.pixel_spacing,
+            spacing_sd_percent=settings.spacing_sd_percent,
         )
         meta = radiograph.metadata if radiograph is not None else {}
         study = study_metadata(meta, settings.salt, keep_identifiers=settings.keep_identifiers)
@@ -70,6 +62,27 @@ def decode(item: StudyInput, settings: DecodeSettings) -> Decoded:
     prepared.path = item.name  # read from the path, shown by its name
     study["content_sha256"] = file_sha256(item.path)
     return Decoded(item.index, prepared, study, item.listed)
+
+
+def prepare_input(
+    item: StudyInput,
+    target: GridTarget,
+    *,
+    pixel_spacing: float | None = None,
+    spacing_sd_percent: float | None = None,
+) -> tuple[Prepared, Radiograph | None]:
+    """:func:`read_and_prepare` for one input of a study: the pixel spacing and spacing sd that
+    its study list gives win over the run's (``--pixel-spacing``, ``--spacing-sd-percent``), and
+    a listed spacing's source is ``study list``. The input's own problem is not looked at."""
+    listed_spacing = item.pixel_spacing is not None
+    prepared, radiograph = read_and_prepare(
+        item.path, target, pixel_spacing=item.pixel_spacing if listed_spacing else pixel_spacing
+    )
+    if listed_spacing and prepared.spacing_source == "user":
+        prepared.spacing_source = "study list"
+    listed_sd = item.spacing_sd_percent
+    prepared.spacing_sd_percent = listed_sd if listed_sd is not None else spacing_sd_percent
+    return prepared, radiograph
 
 
 def _decode_task(args: tuple[StudyInput, DecodeSettings]) -> Decoded:

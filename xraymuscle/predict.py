@@ -24,6 +24,7 @@ import io
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xraymuscle.atomic import write_text_atomic
+from xraymuscle.decoding import prepare_input
 from xraymuscle.errors import InputError
 from xraymuscle.inference import check_mc_samples, mc_predict
 from xraymuscle.model import LoadedModel, load_model
@@ -47,7 +49,7 @@ from xraymuscle.prepare import (
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import LOCK_FILE, locks_output
 from xraymuscle.spacing_error import attach_spacing_sds, check_spacing_sd
-from xraymuscle.study import find_inputs, left_out_line
+from xraymuscle.study import StudyInput, check_listed_spacings, find_inputs, left_out_line
 
 __all__ = [
     "STATUSES",
@@ -121,16 +123,18 @@ def predict_images(
     check_mc_samples(mc_samples)
     check_spacing_options(pixel_spacing, magnification, hip_height_mm, marker_mm)
     check_spacing_sd(spacing_sd_percent)
+    inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
+    if not inputs:
+        raise InputError("no images given")
+    check_listed_spacings(inputs, marker_mm)
     target = GridTarget.of(
         model,
         magnification=magnification,
         marker_mm=marker_mm,
         hip_height_mm=hip_height_mm,
-        spacing_probes=spacing_sd_percent is not None,
+        spacing_probes=spacing_sd_percent is not None
+        or any(i.spacing_sd_percent is not None for i in inputs),
     )
-    inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
-    if not inputs:
-        raise InputError("no images given")
     out = Path(out)
     _check_out(out)
     earlier = picture_names(out / "predictions.csv")  # an earlier run's, replaced by this one's
@@ -140,14 +144,15 @@ def predict_images(
     bar = tqdm(total=len(inputs), desc="predicting", unit="image", disable=not progress)
     for start in range(0, len(inputs), BATCH):
         chunk = [
-            Prepared(str(p), status="error", reason=problem)
-            if problem
-            else prepare(p, target, pixel_spacing=pixel_spacing)
-            for p, problem in inputs[start : start + BATCH]
+            Prepared(item.path, status="error", reason=item.problem)
+            if item.problem
+            else prepare_input(
+                item, target, pixel_spacing=pixel_spacing, spacing_sd_percent=spacing_sd_percent
+            )[0]
+            for item in inputs[start : start + BATCH]
         ]
         for p in chunk:
             p.path = shown(p.path)  # read from the path, shown by its name
-            p.spacing_sd_percent = spacing_sd_percent
         ready = [p for p in chunk if p.image is not None]
         results: dict[int, Any] = {}
         if ready:
@@ -210,25 +215,28 @@ def expand_folders(
     *,
     skip: str | Path | None = None,
     on_output_folder: Callable[[str], None] | None = None,
-) -> list[tuple[str | Path, str]]:
+) -> list[StudyInput]:
     """The paths as given, each folder replaced by the radiographs in it, found as ``screen``
     finds a study's (recursively, in a stable order, not searching the folder ``skip`` nor the
-    output folders of earlier runs, which ``on_output_folder`` is told of), each with the problem
-    found while listing (``""`` for none): a subfolder that cannot be read, or a folder with no
-    radiographs, becomes a row of its own with status ``error`` and that reason.
+    output folders of earlier runs, which ``on_output_folder`` is told of), and each ``.csv``
+    file by the files it lists (a study list, with any per-file spacing and spacing sd: see
+    :mod:`xraymuscle.study`), each with the problem found while listing (``""`` for none): a
+    subfolder that cannot be read, a folder with no radiographs, or a list that cannot be read
+    becomes a row of its own with status ``error`` and that reason.
     """
-    out: list[tuple[str | Path, str]] = []
+    out: list[StudyInput] = []
     for path in paths:
-        if not Path(path).is_dir():
-            out.append((path, ""))
+        is_list = Path(path).suffix.lower() == ".csv" and Path(path).is_file()
+        if not (Path(path).is_dir() or is_list):
+            out.append(StudyInput(len(out), str(path)))
             continue
-        if skip is not None and os.path.realpath(path) == os.path.realpath(skip):
+        if skip is not None and Path(path).is_dir() and os.path.realpath(path) == os.path.realpath(skip):
             raise InputError("--out must be a folder of its own, not one searched for radiographs", skip)
         try:
             found = find_inputs(path, skip=skip, on_output_folder=on_output_folder)
-            out += [(item.path, item.problem) for item in found]
+            out += [replace(item, index=len(out) + i) for i, item in enumerate(found)]
         except InputError as exc:
-            out.append((path, exc.problem))
+            out.append(StudyInput(len(out), str(path), exc.problem))
     return out
 
 

@@ -54,6 +54,7 @@ from xraymuscle.study import (
     SPACING_COLUMN,
     SPACING_SD_COLUMN,
     StudyInput,
+    check_listed_spacings,
     find_inputs,
     left_out_line,
     load_or_make_salt,
@@ -215,12 +216,7 @@ def screen_study(
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
     inputs = find_inputs(source, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
-    if marker_mm is not None and any(i.pixel_spacing is not None for i in inputs):
-        raise InputError(
-            f"the list gives pixel spacings ({SPACING_COLUMN}), which --marker-mm would overrule; "
-            "leave out one of them",
-            source,
-        )
+    check_listed_spacings(inputs, marker_mm)
     listed_sd = any(i.spacing_sd_percent is not None for i in inputs)
     on_ray = ray or ray_address is not None
     model = load_model(model_dir or default_model_dir(), device="cpu" if on_ray else device)

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,16 @@ def find_inputs(
         StudyInput(i, name, problems.get(name, ""), *listed.get(name, (None, None)))
         for i, name in enumerate(names)
     ]
+
+
+def check_listed_spacings(inputs: Sequence[StudyInput], marker_mm: float | None) -> None:
+    """Refuse pixel spacings from a study list beside ``--marker-mm``, which would overrule them."""
+    listed = next((i for i in inputs if i.pixel_spacing is not None), None)
+    if marker_mm is not None and listed is not None:
+        raise InputError(
+            f"a study list gives {shown(listed.path)} a pixel spacing ({SPACING_COLUMN}), which "
+            "--marker-mm would overrule; leave out one of them"
+        )
 
 
 def left_out_line(folder: str) -> str:
