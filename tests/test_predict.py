@@ -819,6 +819,37 @@ def test_a_given_hip_height_sets_each_films_magnification(new_phantom: DrrDatase
     )
 
 
+def test_a_study_list_gives_each_film_its_hip_height(new_phantom: DrrDataset, tmp_path: Path) -> None:
+    """A list's ``hip_height_mm``: that film's magnification from its own hip height and
+    source-to-detector distance, the others' as without it; beside ``--magnification`` refused."""
+    pixels, spacing = new_phantom.sample(0)["image"], float(new_phantom.info["pixel_spacing_mm"])
+    detector = spacing * 1.2
+    for name in ("thick", "plain"):
+        path = write_dx(tmp_path / f"{name}.dcm", pixels, pixel_spacing_mm=spacing)
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing, ds.PixelSpacingCalibrationType
+        ds.ImagerPixelSpacing = [f"{detector:.6g}"] * 2
+        ds.DistanceSourceToDetector = "1150"
+        ds.save_as(path, enforce_file_format=True)
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,hip_height_mm\nthick.dcm,230\nplain.dcm,\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(listing), "--out", str(out), "--hip-height-mm", "150"])
+    assert result.exit_code == 0, result.output
+    with (out / "predictions.csv").open() as fh:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(fh)}
+    assert float(rows["thick"]["pixel_spacing_mm"]) == pytest.approx(detector * (1150 - 230) / 1150, abs=6e-4)
+    assert float(rows["plain"]["pixel_spacing_mm"]) == pytest.approx(detector * (1150 - 150) / 1150, abs=6e-4)
+    assert "the hip 230 mm above the detector as given" in rows["thick"]["notes"]
+    assert (
+        rows["thick"]["volume_ml__gluteus_maximus_left"] != rows["plain"]["volume_ml__gluteus_maximus_left"]
+    )
+    refused = runner.invoke(
+        app, ["predict", str(listing), "--out", str(tmp_path / "x"), "--magnification", "1.2"]
+    )
+    assert refused.exit_code == 2 and "--magnification would overrule" in refused.output
+
+
 def test_a_spacing_sd_adds_what_the_spacing_moves_each_volume(
     new_phantom: DrrDataset, tmp_path: Path
 ) -> None:

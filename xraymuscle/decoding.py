@@ -12,12 +12,13 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from xraymuscle.prepare import GridTarget, Prepared, read_and_prepare
 from xraymuscle.radiograph import Radiograph
 from xraymuscle.study import StudyInput, file_sha256, study_metadata
+from xraymuscle.study_list import Listed
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Decoded:
     index: int
     prepared: Prepared
     study: dict[str, Any] = field(default_factory=dict)
-    listed: list[float | None] = field(default_factory=lambda: [None, None])  # StudyInput.listed
+    listed: Listed = Listed()  # what the study list gives the input (StudyInput.listed)
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,23 @@ def prepare_input(
     pixel_spacing: float | None = None,
     spacing_sd_percent: float | None = None,
 ) -> tuple[Prepared, Radiograph | None]:
-    """:func:`read_and_prepare` for one input of a study: the pixel spacing and spacing sd that
-    its study list gives win over the run's (``--pixel-spacing``, ``--spacing-sd-percent``), and
-    a listed spacing's source is ``study list``. The input's own problem is not looked at."""
-    listed_spacing = item.pixel_spacing is not None
+    """:func:`read_and_prepare` for one input of a study: what its study list gives it (a pixel
+    spacing, a spacing sd, a hip height) wins over the run's options (``--pixel-spacing``,
+    ``--spacing-sd-percent``, ``--hip-height-mm``); a listed spacing's source is ``study list``.
+    The input's own problem is not looked at."""
+    listed = item.listed
+    if listed.hip_height_mm is not None:
+        target = replace(target, hip_to_detector_mm=listed.hip_height_mm, hip_height_given=True)
     prepared, radiograph = read_and_prepare(
-        item.path, target, pixel_spacing=item.pixel_spacing if listed_spacing else pixel_spacing
+        item.path,
+        target,
+        pixel_spacing=pixel_spacing if listed.pixel_spacing is None else listed.pixel_spacing,
     )
-    if listed_spacing and prepared.spacing_source == "user":
+    if listed.pixel_spacing is not None and prepared.spacing_source == "user":
         prepared.spacing_source = "study list"
-    listed_sd = item.spacing_sd_percent
-    prepared.spacing_sd_percent = listed_sd if listed_sd is not None else spacing_sd_percent
+    prepared.spacing_sd_percent = (
+        spacing_sd_percent if listed.spacing_sd_percent is None else listed.spacing_sd_percent
+    )
     return prepared, radiograph
 
 

@@ -49,7 +49,8 @@ from xraymuscle.prepare import (
 from xraymuscle.preview import legend, montage, overlay_masks, side_marks, titled, write_png
 from xraymuscle.run_lock import LOCK_FILE, locks_output
 from xraymuscle.spacing_error import attach_spacing_sds, check_spacing_sd
-from xraymuscle.study import StudyInput, check_listed_spacings, find_inputs, left_out_line
+from xraymuscle.study import StudyInput, find_inputs, left_out_line
+from xraymuscle.study_list import check_listed
 
 __all__ = [
     "STATUSES",
@@ -126,14 +127,14 @@ def predict_images(
     inputs = expand_folders(paths, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
     if not inputs:
         raise InputError("no images given")
-    check_listed_spacings(inputs, marker_mm)
+    check_listed([i.listed for i in inputs], marker_mm=marker_mm, magnification=magnification)
     target = GridTarget.of(
         model,
         magnification=magnification,
         marker_mm=marker_mm,
         hip_height_mm=hip_height_mm,
         spacing_probes=spacing_sd_percent is not None
-        or any(i.spacing_sd_percent is not None for i in inputs),
+        or any(i.listed.spacing_sd_percent is not None for i in inputs),
     )
     out = Path(out)
     _check_out(out)

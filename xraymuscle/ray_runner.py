@@ -70,7 +70,7 @@ def _encode(decoded: Any, size: int, probes: bool) -> dict[str, Any]:
         "spacing_sd_percent": p.spacing_sd_percent,
         "notes": p.notes,
         "study": decoded.study,
-        "listed": decoded.listed,
+        "listed": decoded.listed.as_list(),
     }
     image = p.image if p.image is not None else np.zeros((size, size), np.float32)
     row = {"index": decoded.index, "image": image, "has_image": p.image is not None, "info": json.dumps(info)}
@@ -83,10 +83,14 @@ def _encode(decoded: Any, size: int, probes: bool) -> dict[str, Any]:
 def _decode_rows(batch: dict[str, np.ndarray], settings: Any) -> dict[str, Any]:
     from xraymuscle.decoding import decode
     from xraymuscle.study import StudyInput
+    from xraymuscle.study_list import Listed
 
     records = [
         _encode(
-            decode(StudyInput(int(i), os.fsdecode(bytes(p)), str(q), *json.loads(str(v))), settings),
+            decode(
+                StudyInput(int(i), os.fsdecode(bytes(p)), str(q), Listed.from_list(json.loads(str(v)))),
+                settings,
+            ),
             settings.target.size,
             settings.target.spacing_probes,
         )
@@ -121,6 +125,7 @@ class _InferenceActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from xraymuscle.decoding import Decoded
         from xraymuscle.prepare import Prepared
+        from xraymuscle.study_list import Listed
 
         decoded = []
         for i in range(len(batch["index"])):
@@ -138,7 +143,8 @@ class _InferenceActor:
                 else None,
                 spacing_sd_percent=info["spacing_sd_percent"],
             )
-            decoded.append(Decoded(int(batch["index"][i]), prepared, info["study"], info["listed"]))
+            listed = Listed.from_list(info["listed"])
+            decoded.append(Decoded(int(batch["index"][i]), prepared, info["study"], listed))
         rows = self.inference.rows(decoded)
         return {"row": np.array([json.dumps(r) for r in rows], dtype=object)}
 
@@ -167,7 +173,12 @@ def screen_row_batches(
     actors = gpus if use_gpu else max(1, cpus // 4)
     # paths travel as bytes: a file name that is not valid UTF-8 is no Arrow string
     items = [
-        {"index": t.index, "path": os.fsencode(t.path), "problem": t.problem, "listed": json.dumps(t.listed)}
+        {
+            "index": t.index,
+            "path": os.fsencode(t.path),
+            "problem": t.problem,
+            "listed": json.dumps(t.listed.as_list()),
+        }
         for t in todo
     ]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch + 1, 4 * cpus)))

@@ -51,14 +51,12 @@ from xraymuscle.run_lock import is_empty, locks_output
 from xraymuscle.spacing_error import attach_spacing_sds, check_spacing_sd
 from xraymuscle.study import (
     METADATA_COLUMNS,
-    SPACING_COLUMN,
-    SPACING_SD_COLUMN,
     StudyInput,
-    check_listed_spacings,
     find_inputs,
     left_out_line,
     load_or_make_salt,
 )
+from xraymuscle.study_list import Listed, check_listed
 
 JOURNAL = "journal.jsonl"
 RUN_FILE = "screen.json"
@@ -122,7 +120,7 @@ class Inference:
             row = prediction_row(d.prepared, self.model, result)
             row.update(d.study)
             row["index"] = d.index
-            row["listed"] = d.listed  # the study list's values: a resumed run must be given the same
+            row["listed"] = d.listed.as_list()  # a resumed run must be given the same
             row["overlay"] = ""
             if result is not None and self._wants_picture(row):
                 mc_, i, _ = result
@@ -216,8 +214,8 @@ def screen_study(
     if os.path.realpath(out) == os.path.realpath(source):
         raise InputError("--out must be a folder of its own, not the study's", out)
     inputs = find_inputs(source, skip=out, on_output_folder=lambda f: echo(left_out_line(f)))
-    check_listed_spacings(inputs, marker_mm)
-    listed_sd = any(i.spacing_sd_percent is not None for i in inputs)
+    check_listed([i.listed for i in inputs], marker_mm=marker_mm, magnification=magnification)
+    listed_sd = any(i.listed.spacing_sd_percent is not None for i in inputs)
     on_ray = ray or ray_address is not None
     model = load_model(model_dir or default_model_dir(), device="cpu" if on_ray else device)
     samples = mc_samples or int(model.meta["mc_samples"])
@@ -340,18 +338,18 @@ def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _check_same_listing(out: Path, inputs: Sequence[StudyInput], journal: Journal) -> None:
-    """Refuse to resume where the study list now gives a file already screened another pixel
-    spacing or spacing sd than the run that screened it (its row would not say what it was)."""
+    """Refuse to resume where the study list now gives a file already screened other values (a
+    pixel spacing, spacing sd or hip height) than the run that screened it: its row would not
+    say what it was made with."""
     changed = [
         i.name
         for i in inputs
-        if i.name in journal and journal.rows[i.name].get("listed", [None, None]) != i.listed
+        if i.name in journal and Listed.from_list(journal.rows[i.name].get("listed")) != i.listed
     ]
     if changed:
         raise InputError(
-            f"the study list gives {len(changed)} file(s) screened here other {SPACING_COLUMN} or "
-            f"{SPACING_SD_COLUMN} than when they were screened (first: {changed[0]}); resume with "
-            "the same list or use another --out",
+            f"the study list gives {len(changed)} file(s) screened here other values than when they "
+            f"were screened (first: {changed[0]}); resume with the same list or use another --out",
             out,
         )
 

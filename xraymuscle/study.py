@@ -2,38 +2,29 @@
 
 A study is a folder (searched recursively) or a CSV list of paths. Every input found keeps one
 place in a stable order (sorted paths), so a table, a resumed run and a rerun agree row for row.
-Folders that cannot be read become inputs of their own, so that they get a row saying so.
-
-A list may also give each file's pixel spacing at the hip (``pixel_spacing_mm``: for exports
-that lost it, or films whose spacing a study measured itself) and how far it can be trusted
-(``spacing_sd_percent``, see :mod:`xraymuscle.spacing_error`); an empty cell leaves the file's
-own, or the run's option. A cell that is not such a number makes its file an ``error`` row that
-says which line and why, as a file listed twice with different values does.
+Folders that cannot be read become inputs of their own, so that they get a row saying so. A
+list may also give single files a pixel spacing, a spacing sd or a hip height
+(:mod:`xraymuscle.study_list`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xraymuscle.atomic import write_text_atomic
-from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
 from xraymuscle.paths import shown
 from xraymuscle.run_lock import LOCK_FILE
-from xraymuscle.spacing_error import MAX_SPACING_SD_PERCENT
+from xraymuscle.study_list import Listed, read_study_list
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
-PATH_COLUMNS = ("path", "image", "file")
-# per-file values a study list may give: its spacing at the hip (mm) and that spacing's sd (%)
-SPACING_COLUMN, SPACING_SD_COLUMN = "pixel_spacing_mm", "spacing_sd_percent"
 SALT_FILE = "pseudonym_salt.txt"
 METADATA_COLUMNS = (
     "patient_pseudonym",
@@ -51,19 +42,12 @@ METADATA_COLUMNS = (
 @dataclass(frozen=True)
 class StudyInput:
     """One input of a study: its place in the order, its path, a problem found while listing, and
-    the pixel spacing (mm, at the hip) and spacing sd (%) its study list gives, if any."""
+    what its study list gives it."""
 
     index: int
     path: str
     problem: str = ""
-    pixel_spacing: float | None = None
-    spacing_sd_percent: float | None = None
-
-    @property
-    def listed(self) -> list[float | None]:
-        """The values the study list gives (``[pixel_spacing, spacing_sd_percent]``), as a
-        journal row keeps them: a resumed run must be given the same."""
-        return [self.pixel_spacing, self.spacing_sd_percent]
+    listed: Listed = Listed()
 
     @property
     def name(self) -> str:
@@ -85,10 +69,8 @@ def find_inputs(
     written by an earlier run (one holding its run lock, ``.xraymuscle.lock``: its overlays and
     previews are pictures, not radiographs; ``on_output_folder`` is told each such folder), no
     ``DICOMDIR`` (a medium's index) and no ``._`` file (the stub a copy from another file system
-    leaves beside each file). A CSV names one path per row in a ``path`` (or ``image``, ``file``)
-    column, or in its only column; relative paths are read from the CSV's folder, and optional
-    ``pixel_spacing_mm`` and ``spacing_sd_percent`` columns give per-file values (see the module
-    doc). Listed paths that do not exist stay inputs (their row will say so).
+    leaves beside each file). A CSV is a study list (:mod:`xraymuscle.study_list`); listed paths
+    that do not exist stay inputs (their row will say so).
     """
     source = Path(source)
     if not source.exists():
@@ -96,9 +78,9 @@ def find_inputs(
     if source.is_dir():
         skip_path = None if skip is None else os.path.realpath(skip)
         paths, problems = _walk(source, skip_path, on_output_folder or (lambda folder: None))
-        listed: dict[str, tuple[float | None, float | None]] = {}
+        listed: dict[str, Listed] = {}
     elif source.suffix.lower() == ".csv":
-        listed, problems = _from_csv(source)
+        listed, problems = read_study_list(source)
         paths = list(listed)
     else:
         raise InputError("a study is a folder or a .csv list of paths", source)
@@ -106,19 +88,9 @@ def find_inputs(
     if not names:
         raise InputError("no radiographs found (DICOM, PNG, JPEG, TIFF)", source)
     return [
-        StudyInput(i, name, problems.get(name, ""), *listed.get(name, (None, None)))
+        StudyInput(i, name, problems.get(name, ""), listed.get(name, Listed()))
         for i, name in enumerate(names)
     ]
-
-
-def check_listed_spacings(inputs: Sequence[StudyInput], marker_mm: float | None) -> None:
-    """Refuse pixel spacings from a study list beside ``--marker-mm``, which would overrule them."""
-    listed = next((i for i in inputs if i.pixel_spacing is not None), None)
-    if marker_mm is not None and listed is not None:
-        raise InputError(
-            f"a study list gives {shown(listed.path)} a pixel spacing ({SPACING_COLUMN}), which "
-            "--marker-mm would overrule; leave out one of them"
-        )
 
 
 def left_out_line(folder: str) -> str:
@@ -164,65 +136,6 @@ def _starts_like_dicom(path: str) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:] == b"DICM"
-
-
-def _from_csv(path: Path) -> tuple[dict[str, tuple[float | None, float | None]], dict[str, str]]:
-    """The listed paths with their per-file spacing and spacing sd, and the problems of those
-    whose cells are not such numbers or that are listed twice with different ones."""
-    rows = read_csv_rows(path, PATH_COLUMNS)
-    if not rows:
-        raise InputError("the list is empty", path)
-    header = [h.strip().lower() for h in rows[0]]
-    column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
-    if column is None:
-        if len(header) != 1:
-            raise InputError(f"no column named one of {', '.join(PATH_COLUMNS)}", path)
-        column, body, first_line = 0, rows, 1  # a bare list of paths, no header
-    else:
-        body, first_line = rows[1:], 2
-    spacing_at = header.index(SPACING_COLUMN) if SPACING_COLUMN in header else None
-    sd_at = header.index(SPACING_SD_COLUMN) if SPACING_SD_COLUMN in header else None
-    listed: dict[str, tuple[float | None, float | None]] = {}
-    lines: dict[str, int] = {}
-    problems: dict[str, str] = {}
-    for line, row in enumerate(body, start=first_line):
-        if len(row) <= column or not row[column].strip():
-            continue
-        p = Path(row[column].strip())
-        name = os.path.abspath(p if p.is_absolute() else path.parent / p)
-        spacing, spacing_problem = _listed_number(row, spacing_at, SPACING_COLUMN, math.inf, "mm")
-        sd, sd_problem = _listed_number(row, sd_at, SPACING_SD_COLUMN, MAX_SPACING_SD_PERCENT, "%")
-        problem = spacing_problem or sd_problem
-        if problem:
-            problems.setdefault(name, f"{path.name} line {line}: {problem}")
-        elif name in listed and listed[name] != (spacing, sd):
-            problems.setdefault(
-                name,
-                f"{path.name} lines {lines[name]} and {line} give it different "
-                f"{SPACING_COLUMN} or {SPACING_SD_COLUMN}",
-            )
-        listed.setdefault(name, (spacing, sd))
-        lines.setdefault(name, line)
-    return listed, problems
-
-
-def _listed_number(
-    row: list[str], at: int | None, column: str, most: float, unit: str
-) -> tuple[float | None, str]:
-    """A study list's per-file number: more than 0 and at most ``most`` (a decimal comma, as a
-    spreadsheet writes it in many languages, is read as a point); ``None`` for an empty cell or
-    no such column; or the problem with the cell."""
-    cell = row[at].strip() if at is not None and at < len(row) else ""
-    if not cell:
-        return None, ""
-    try:
-        value = float(cell.replace(",", ".") if cell.count(",") == 1 and "." not in cell else cell)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 < value <= most):
-        bound = f" and at most {most:g}" if math.isfinite(most) else ""
-        return None, f"{column} {cell!r} is not a number more than 0{bound} ({unit})"
-    return value, ""
 
 
 def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:

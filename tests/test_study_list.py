@@ -1,0 +1,70 @@
+"""A study list's per-file values: read, bounded, refused per file, and kept apart from options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xraymuscle.errors import InputError
+from xraymuscle.study import find_inputs
+from xraymuscle.study_list import Listed, check_listed
+
+
+def test_each_files_values_are_read_or_refused_for_that_file(tmp_path: Path) -> None:
+    listing = tmp_path / "list.csv"
+    lines = [
+        "file,spacing_sd_percent,PIXEL_SPACING_MM,Hip_Height_mm",
+        "a.dcm,2.5,0.143,",
+        "b.dcm,,,",
+        "a.dcm,2.5,0.143,",  # listed twice alike: one input
+        "c.dcm,25,,",  # over the most a spacing sd may be
+        "d.dcm,,-0.1,",
+        "e.dcm,nan,,",
+        "f.dcm,,1e999,",
+        "g.dcm,3,,180",
+        "h.dcm,,,20",  # no hip lies 20 mm above the detector
+        "i.dcm,,0.14,180",  # a spacing at the hip needs no hip height
+        "b.dcm,,0.15,",  # b again, with a spacing
+    ]
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    found = {Path(i.path).name: i for i in find_inputs(listing)}
+    assert sorted(found) == [f"{c}.dcm" for c in "abcdefghi"]
+    assert found["a.dcm"].listed == Listed(0.143, 2.5) and not found["a.dcm"].problem
+    assert found["g.dcm"].listed == Listed(None, 3.0, 180.0) and not found["g.dcm"].problem
+    assert found["c.dcm"].problem == (
+        "list.csv line 5: spacing_sd_percent '25' is not a number more than 0 and at most 20 (%)"
+    )
+    assert found["d.dcm"].problem.startswith("list.csv line 6: pixel_spacing_mm '-0.1' is not a number")
+    assert "line 7" in found["e.dcm"].problem and "line 8" in found["f.dcm"].problem
+    assert found["h.dcm"].problem == (
+        "list.csv line 10: hip_height_mm '20' is not a number at least 50 and at most 400 (mm)"
+    )
+    assert "line 11: gives both pixel_spacing_mm" in found["i.dcm"].problem
+    assert found["b.dcm"].problem == "list.csv lines 3 and 12 give it different values"
+    # without the columns, or as a bare list, nothing is listed
+    for text in ("path\na.dcm\nb.dcm\n", "a.dcm\nb.dcm\n"):
+        listing.write_text(text, encoding="utf-8")
+        assert [i.listed for i in find_inputs(listing)] == [Listed(), Listed()]
+
+
+def test_a_decimal_comma_and_the_journals_form() -> None:
+    from xraymuscle.study_list import _number
+
+    assert _number(["0,143"], 0, "pixel_spacing_mm", 0.0, 10.0, "mm") == (0.143, "")
+    assert _number(["1,234,5"], 0, "pixel_spacing_mm", 0.0, 10.0, "mm")[0] is None
+    values = Listed(0.2, None, None)
+    assert Listed.from_list(values.as_list()) == values
+    assert Listed.from_list(None) == Listed() and Listed.from_list([0.2]) == values  # an older journal
+
+
+def test_options_that_would_overrule_the_list_are_refused() -> None:
+    spacing, height = [Listed(pixel_spacing=0.14)], [Listed(hip_height_mm=180.0)]
+    check_listed(spacing, marker_mm=None, magnification=1.2)  # a spacing at the hip is not magnified
+    check_listed([Listed()], marker_mm=25.0, magnification=None)
+    with pytest.raises(InputError, match="gives pixel_spacing_mm, which --marker-mm would overrule"):
+        check_listed(spacing, marker_mm=25.0, magnification=None)
+    with pytest.raises(InputError, match="gives hip_height_mm, which --marker-mm"):
+        check_listed(height, marker_mm=25.0, magnification=None)
+    with pytest.raises(InputError, match="gives hip_height_mm, which --magnification would overrule"):
+        check_listed(height, marker_mm=None, magnification=1.2)

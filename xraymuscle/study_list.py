@@ -1,0 +1,149 @@
+"""A study list: the CSV file that names a study's radiographs, and what it may say of each.
+
+One path per row, in a ``path`` (or ``image``, ``file``) column or in the list's only column;
+relative paths are read from the list's folder. As a spreadsheet exports it, with a byte-order
+mark, ``;`` or tab between the columns, and a decimal comma (:mod:`xraymuscle.csv_table`).
+
+Optional columns give single files what a run's options give all of them, and win over them:
+
+* ``pixel_spacing_mm``: the file's pixel spacing at the hip (for exports that lost it, or films
+  whose spacing the study measured itself); it overrides the file's own;
+* ``spacing_sd_percent``: how far that spacing can be trusted (:mod:`xraymuscle.spacing_error`);
+* ``hip_height_mm``: the hip's height above the detector (half the patient's AP thickness and the
+  table's gap, say), for a file whose spacing is at the detector (see
+  :meth:`xraymuscle.prepare.GridTarget.magnification_for`).
+
+An empty cell leaves the file's own value or the run's option. A cell that is not such a number,
+a row that gives both a spacing at the hip and a hip height, and a file listed twice with
+different values make that file an ``error`` row saying which line and why; the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+from xraymuscle.csv_table import read_csv_rows
+from xraymuscle.errors import InputError
+from xraymuscle.prepare import HIP_HEIGHT_RANGE_MM
+from xraymuscle.spacing_error import MAX_SPACING_SD_PERCENT
+
+PATH_COLUMNS = ("path", "image", "file")
+SPACING_COLUMN = "pixel_spacing_mm"
+SPACING_SD_COLUMN = "spacing_sd_percent"
+HIP_HEIGHT_COLUMN = "hip_height_mm"
+# column, lowest (excluded when 0) and highest value, unit
+VALUE_COLUMNS = (
+    (SPACING_COLUMN, 0.0, math.inf, "mm"),
+    (SPACING_SD_COLUMN, 0.0, MAX_SPACING_SD_PERCENT, "%"),
+    (HIP_HEIGHT_COLUMN, *HIP_HEIGHT_RANGE_MM, "mm"),
+)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What a study list gives one file (``None``: nothing; the run's option or the file's own)."""
+
+    pixel_spacing: float | None = None
+    spacing_sd_percent: float | None = None
+    hip_height_mm: float | None = None
+
+    def as_list(self) -> list[float | None]:
+        """The values in :data:`VALUE_COLUMNS` order, as a journal row keeps them."""
+        return list(astuple(self))
+
+    @classmethod
+    def from_list(cls, values: Sequence[float | None] | None) -> Listed:
+        """The inverse of :meth:`as_list` (``None``, or a shorter list, for a run before a column)."""
+        return cls(*(values or ()))
+
+
+def read_study_list(path: Path) -> tuple[dict[str, Listed], dict[str, str]]:
+    """The listed files (absolute paths, in the list's order) with what the list gives each, and
+    the problems of those whose cells cannot be used (see the module doc).
+
+    Raises
+    ------
+    InputError
+        When the list cannot be read, is empty, or has no path column.
+    """
+    rows = read_csv_rows(path, PATH_COLUMNS)
+    if not rows:
+        raise InputError("the list is empty", path)
+    header = [h.strip().lower() for h in rows[0]]
+    column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+    if column is None:
+        if len(header) != 1:
+            raise InputError(f"no column named one of {', '.join(PATH_COLUMNS)}", path)
+        column, body, first_line = 0, rows, 1  # a bare list of paths, no header
+    else:
+        body, first_line = rows[1:], 2
+    at = [header.index(c) if c in header else None for c, *_ in VALUE_COLUMNS]
+    listed: dict[str, Listed] = {}
+    lines: dict[str, int] = {}
+    problems: dict[str, str] = {}
+    for line, row in enumerate(body, start=first_line):
+        if len(row) <= column or not row[column].strip():
+            continue
+        p = Path(row[column].strip())
+        name = os.path.abspath(p if p.is_absolute() else path.parent / p)
+        cells = [_number(row, i, *spec) for i, spec in zip(at, VALUE_COLUMNS, strict=True)]
+        values = Listed(*(value for value, _ in cells))
+        problem = next((problem for _, problem in cells if problem), "")
+        if not problem and values.pixel_spacing is not None and values.hip_height_mm is not None:
+            problem = (
+                f"gives both {SPACING_COLUMN} (at the hip) and {HIP_HEIGHT_COLUMN} (for a spacing at "
+                "the detector); leave one empty"
+            )
+        if problem:
+            problems.setdefault(name, f"{path.name} line {line}: {problem}")
+        elif name in listed and listed[name] != values:
+            problems.setdefault(name, f"{path.name} lines {lines[name]} and {line} give it different values")
+        listed.setdefault(name, values)
+        lines.setdefault(name, line)
+    return listed, problems
+
+
+def _number(
+    row: list[str], at: int | None, column: str, low: float, high: float, unit: str
+) -> tuple[float | None, str]:
+    """One cell's number, within ``low`` (excluded when 0) and ``high`` (a decimal comma, as a
+    spreadsheet writes it in many languages, is read as a point); ``None`` for an empty cell or
+    no such column; or the problem with the cell."""
+    cell = row[at].strip() if at is not None and at < len(row) else ""
+    if not cell:
+        return None, ""
+    try:
+        value = float(cell.replace(",", ".") if cell.count(",") == 1 and "." not in cell else cell)
+    except ValueError:
+        value = math.nan
+    within = (value > low if low == 0 else value >= low) and value <= high
+    if not (math.isfinite(value) and within):
+        bound = "more than 0" if low == 0 else f"at least {low:g}"
+        bound += f" and at most {high:g}" if math.isfinite(high) else ""
+        return None, f"{column} {cell!r} is not a number {bound} ({unit})"
+    return value, ""
+
+
+def check_listed(listed: Sequence[Listed], *, marker_mm: float | None, magnification: float | None) -> None:
+    """Refuse run options that would overrule what a study list gives its files: ``--marker-mm``
+    (the spacing from the marker) beside listed spacings or hip heights, ``--magnification``
+    beside listed hip heights."""
+    spacing = any(v.pixel_spacing is not None for v in listed)
+    height = any(v.hip_height_mm is not None for v in listed)
+    for option, value, overruled in (
+        (
+            "--marker-mm",
+            marker_mm,
+            [c for c, given in ((SPACING_COLUMN, spacing), (HIP_HEIGHT_COLUMN, height)) if given],
+        ),
+        ("--magnification", magnification, [HIP_HEIGHT_COLUMN] if height else []),
+    ):
+        if value is not None and overruled:
+            raise InputError(
+                f"the study list gives {' and '.join(overruled)}, which {option} would overrule; "
+                "leave out one of them"
+            )
