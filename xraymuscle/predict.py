@@ -220,8 +220,8 @@ def expand_folders(
     """The paths as given, each folder replaced by the radiographs in it, found as ``screen``
     finds a study's (recursively, in a stable order, not searching the folder ``skip`` nor the
     output folders of earlier runs, which ``on_output_folder`` is told of), and each ``.csv``
-    file by the files it lists (a study list, with any per-file spacing and spacing sd: see
-    :mod:`xraymuscle.study`), each with the problem found while listing (``""`` for none): a
+    file by the files it lists (a study list, with what it gives each: see
+    :mod:`xraymuscle.study_list`), each with the problem found while listing (``""`` for none): a
     subfolder that cannot be read, a folder with no radiographs, or a list that cannot be read
     becomes a row of its own with status ``error`` and that reason.
     """

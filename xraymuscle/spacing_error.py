@@ -4,7 +4,8 @@ A volume is only as right as the spacing at the hip (docs/accuracy.md, *What an 
 spacing costs*), and the network's spread knows nothing of it: the model was calibrated on images
 whose spacing was exact. Where a study's spacing is known only to some relative sd ``σ`` (a
 detector spacing divided by an estimated magnification, a calibration ball placed at about the
-hip's height), ``predict`` and ``screen --spacing-sd-percent`` add it.
+hip's height), ``predict`` and ``screen --spacing-sd-percent`` add it, or, film by film, a study
+list's ``spacing_sd_percent`` column (:mod:`xraymuscle.study_list`).
 
 How much a spacing error moves a volume is measured on each image with the network itself, not
 assumed: the image is also brought to the grid as if its spacing were ``1 ± δ`` times what it is
