@@ -668,7 +668,8 @@ def inspect(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A CT / label map (file or DICOM folder), a radiograph, a DRR dataset or a model folder."
+            help="A CT / label map (file or DICOM folder), a radiograph, a DRR dataset, a model folder "
+            "or a study list (.csv)."
         ),
     ],
     labels: Annotated[
@@ -689,7 +690,7 @@ def inspect(
         typer.Option("--marker-mm", help="Look for a calibration ball of this diameter in the radiograph."),
     ] = None,
 ) -> None:
-    """Print what a CT, label map, radiograph, DRR dataset or model folder holds, as JSON."""
+    """Print what a CT, label map, radiograph, DRR dataset, model folder or study list holds, as JSON."""
     import numpy as np
 
     from xraymuscle.catalog import MuscleCatalog
@@ -705,7 +706,11 @@ def inspect(
     from xraymuscle.volume import is_volume_path, read_ct, read_labels, sides_cut_off
 
     info: dict[str, Any]
-    if path.is_dir() and (path / "model.json").is_file():
+    if path.suffix.lower() == ".csv" and path.is_file():
+        from xraymuscle.study_list import study_list_summary
+
+        info = study_list_summary(path)
+    elif path.is_dir() and (path / "model.json").is_file():
         from xraymuscle.model import load_model, model_summary
 
         info = model_summary(load_model(path))

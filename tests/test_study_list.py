@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cli import app
 from xraymuscle.errors import InputError
 from xraymuscle.study import find_inputs
 from xraymuscle.study_list import Listed, check_listed
@@ -68,3 +71,23 @@ def test_options_that_would_overrule_the_list_are_refused() -> None:
         check_listed(height, marker_mm=25.0, magnification=None)
     with pytest.raises(InputError, match="gives hip_height_mm, which --magnification would overrule"):
         check_listed(height, marker_mm=None, magnification=1.2)
+
+
+def test_inspect_says_what_a_list_holds(tmp_path: Path) -> None:
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    listing = tmp_path / "study.csv"
+    lines = ["path;pixel_spacing_mm;hip_height_mm", "a.dcm;0,15;", "b.dcm;;180", "c.dcm;x;", "d.dcm;0,2;"]
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["inspect", str(listing)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["kind"] == "study_list" and info["files"] == 4 and info["missing"] == 3
+    assert info["values"]["pixel_spacing_mm"] == {"files": 2, "range": [0.15, 0.2]}
+    assert info["values"]["hip_height_mm"] == {"files": 1, "range": [180.0, 180.0]}
+    assert info["values"]["spacing_sd_percent"] == {"files": 0, "range": None}
+    assert list(info["problems"].values()) == [
+        "study.csv line 4: pixel_spacing_mm 'x' is not a number more than 0 (mm)"
+    ]
+    listing.write_text("name,age\nx,1\n", encoding="utf-8")
+    refused = CliRunner().invoke(app, ["inspect", str(listing)])
+    assert refused.exit_code == 2 and "no column named one of path, image, file" in refused.output

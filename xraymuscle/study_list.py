@@ -23,11 +23,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
+from xraymuscle.paths import shown
 from xraymuscle.prepare import HIP_HEIGHT_RANGE_MM
 from xraymuscle.spacing_error import MAX_SPACING_SD_PERCENT
 
@@ -105,6 +107,26 @@ def read_study_list(path: Path) -> tuple[dict[str, Listed], dict[str, str]]:
         listed.setdefault(name, values)
         lines.setdefault(name, line)
     return listed, problems
+
+
+def study_list_summary(path: Path) -> dict[str, Any]:
+    """What a study list holds, for ``inspect``: how many files, how many of them exist, how many
+    are given each per-file value (and the values' range), and the problems found, file by file."""
+    listed, problems = read_study_list(path)
+    names = sorted(set(listed) | set(problems))
+    values: dict[str, Any] = {}
+    for field, (column, *_) in zip(fields(Listed), VALUE_COLUMNS, strict=True):
+        given = [getattr(v, field.name) for n, v in listed.items() if n not in problems]
+        given = [g for g in given if g is not None]
+        values[column] = {"files": len(given), "range": [min(given), max(given)] if given else None}
+    return {
+        "kind": "study_list",
+        "path": str(path),
+        "files": len(names),
+        "missing": sum(1 for n in names if not os.path.exists(n)),
+        "values": values,
+        "problems": {shown(n): problems[n] for n in names if n in problems},
+    }
 
 
 def _number(
