@@ -375,6 +375,29 @@ def evaluate(
     )
 
 
+@app.command()
+@user_errors
+def calibrate(
+    val: Annotated[Path, typer.Option("--val", help="DRR dataset of cases the model did not learn.")],
+    out: Annotated[Path, typer.Option("--out", help="New model folder (same weights, new calibration).")],
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Calibrate a model's uncertainty again on other validation cases; writes a new model folder."""
+    from training.calibration import recalibrate
+    from xraymuscle.paths import default_model_dir
+
+    source = model or default_model_dir()
+    calibration = recalibrate(source, val, out, device=_pick_device(device))
+    before = calibration["recalibrated"]["replaced"]
+    typer.echo(
+        f"{calibration['validation_cases']} validation images: 95 % coverage "
+        f"{100 * calibration['validation_coverage95_raw']:.0f} % raw, "
+        f"{100 * calibration['validation_coverage95_calibrated']:.0f} % calibrated "
+        f"(the model's own calibration: {before['validation_cases']} images); model: {out}"
+    )
+
+
 def _agreement_line(metrics: dict) -> str:
     """The mean figures over muscles, with their 95 % intervals, in one line."""
     mean = metrics["mean"]

@@ -9,7 +9,7 @@ held-out bodies again and again, sets the thresholds on their images as calibrat
 (with mirrored draws, each image and its mirror with the sides exchanged), and counts the share of
 the other bodies' images that some muscle's CV passes. Three rules, measured on the same draws:
 
-* **rank**: ``training.decomposition.cv_thresholds``, what calibration does now (each image scored
+* **rank**: ``training.calibration.cv_thresholds``, what calibration does now (each image scored
   against the other validation images; the ``ceil((n + 1)(1 - rate))``-th of the ``n``);
 * **percentile**: the plain ``1 - rate`` percentile of the images' in-sample scores (the rule of
   earlier models with 200 validation images or more);
@@ -28,8 +28,8 @@ from statistics import NormalDist
 import numpy as np
 from error_spread import read_predictions
 
+from training.calibration import cv_thresholds
 from training.data import twin_order
-from training.decomposition import cv_thresholds
 
 
 def percentile_rule(cv: np.ndarray, rate: float) -> np.ndarray:

@@ -532,7 +532,7 @@ def test_training_set_keeps_read_samples_in_memory(drr: Path, tmp_path: Path) ->
 
 
 def test_uncertain_threshold_flags_the_intended_share_of_images() -> None:
-    from training.decomposition import cv_thresholds
+    from training.calibration import cv_thresholds
 
     rng = np.random.default_rng(0)
     k = 14

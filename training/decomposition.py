@@ -15,9 +15,10 @@ is kept. With ``average_epochs``, the weights of the run's last epochs are also 
 (:mod:`training.weight_average`), and the average replaces the best epoch when its validation
 MAPE is lower (``model.json``'s ``training.weight_average`` says which). At the end, on the
 validation set with dropout on: the per-muscle scale that makes the 95 % interval cover 95 %,
-the coefficient-of-variation threshold for ``uncertain``, and the out-of-distribution
-statistics; all stored in ``model.json``. With ``mc_mirror`` the draws are made as inference
-makes them (half on the mirrored image) and each left/right pair shares its scale and threshold.
+the coefficient-of-variation threshold for ``uncertain`` (:mod:`training.calibration`), and the
+out-of-distribution statistics; all stored in ``model.json``. With ``mc_mirror`` the draws are
+made as inference makes them (half on the mirrored image) and each left/right pair shares its
+scale and threshold.
 
 Resumable (``checkpoint/`` holds the last epoch's weights and optimiser state and the best epoch's
 weights as safetensors, and its state as JSON; a moved model folder resumes), seeded, mixed
@@ -36,7 +37,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from training.calibration import spread_calibration
 from training.checkpoint import load_checkpoint, module_state, read_info, save_checkpoint
 from training.config import DecompositionConfig
 from training.data import (
@@ -53,7 +54,6 @@ from training.data import (
     GridSpec,
     collect,
     material_maps,
-    twin_order,
     worker_init,
 )
 from training.unet import BayesianUNet
@@ -62,10 +62,9 @@ from xraymuscle import __version__
 from xraymuscle.atomic import atomic_path, write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
-from xraymuscle.inference import image_features, mc_predict, sd_scales
+from xraymuscle.inference import image_features
 from xraymuscle.metrics import volume_metrics
 from xraymuscle.model import PHANTOM_NOTICE, save_model
-from xraymuscle.muscle_groups import group_table, group_truth, model_groups
 from xraymuscle.ood import OodModel
 from xraymuscle.run_lock import locks_output
 from xraymuscle.weights_file import read_tensors
@@ -74,8 +73,6 @@ from xraymuscle.weights_file import read_tensors
 BEST = "best.safetensors"
 # the per-muscle gain's logarithm is bounded to ±3 (a factor of 20) in networks trained here
 GAIN_BOUND = 3.0
-# the share of in-distribution images that the `uncertain` threshold is set to flag
-UNCERTAIN_RATE = 0.02
 # training images whose features set the out-of-distribution statistics (xraymuscle/ood.py): the
 # whitening estimates the correlation of some 250 features, which 400 images left loose
 OOD_TRAINING_IMAGES = 1000
@@ -384,7 +381,7 @@ def train_decomposition(
         summary.weight_average = _use_average(
             average, network, train_set, val_set, config, grid, device, summary, echo
         )
-    summary.calibration = _calibrate(network, train_set, val_set, config, grid, device)
+    summary.calibration = _calibrate(network, train_set, val_set, config, device)
     summary.seconds = earlier_seconds + time.perf_counter() - start_time
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
     save_model(out, network, meta)
@@ -563,31 +560,13 @@ def _calibrate(
     train_set: DrrTrainingSet,
     val_set: DrrTrainingSet,
     config: DecompositionConfig,
-    grid: GridSpec,
     device: str,
 ) -> dict[str, Any]:
-    """Spread scale, CV threshold and OOD statistics from the validation set (dropout on)."""
-    images, truth, mass, valid = collect(val_set)
-    mc = mc_predict(
-        network, images, samples=config.mc_samples, pixel_area_mm2=grid.pixel_area_mm2,
-        map_scale_mm=config.map_scale_mm, device=device, keep_maps=False,
-        twins=val_set.twins if config.mc_mirror else None,
-    )  # fmt: skip
-
-    def paired(a: np.ndarray) -> np.ndarray:
-        """With mirrored draws a muscle and its twin are read alike: their validation cases are
-        pooled, so that a mirrored radiograph gets the original's calibration, sides exchanged."""
-        return np.concatenate([a, a[:, val_set.twins]]) if config.mc_mirror else a
-
-    scales = sd_scales(paired(mc.volume), paired(mc.volume_sd), paired(truth), paired(valid))
-    mass_scales = (
-        sd_scales(paired(mc.mass), paired(mc.mass_sd), paired(mass), paired(valid))
-        if mc.mass is not None and mc.mass_sd is not None
-        else scales
+    """The spread's calibration on the validation set (:func:`spread_calibration`), and the
+    out-of-distribution statistics from training images and the validation images' features."""
+    calibration, mc = spread_calibration(
+        network, val_set, samples=config.mc_samples, mirrored=config.mc_mirror, device=device
     )
-    groups = _group_scales(mc, truth, mass, valid, scales, mass_scales, val_set, config.mc_mirror)
-    cv = mc.volume_sd * scales / np.maximum(mc.volume, 1.0)
-    thresholds = cv_thresholds(paired(cv), paired(valid), images=len(cv))
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(train_set), size=min(len(train_set), OOD_TRAINING_IMAGES), replace=False)
     train_images = torch.stack(
@@ -603,113 +582,7 @@ def _calibrate(
         ]
     )
     ood = OodModel.fit(train_features, mc.features)
-    calibrated = np.abs(mc.volume - truth) <= 1.96 * mc.volume_sd * scales
-    raw = np.abs(mc.volume - truth) <= 1.96 * mc.volume_sd
-    return {
-        "sd_scale": scales.tolist(),
-        "mass_sd_scale": np.asarray(mass_scales).tolist(),
-        "cv_threshold": thresholds,
-        "ood": ood.to_dict(),
-        "validation_coverage95_raw": float(raw[valid].mean()),
-        "validation_coverage95_calibrated": float(calibrated[valid].mean()),
-        "validation_cases": len(val_set),
-        **groups,
-    }
-
-
-def _group_scales(
-    mc: Any,
-    truth: np.ndarray,
-    mass: np.ndarray | None,
-    valid: np.ndarray,
-    scales: np.ndarray,
-    mass_scales: np.ndarray,
-    val_set: DrrTrainingSet,
-    mirrored: bool,
-) -> dict[str, Any]:
-    """Each muscle group's own sd scale (``group_sd_scale``, ``group_mass_sd_scale``: name →
-    factor), set on the validation images as the muscles' are, on the groups' sds made from the
-    calibrated muscles' (:mod:`xraymuscle.muscle_groups`); with mirrored draws a group and its twin
-    are pooled. Nothing for a model whose muscles make no group."""
-    groups = model_groups(val_set.data.muscles)
-    if not groups:
-        return {}
-    twins = twin_order(list(groups))  # the groups' names end in _left and _right as the muscles' do
-
-    def paired(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a, a[:, twins]]) if mirrored else a
-
-    out: dict[str, Any] = {}
-    kinds = [("group_sd_scale", mc.volume, mc.volume_sd * scales, mc.volume_correlation, truth)]
-    if mc.mass is not None and mc.mass_sd is not None and mass is not None:
-        kinds.append(
-            ("group_mass_sd_scale", mc.mass, mc.mass_sd * np.asarray(mass_scales), mc.mass_correlation, mass)
-        )
-    for key, values, sd, correlation, true in kinds:
-        sums, sds = group_table(values, sd, correlation, groups)
-        true_sums, known = group_truth(true, valid, groups)
-        factors = sd_scales(paired(sums), paired(sds), paired(true_sums), paired(known))
-        out[key] = {g: float(f) for g, f in zip(groups, factors, strict=True)}
-    return out
-
-
-def cv_thresholds(
-    cv: np.ndarray, valid: np.ndarray, rate: float = UNCERTAIN_RATE, *, images: int | None = None
-) -> list[float]:
-    """Per muscle, the coefficient of variation above which an image is ``uncertain``.
-
-    Each muscle's log CV is standardised by its validation mean and sd; one common level ``z`` on
-    that scale is set so that about ``rate`` of new images have some muscle above it. Each of the
-    ``n`` validation images gets its largest log CV standardised by the other images' means and sds
-    (as a new image's is by theirs); ``z`` is the ``ceil((n + 1)(1 - rate))``-th smallest of these.
-    A new image exchangeable with the validation ones passes the ``k``-th of ``n`` with probability
-    ``(n + 1 - k) / (n + 1)``, which that rank holds at ``rate`` or just under for any ``n`` from
-    ``1 / rate - 1`` up. The plain 98th percentile of in-sample scores lies lower and flags more,
-    the more so the fewer the images: on held-out radiographs, 2.5–2.7 % at 240 validation images
-    and 4.5–4.9 % at 60, against 1.6–1.7 % and 1.6–2.1 % so (docs/accuracy.md). With fewer than ``1
-    / rate - 1`` images no rank lies that far out: ``z`` is then the largest, and about ``1 / (n +
-    1)`` of new images are flagged; views of one body are alike, so with few bodies the share is
-    higher still. The log-normal tail of ``rate / K`` per muscle that earlier models took flagged
-    several times ``rate``, as the CVs' tails are heavier and the muscles' CVs rise together; it is
-    left only for a validation set with no usable CVs.
-
-    ``images`` is the number of distinct images among the rows (default: the rows). With mirrored
-    draws the rows are the ``images`` images and then their mirrors with the sides exchanged; a
-    muscle and its twin share one standardisation, so an image and its mirror share one largest
-    value, counted once.
-    """
-    k = cv.shape[1]
-    z = NormalDist().inv_cdf(1.0 - rate / k)
-    n_images = max(images or len(cv), 1)
-    if len(cv) % n_images:
-        raise ValueError(f"{len(cv)} rows are not whole copies of {n_images} images")
-    usable = valid & (cv > 0)
-    logs = np.log(np.where(usable, cv, 1.0))
-    counts = usable.sum(axis=0)
-    known = counts >= 5
-    centre, spread = np.full(k, np.nan), np.full(k, np.nan)
-    for j in np.flatnonzero(known):
-        values = logs[usable[:, j], j]
-        centre[j], spread[j] = values.mean(), max(float(values.std(ddof=1)), 1e-6)
-    # Each image is scored against the mean and sd of the other images (its own rows left out), as
-    # a new image will be against all of them: scored against statistics it is part of, an
-    # outlying image looks less so, and a level set from such scores flags more than ``rate``.
-    kept = np.where(usable, logs, 0.0)
-    copies = (len(cv) // n_images, n_images, k)  # row r is image r % n_images
-    rest_n = counts - usable.reshape(copies).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rest_mean = (kept.sum(axis=0) - kept.reshape(copies).sum(axis=0)) / rest_n
-        rest_sq = (kept**2).sum(axis=0) - (kept**2).reshape(copies).sum(axis=0)
-        rest_sd = np.sqrt(np.maximum((rest_sq - rest_n * rest_mean**2) / (rest_n - 1), 1e-12))
-        score = (logs.reshape(copies) - rest_mean) / rest_sd
-    score = np.where(usable.reshape(copies) & known & (rest_n >= 2), score, -np.inf)
-    largest = score.max(axis=(0, 2)) if k and len(cv) else np.full(n_images, -np.inf)
-    largest = np.sort(largest[np.isfinite(largest)])
-    if len(largest):
-        # (the allowance keeps a product that is whole from rounding up past it)
-        rank = min(math.ceil((len(largest) + 1) * (1.0 - rate) - 1e-9), len(largest))
-        z = float(largest[rank - 1])
-    return [float(np.exp(c + z * s)) if np.isfinite(c) else 0.5 for c, s in zip(centre, spread, strict=True)]
+    return {**calibration, "ood": ood.to_dict()}
 
 
 def _no_augment(dataset: DrrTrainingSet) -> DrrTrainingSet:
