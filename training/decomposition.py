@@ -34,7 +34,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,14 +92,21 @@ class TrainSummary:
     weight_average: dict[str, Any] | None = None
 
 
+def held_out_cases(cases: Collection[str], fraction: float, seed: int) -> set[str]:
+    """The cases :func:`split_by_case` holds out for validation: ``fraction`` of them (at least
+    one, and one fewer than all), ranked by a hash of the seed and the case's name, so that the
+    split depends on nothing else (a model's validation cases can be named without its data)."""
+    ranked = sorted(sorted(set(cases)), key=lambda c: zlib.crc32(f"{seed}:{c}".encode()))  # ties by name
+    n_val = min(len(ranked) - 1, max(1, round(fraction * len(ranked))))
+    return set(ranked[:n_val])
+
+
 def split_by_case(data: DrrDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Row indices for training and validation; whole cases go to one side (no view leaks)."""
     cases = sorted({r["case_id"] for r in data.rows})
     if len(cases) < 2:
         raise InputError("needs at least two cases to hold one out for validation (or give --val)", data.root)
-    ranked = sorted(cases, key=lambda c: zlib.crc32(f"{seed}:{c}".encode()))
-    n_val = min(len(cases) - 1, max(1, round(fraction * len(cases))))
-    val = set(ranked[:n_val])
+    val = held_out_cases(cases, fraction, seed)
     train = [i for i, r in enumerate(data.rows) if r["case_id"] not in val]
     held = [i for i, r in enumerate(data.rows) if r["case_id"] in val]
     return train, held
