@@ -42,7 +42,13 @@ UNCERTAIN_RATE = 0.02
 
 
 def spread_calibration(
-    network: BayesianUNet, val_set: DrrTrainingSet, *, samples: int, mirrored: bool, device: str
+    network: BayesianUNet,
+    val_set: DrrTrainingSet,
+    *,
+    samples: int,
+    mirrored: bool,
+    device: str,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], McResult]:
     """The calibration block of ``model.json`` but the out-of-distribution statistics (see the
     module doc), and the draws it was made from (their features set those statistics)."""
@@ -50,7 +56,7 @@ def spread_calibration(
     mc = mc_predict(
         network, images, samples=samples, pixel_area_mm2=val_set.grid.pixel_area_mm2,
         map_scale_mm=val_set.map_scale, device=device, keep_maps=False,
-        twins=val_set.twins if mirrored else None,
+        twins=val_set.twins if mirrored else None, progress="calibrating" if progress else None,
     )  # fmt: skip
 
     def paired(a: np.ndarray) -> np.ndarray:
@@ -183,6 +189,7 @@ def recalibrate(
     out: str | os.PathLike[str],
     *,
     device: str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Calibrate a finished model's spread again on the DRR dataset at ``val_dir`` (cases it did
     not learn) and write the model to ``out``: the same weights, byte for byte, and ``model.json``
@@ -229,6 +236,7 @@ def recalibrate(
         samples=int(model.meta["mc_samples"]),
         mirrored=bool(model.meta.get("mc_mirror", False)),
         device=device,
+        progress=progress,
     )
     before = model.meta["calibration"]
     calibration["ood"] = before["ood"]

@@ -388,7 +388,7 @@ def train_decomposition(
         summary.weight_average = _use_average(
             average, network, train_set, val_set, config, grid, device, summary, echo
         )
-    summary.calibration = _calibrate(network, train_set, val_set, config, device)
+    summary.calibration = _calibrate(network, train_set, val_set, config, device, progress=progress)
     summary.seconds = earlier_seconds + time.perf_counter() - start_time
     meta = _metadata(data, val_data if val_dir is not None else None, config, grid, summary)
     save_model(out, network, meta)
@@ -568,11 +568,18 @@ def _calibrate(
     val_set: DrrTrainingSet,
     config: DecompositionConfig,
     device: str,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The spread's calibration on the validation set (:func:`spread_calibration`), and the
     out-of-distribution statistics from training images and the validation images' features."""
     calibration, mc = spread_calibration(
-        network, val_set, samples=config.mc_samples, mirrored=config.mc_mirror, device=device
+        network,
+        val_set,
+        samples=config.mc_samples,
+        mirrored=config.mc_mirror,
+        device=device,
+        progress=progress,
     )
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(train_set), size=min(len(train_set), OOD_TRAINING_IMAGES), replace=False)

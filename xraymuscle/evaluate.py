@@ -32,8 +32,10 @@ def evaluate_model(
     mc_samples: int | None = None,
     device: str = "cpu",
     plots: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` (and PNG plots) under ``out``."""
+    """Write ``metrics.json``, ``metrics.csv``, ``predictions.csv`` (and PNG plots) under ``out``;
+    ``progress`` shows a progress bar over the images."""
     check_mc_samples(mc_samples)
     for given in (model_dir, data_dir):
         if os.path.realpath(out) == os.path.realpath(given):
@@ -57,7 +59,7 @@ def evaluate_model(
         )
     if len(data) == 0:
         raise InputError("the dataset has no samples", data_dir)
-    result = predict_dataset(model, data, mc_samples=mc_samples, device=device)
+    result = predict_dataset(model, data, mc_samples=mc_samples, device=device, progress=progress)
     scales = np.asarray(model.meta["calibration"]["sd_scale"])
     sd = result["sd"] * scales
     cases = [row["case_id"] for row in data.rows]
@@ -100,7 +102,12 @@ def _group_metrics(
 
 
 def predict_dataset(
-    model: LoadedModel, data: DrrDataset, *, mc_samples: int | None = None, device: str = "cpu"
+    model: LoadedModel,
+    data: DrrDataset,
+    *,
+    mc_samples: int | None = None,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """MC predictions for every sample of a DRR dataset, with the truth on the model's grid."""
     grid = GridSpec(model.input_size, model.pixel_spacing_mm)
@@ -118,6 +125,7 @@ def predict_dataset(
         device=device,
         keep_maps=False,
         twins=model.twins,
+        progress="evaluating" if progress else None,
     )
     return {
         "pred": mc.volume,

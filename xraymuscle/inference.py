@@ -17,11 +17,12 @@ out-of-distribution features come from the same encoder passes (averaged over bo
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from training.unet import BayesianUNet
 from xraymuscle.errors import InputError
@@ -86,8 +87,10 @@ def mc_predict(
     keep_maps: bool = True,
     seed: int = 0,
     twins: Sequence[int] | None = None,
+    progress: str | None = None,
 ) -> McResult:
-    """Run ``samples`` dropout draws for every image ``(N, 1, S, S)`` (already normalised).
+    """Run ``samples`` dropout draws for every image ``(N, 1, S, S)`` (already normalised);
+    ``progress`` names a progress bar over the images (none by default).
 
     The draws are seeded per image, from ``seed`` and the image's content: an image gets the same
     numbers run after run, whatever batch or position it comes in (a resumed screening run, or
@@ -103,7 +106,11 @@ def mc_predict(
         "v": [], "vs": [], "vd": [], "m": [], "ms": [], "maps": [], "sd": [], "f": [], "vc": [], "mc": []
     }  # fmt: skip
     network = network.to(device)
-    _draw(network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, seed, twins, out)
+    with tqdm(total=len(images), desc=progress, unit="image", disable=progress is None) as bar:
+        _draw(
+            network, images, samples, pixel_area_mm2, map_scale_mm, batch, device, keep_maps, seed, twins,
+            out, bar.update,
+        )  # fmt: skip
     empty = np.zeros((0,))
     return McResult(
         volume=np.concatenate(out["v"]),
@@ -131,6 +138,7 @@ def _draw(
     seed: int,
     twins: Sequence[int] | None,
     out: dict[str, list[np.ndarray]],
+    done: Callable[[int], object],
 ) -> None:
     k = network.out_channels
     pairs = list(twins or [])
@@ -172,6 +180,7 @@ def _draw(
             out["maps"].append(map_mean)
             out["sd"].append(map_sd)
         out["f"].append(features.float().cpu().numpy())
+        done(len(chunk))
 
 
 def draw_correlations(draws: np.ndarray) -> np.ndarray:
