@@ -145,4 +145,8 @@ def test_bad_requests_are_refused_in_one_line(
     assert "no such" in run(
         "--model", str(tmp_path / "none"), "--val", str(held_out), "--out", str(tmp_path / "y")
     )
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    manifest = str(held_out / "manifest.csv")
+    assert "a file, not a DRR dataset's folder" in run(
+        "--model", str(validated), "--val", manifest, "--out", str(tmp_path / "z")
+    )
+    assert not any((tmp_path / name).exists() for name in "xyz")

@@ -190,7 +190,8 @@ class DrrDataset:
         """
         root = Path(root)
         if not root.is_dir():
-            raise InputError("no such folder", root)
+            problem = "a file, not a DRR dataset's folder" if root.exists() else "no such folder"
+            raise InputError(problem, root)
         info_path = root / "dataset.json"
         if not info_path.is_file():
             raise InputError("not a DRR dataset (no dataset.json)", root)
