@@ -81,6 +81,8 @@ def test_the_same_validation_cases_give_the_training_runs_calibration(
     assert after["recalibrated"]["validation"] == str(held_out)
     assert (out / WEIGHTS).read_bytes() == (validated / WEIGHTS).read_bytes()
     load_model(out)
+    shown = json.loads(runner.invoke(app, ["inspect", str(out)]).output)["calibration"]
+    assert shown["recalibrated"]["validation"] == str(held_out) and shown["group_sd_scale"]
 
 
 def test_other_validation_cases_set_the_scales_evaluate_finds(

@@ -240,9 +240,11 @@ def model_summary(model: LoadedModel) -> dict[str, Any]:
             k: calibration.get(k)
             for k in (
                 "sd_scale",
+                "group_sd_scale",
                 "validation_coverage95_raw",
                 "validation_coverage95_calibrated",
                 "validation_cases",
+                "recalibrated",
             )
         },
     }
