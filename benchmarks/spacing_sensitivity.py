@@ -79,6 +79,16 @@ def main() -> None:
         inside = np.abs(volumes - truth) <= 1.96 * sds
         return float(inside[ok].mean()) if ok.any() else math.nan
 
+    def radiographs_off(folder: Path, drawn: np.ndarray) -> list[Path]:
+        """The radiographs written again into ``folder``, each file's spacing ``drawn`` times the true."""
+        paths = []
+        for index, (row, factor) in enumerate(zip(data.rows, drawn, strict=True)):
+            path = folder / f"{row['sample_id']}.dcm"
+            if not path.is_file():
+                write_dx(path, data.sample(index)["image"], pixel_spacing_mm=spacing * factor)
+            paths.append(path)
+        return paths
+
     measured = {f: measure(images, f"predict_x{f:g}", f, None) for f in factors}
     sd_given = args.spacing_sd
     widened = {f: measure(images, f"predict_x{f:g}_sd{sd_given:g}", f, sd_given) for f in factors}
@@ -114,13 +124,7 @@ def main() -> None:
     # each file's spacing off by its own drawn factor, as a study's would be
     rng = np.random.default_rng(args.seed)
     drawn = 1.0 + rng.standard_normal(len(images)) * args.spacing_sd / 100
-    off = args.work / f"radiographs_sd{args.spacing_sd:g}"
-    off_paths = []
-    for index, (row, factor) in enumerate(zip(data.rows, drawn, strict=True)):
-        path = off / f"{row['sample_id']}.dcm"
-        if not path.is_file():
-            write_dx(path, data.sample(index)["image"], pixel_spacing_mm=spacing * factor)
-        off_paths.append(path)
+    off_paths = radiographs_off(args.work / f"radiographs_sd{args.spacing_sd:g}", drawn)
     plain = measure(off_paths, f"predict_drawn{args.spacing_sd:g}", None, None)
     wide = measure(off_paths, f"predict_drawn{args.spacing_sd:g}_sd", None, args.spacing_sd)
     print(
@@ -136,14 +140,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 1)
     known = np.where(np.arange(len(images)) % 2 == 0, 1.0, 8.0)
     drawn = 1.0 + rng.standard_normal(len(images)) * known / 100
-    mixed = args.work / "radiographs_mixed"
-    mixed_paths = []
-    for index, (row, factor) in enumerate(zip(data.rows, drawn, strict=True)):
-        path = mixed / f"{row['sample_id']}.dcm"
-        if not path.is_file():
-            write_dx(path, data.sample(index)["image"], pixel_spacing_mm=spacing * factor)
-        mixed_paths.append(path)
-    listing = mixed / "list.csv"
+    mixed_paths = radiographs_off(args.work / "radiographs_mixed", drawn)
+    listing = args.work / "radiographs_mixed" / "list.csv"
     lines = ["path,spacing_sd_percent", *(f"{p.name},{k:g}" for p, k in zip(mixed_paths, known, strict=True))]
     listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
     study_wide = float(np.sqrt(np.mean(known**2)))

@@ -58,16 +58,15 @@ TINY_RECIPE = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DRR dataset of four 6 mm phantoms, two 128-pixel views each."""
+def phantom_drr(root: Path, n: int, seed: int, *, adipose: bool = False) -> Path:
+    """A DRR dataset under ``root``: ``n`` 6 mm phantoms of ``seed``, two 128-pixel views each
+    (``hip_ap_fast``), with the fat maps when ``adipose``."""
     from typer.testing import CliRunner
 
     from cli import app
     from xraymuscle.phantom.cohort import make_cohort
 
-    root = tmp_path_factory.mktemp("tiny_drr")
-    cohort = make_cohort(4, root / "cohort", seed=3, spacing=6.0, progress=False)
+    cohort = make_cohort(n, root / "cohort", seed=seed, spacing=6.0, progress=False)
     out = root / "drr"
     args = [
         "generate-drr",
@@ -79,8 +78,13 @@ def tiny_drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "2",
         "--geometry",
         "hip_ap_fast",
-        "--adipose",
     ]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, *(["--adipose"] if adipose else [])])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_drr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DRR dataset of four 6 mm phantoms, two 128-pixel views each."""
+    return phantom_drr(tmp_path_factory.mktemp("tiny_drr"), 4, 3, adipose=True)

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from cli import app
 from tests.conftest import TINY_RECIPE as TINY
+from tests.conftest import phantom_drr
 from training.config import DecompositionConfig
 from training.decomposition import train_decomposition
 from xraymuscle.model import METADATA, WEIGHTS, load_model
-from xraymuscle.phantom.cohort import make_cohort
 
 runner = CliRunner()
 # what the calibration sets from the validation cases (the out-of-distribution statistics aside)
@@ -32,23 +32,7 @@ SET_BY_VALIDATION = (
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three phantoms the tiny models never learn, two views each, rendered as ``tiny_drr`` is."""
-    root = tmp_path_factory.mktemp("held_out")
-    cohort = make_cohort(3, root / "cohort", seed=17, spacing=6.0, progress=False)
-    out = root / "drr"
-    args = [
-        "generate-drr",
-        "--cohort",
-        str(cohort),
-        "--out",
-        str(out),
-        "--views",
-        "2",
-        "--geometry",
-        "hip_ap_fast",
-    ]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return out
+    return phantom_drr(tmp_path_factory.mktemp("held_out"), 3, 17)
 
 
 @pytest.fixture(scope="module")
