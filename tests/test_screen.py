@@ -606,9 +606,9 @@ def _check_listed(rows: list[dict[str, str]], listed: dict[str, Any]) -> None:
 
 def test_a_study_list_gives_each_file_its_spacing_and_sd(listed_study, tmp_path: Path) -> None:
     """A list's ``pixel_spacing_mm`` and ``spacing_sd_percent`` columns: each file measured as
-    ``predict`` measures it with those options; a bad cell costs its file's row; a resumed run
-    must be given the same values; ``--marker-mm`` beside listed spacings is refused (by
-    ``predict`` too)."""
+    ``predict`` measures it with those options; a bad cell costs its file's row; a rerun with
+    other values for some files screens those again; ``--marker-mm`` beside listed spacings is
+    refused (by ``predict`` too)."""
     out = tmp_path / "out"
     screen_study(listed_study["list"], out, workers=1, batch=2, report=False, progress=False, echo=str)
     rows = _rows(out / "results.csv")
@@ -622,13 +622,20 @@ def test_a_study_list_gives_each_file_its_spacing_and_sd(listed_study, tmp_path:
     longer.write_text(listing.read_text(encoding="utf-8-sig") + f"{extra};;\r\n", encoding="utf-8")
     summary = screen_study(longer, out, workers=0, report=False, progress=False, echo=str)
     assert summary.processed == 1 and len(_rows(out / "results.csv")) == 6
-    # a file already screened given another sd: refused, nothing changed
-    before = (out / "results.csv").read_bytes()
+    # a file already screened given another sd: that one is screened again, its row replaced
+    before = {r["image"]: r for r in _rows(out / "results.csv")}
     changed = tmp_path / "changed.csv"
     changed.write_text(longer.read_text(encoding="utf-8").replace(";;4", ";;2"), encoding="utf-8")
-    again = runner.invoke(app, ["screen", str(changed), "--out", str(out)])
-    assert again.exit_code == 2 and "other values than when they were screened" in again.output
-    assert (out / "results.csv").read_bytes() == before
+    said: list[str] = []
+    summary = screen_study(changed, out, workers=0, report=False, progress=False, echo=said.append)
+    assert summary.processed == 1 and "screening again 1 file(s)" in said[0]
+    after = {r["image"]: r for r in _rows(out / "results.csv")}
+    assert list(after) == list(before)
+    first = listed_study["good"][0]
+    assert after[first]["spacing_sd_percent"] == "2.000"
+    column = "volume_sd_ml__gluteus_maximus_left"
+    assert float(after[first][column]) < float(before[first][column])  # half the spacing sd
+    assert all(after[name] == row for name, row in before.items() if name != first)
     for command in ("screen", "predict"):
         marker = runner.invoke(
             app, [command, str(listing), "--out", str(tmp_path / "m"), "--marker-mm", "25"]

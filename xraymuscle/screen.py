@@ -120,7 +120,7 @@ class Inference:
             row = prediction_row(d.prepared, self.model, result)
             row.update(d.study)
             row["index"] = d.index
-            row["listed"] = d.listed.as_list()  # a resumed run must be given the same
+            row["listed"] = d.listed.as_list()  # a rerun with other values screens it again
             row["overlay"] = ""
             if result is not None and self._wants_picture(row):
                 mc_, i, _ = result
@@ -236,8 +236,10 @@ def screen_study(
     _check_same_run(out, settings_run)
     write_text_atomic(out / RUN_FILE, json.dumps(settings_run, indent=2) + "\n")
     journal = Journal(out / JOURNAL, "image")
-    _check_same_listing(out, inputs, journal)
-    todo = [item for item in inputs if item.name not in journal]
+    changed = changed_listing(inputs, journal)
+    if changed:
+        echo(f"screening again {len(changed)} file(s) that the study list now gives other values")
+    todo = [item for item in inputs if item.name not in journal or item.name in changed]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(
         GridTarget.of(
@@ -337,21 +339,14 @@ def _check_same_run(out: Path, settings: dict[str, Any]) -> None:
         )
 
 
-def _check_same_listing(out: Path, inputs: Sequence[StudyInput], journal: Journal) -> None:
-    """Refuse to resume where the study list now gives a file already screened other values (a
-    pixel spacing, spacing sd or hip height) than the run that screened it: its row would not
-    say what it was made with."""
-    changed = [
+def changed_listing(inputs: Sequence[StudyInput], journal: Journal) -> set[str]:
+    """The inputs already screened whose study list now gives them other values (a pixel spacing,
+    spacing sd or hip height) than the run that screened them: their rows are made again."""
+    return {
         i.name
         for i in inputs
         if i.name in journal and Listed.from_list(journal.rows[i.name].get("listed")) != i.listed
-    ]
-    if changed:
-        raise InputError(
-            f"the study list gives {len(changed)} file(s) screened here other values than when they "
-            f"were screened (first: {changed[0]}); resume with the same list or use another --out",
-            out,
-        )
+    }
 
 
 def write_tables(
