@@ -657,6 +657,12 @@ def screen(
         str, typer.Option("--overlays", help="Pictures for: flagged (default), all or none.")
     ] = "flagged",
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
+    retry_errors: Annotated[
+        bool,
+        typer.Option(
+            "--retry-errors", help="Screen again the files an earlier run into --out could not read."
+        ),
+    ] = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
@@ -679,6 +685,7 @@ def screen(
         keep_identifiers=keep_identifiers,
         overlays=overlays,
         report=report,
+        retry_errors=retry_errors,
         ray=ray,
         ray_address=ray_address,
         echo=typer.echo,

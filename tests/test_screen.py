@@ -324,6 +324,35 @@ def test_kill_and_resume_every_input_exactly_once(study, screened, tmp_path: Pat
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in reference]
 
 
+def test_retry_errors_screens_again_what_could_not_be_read(study, tmp_path: Path) -> None:
+    """A file missing at the first run is an ``error`` row; once it is there, a plain rerun keeps
+    the row (the journal holds it), ``--retry-errors`` reads it and replaces the row, the others
+    untouched."""
+    _, expected = study
+    good = sorted(name for name in expected if "/good/" in name)[:2]
+    late = tmp_path / "late.dcm"
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\n" + "\n".join([*good, str(late)]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    options = {"workers": 0, "report": False, "progress": False, "echo": str}
+    screen_study(listing, out, **options)  # type: ignore[arg-type]
+    before = {r["image"]: r for r in _rows(out / "results.csv")}
+    assert before[str(late)]["status"] == "error" and "no such file" in before[str(late)]["reason"]
+    shutil.copyfile(good[0], late)
+    assert screen_study(listing, out, **options).processed == 0  # type: ignore[arg-type]
+    result = runner.invoke(app, ["screen", str(listing), "--out", str(out), "--retry-errors", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "screening again 1 file(s) recorded as error" in result.output
+    after = {r["image"]: r for r in _rows(out / "results.csv")}
+    assert after[str(late)]["status"] != "error"
+    assert (
+        after[str(late)]["volume_ml__gluteus_maximus_left"]
+        == before[good[0]]["volume_ml__gluteus_maximus_left"]
+    )
+    # (a copy of good[0] now, it names it or is named by it as a duplicate)
+    assert all({**after[n], "duplicate_of": ""} == {**before[n], "duplicate_of": ""} for n in good)
+
+
 def test_torn_journal_line_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "j.jsonl"
     journal = Journal(path, "image")

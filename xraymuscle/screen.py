@@ -194,12 +194,17 @@ def screen_study(
     keep_identifiers: bool = False,
     overlays: str = "flagged",
     report: bool = True,
+    retry_errors: bool = False,
     ray: bool = False,
     ray_address: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> ScreenSummary:
-    """Screen every radiograph of a study (a folder or a CSV list) into ``out``; see the module doc."""
+    """Screen every radiograph of a study (a folder or a CSV list) into ``out``; see the module doc.
+
+    ``retry_errors``: the inputs an earlier run into ``out`` recorded as ``error`` (a file that
+    could not be read then: a mount gone, a permission since granted, a file since exported
+    again) are screened again, their rows replaced."""
     start = time.perf_counter()
     if overlays not in OVERLAYS:
         raise InputError(f"--overlays must be one of {', '.join(OVERLAYS)}, not {overlays!r}")
@@ -239,6 +244,12 @@ def screen_study(
     changed = changed_listing(inputs, journal)
     if changed:
         echo(f"screening again {len(changed)} file(s) that the study list now gives other values")
+    if retry_errors:
+        errors = {
+            i.name for i in inputs if i.name in journal and journal.rows[i.name].get("status") == "error"
+        }
+        echo(f"screening again {len(errors)} file(s) recorded as error")
+        changed |= errors
     todo = [item for item in inputs if item.name not in journal or item.name in changed]
     salt = load_or_make_salt(out)
     settings = DecodeSettings(
