@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from new_phantoms import cell_number, new_phantom_radiographs
+from scipy.stats import spearmanr
 
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.predict import predict_images
@@ -160,9 +161,12 @@ def main() -> None:
             for k in (1.0, 8.0)
         ]
         widths = [np.nanmean(sds[known == k] / volumes[known == k]) * 100 for k in (1.0, 8.0)]
+        # how well the sds rank the errors: per muscle over the films, then the mean
+        ranks = [spearmanr(sds[ok, j], np.abs(volumes - in_field)[ok, j])[0] for j in range(volumes.shape[1])]
         print(
             f"  {label}: {parts[0]:.0%} / {parts[1]:.0%} "
-            f"(mean sd {widths[0]:.1f} / {widths[1]:.1f} % of the volume)"
+            f"(mean sd {widths[0]:.1f} / {widths[1]:.1f} % of the volume); "
+            f"Spearman(sd, |error|) {np.nanmean(ranks):.2f}"
         )
 
     seconds: dict[float | None, list[float]] = {None: [], args.spacing_sd: []}
