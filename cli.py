@@ -390,11 +390,13 @@ def calibrate(
     source = model or default_model_dir()
     calibration = recalibrate(source, val, out, device=_pick_device(device))
     before = calibration["recalibrated"]["replaced"]
+    old, new = before.get("sd_scale") or [], calibration["sd_scale"]
+    scales = f"{min(new):.2f}-{max(new):.2f}" + (f" (were {min(old):.2f}-{max(old):.2f})" if old else "")
     typer.echo(
         f"{calibration['validation_cases']} validation images: 95 % coverage "
         f"{100 * calibration['validation_coverage95_raw']:.0f} % raw, "
-        f"{100 * calibration['validation_coverage95_calibrated']:.0f} % calibrated "
-        f"(the model's own calibration: {before['validation_cases']} images); model: {out}"
+        f"{100 * calibration['validation_coverage95_calibrated']:.0f} % calibrated; sd scales {scales}; "
+        f"model: {out}"
     )
 
 

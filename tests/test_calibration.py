@@ -55,7 +55,7 @@ def test_the_same_validation_cases_give_the_training_runs_calibration(
         app, ["calibrate", "--model", str(validated), "--val", str(held_out), "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert "6 validation images" in result.output
+    assert "6 validation images" in result.output and "sd scales" in result.output
     before = json.loads((validated / METADATA).read_text())["calibration"]
     after = json.loads((out / METADATA).read_text())["calibration"]
     assert set(SET_BY_VALIDATION) <= set(after)
@@ -88,6 +88,7 @@ def test_other_validation_cases_set_the_scales_evaluate_finds(
     new = json.loads((out / METADATA).read_text())["calibration"]
     assert new["sd_scale"] != pytest.approx(old["sd_scale"])
     assert new["recalibrated"]["replaced"]["sd_scale"] == old["sd_scale"]
+    assert f"(were {min(old['sd_scale']):.2f}-{max(old['sd_scale']):.2f})" in result.output
     for name in (model, out):
         evaluated = runner.invoke(
             app,
