@@ -1019,6 +1019,15 @@ def test_a_calibration_marker_gives_the_spacing_at_the_hip(new_phantom: DrrDatas
         ],
     )
     assert both.exit_code == 2 and "--marker-mm gives the spacing from the image" in both.output
+    # a study list's marker_mm: only the film that shows a ball takes its spacing from it
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,marker_mm\nball.dcm,25\nplain.dcm,\n", encoding="utf-8")
+    listed = runner.invoke(app, ["predict", str(listing), "--out", str(tmp_path / "listed"), *draws])
+    assert listed.exit_code == 0, listed.output
+    with (tmp_path / "listed" / "predictions.csv").open() as fh:
+        rows = {Path(r["image"]).stem: r for r in csv.DictReader(fh)}
+    assert {k: rows["ball"][k] for k in marker} == {**marker, "image": rows["ball"]["image"]}
+    assert rows["plain"]["spacing_source"].startswith("dicom:") and rows["plain"]["status"] != "rejected"
 
 
 @pytest.mark.realdata

@@ -43,8 +43,17 @@ def test_each_files_values_are_read_or_refused_for_that_file(tmp_path: Path) -> 
     assert found["h.dcm"].problem == (
         "list.csv line 10: hip_height_mm '20' is not a number at least 50 and at most 400 (mm)"
     )
-    assert "line 11: gives both pixel_spacing_mm" in found["i.dcm"].problem
+    assert found["i.dcm"].problem == (
+        "list.csv line 11: gives pixel_spacing_mm and hip_height_mm, which each set the spacing; "
+        "leave all but one empty"
+    )
     assert found["b.dcm"].problem == "list.csv lines 3 and 12 give it different values"
+    # a calibration ball's size, for the films that show one
+    listing.write_text("path,marker_mm,hip_height_mm\nj.dcm,25,\nk.dcm,2,\nl.dcm,25,180\n", encoding="utf-8")
+    found = {Path(i.path).name: i for i in find_inputs(listing)}
+    assert found["j.dcm"].listed == Listed(marker_mm=25.0) and not found["j.dcm"].problem
+    assert "marker_mm '2' is not a number at least 5 and at most 100 (mm)" in found["k.dcm"].problem
+    assert "gives hip_height_mm and marker_mm, which each set the spacing" in found["l.dcm"].problem
     # without the columns, or as a bare list, nothing is listed
     for text in ("path\na.dcm\nb.dcm\n", "a.dcm\nb.dcm\n"):
         listing.write_text(text, encoding="utf-8")
@@ -85,6 +94,7 @@ def test_inspect_says_what_a_list_holds(tmp_path: Path) -> None:
     assert info["values"]["pixel_spacing_mm"] == {"files": 2, "range": [0.15, 0.2]}
     assert info["values"]["hip_height_mm"] == {"files": 1, "range": [180.0, 180.0]}
     assert info["values"]["spacing_sd_percent"] == {"files": 0, "range": None}
+    assert info["values"]["marker_mm"] == {"files": 0, "range": None}
     assert list(info["problems"].values()) == [
         "study.csv line 4: pixel_spacing_mm 'x' is not a number more than 0 (mm)"
     ]

@@ -73,12 +73,15 @@ def prepare_input(
     spacing_sd_percent: float | None = None,
 ) -> tuple[Prepared, Radiograph | None]:
     """:func:`read_and_prepare` for one input of a study: what its study list gives it (a pixel
-    spacing, a spacing sd, a hip height) wins over the run's options (``--pixel-spacing``,
-    ``--spacing-sd-percent``, ``--hip-height-mm``); a listed spacing's source is ``study list``.
+    spacing, a spacing sd, a hip height, a calibration marker) wins over the run's options
+    (``--pixel-spacing``, ``--spacing-sd-percent``, ``--hip-height-mm``, ``--marker-mm``); a
+    listed spacing's source is ``study list``.
     The input's own problem is not looked at."""
     listed = item.listed
     if listed.hip_height_mm is not None:
         target = replace(target, hip_to_detector_mm=listed.hip_height_mm, hip_height_given=True)
+    if listed.marker_mm is not None:
+        target = replace(target, marker_mm=listed.marker_mm)
     prepared, radiograph = read_and_prepare(
         item.path,
         target,

@@ -11,11 +11,14 @@ Optional columns give single files what a run's options give all of them, and wi
 * ``spacing_sd_percent``: how far that spacing can be trusted (:mod:`xraymuscle.spacing_error`);
 * ``hip_height_mm``: the hip's height above the detector (half the patient's AP thickness and the
   table's gap, say), for a file whose spacing is at the detector (see
-  :meth:`xraymuscle.prepare.GridTarget.magnification_for`).
+  :meth:`xraymuscle.prepare.GridTarget.magnification_for`);
+* ``marker_mm``: the diameter of the calibration ball in this film, whose shadow then gives its
+  spacing (:mod:`xraymuscle.calibration_marker`): for a study where only some films show one.
 
 An empty cell leaves the file's own value or the run's option. A cell that is not such a number,
-a row that gives both a spacing at the hip and a hip height, and a file listed twice with
-different values make that file an ``error`` row saying which line and why; the others go on.
+a row that gives more than one of a spacing at the hip, a hip height and a marker (each sets the
+spacing its own way), and a file listed twice with different values make that file an ``error``
+row saying which line and why; the others go on.
 """
 
 from __future__ import annotations
@@ -30,18 +33,20 @@ from typing import Any
 from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
 from xraymuscle.paths import shown
-from xraymuscle.prepare import HIP_HEIGHT_RANGE_MM
+from xraymuscle.prepare import HIP_HEIGHT_RANGE_MM, MARKER_MM_RANGE
 from xraymuscle.spacing_error import MAX_SPACING_SD_PERCENT
 
 PATH_COLUMNS = ("path", "image", "file")
 SPACING_COLUMN = "pixel_spacing_mm"
 SPACING_SD_COLUMN = "spacing_sd_percent"
 HIP_HEIGHT_COLUMN = "hip_height_mm"
+MARKER_COLUMN = "marker_mm"
 # column, lowest (excluded when 0) and highest value, unit
 VALUE_COLUMNS = (
     (SPACING_COLUMN, 0.0, math.inf, "mm"),
     (SPACING_SD_COLUMN, 0.0, MAX_SPACING_SD_PERCENT, "%"),
     (HIP_HEIGHT_COLUMN, *HIP_HEIGHT_RANGE_MM, "mm"),
+    (MARKER_COLUMN, *MARKER_MM_RANGE, "mm"),
 )
 
 
@@ -52,6 +57,7 @@ class Listed:
     pixel_spacing: float | None = None
     spacing_sd_percent: float | None = None
     hip_height_mm: float | None = None
+    marker_mm: float | None = None
 
     def as_list(self) -> list[float | None]:
         """The values in :data:`VALUE_COLUMNS` order, as a journal row keeps them."""
@@ -95,11 +101,13 @@ def read_study_list(path: Path) -> tuple[dict[str, Listed], dict[str, str]]:
         cells = [_number(row, i, *spec) for i, spec in zip(at, VALUE_COLUMNS, strict=True)]
         values = Listed(*(value for value, _ in cells))
         problem = next((problem for _, problem in cells if problem), "")
-        if not problem and values.pixel_spacing is not None and values.hip_height_mm is not None:
-            problem = (
-                f"gives both {SPACING_COLUMN} (at the hip) and {HIP_HEIGHT_COLUMN} (for a spacing at "
-                "the detector); leave one empty"
-            )
+        ways = [
+            c
+            for c, v in zip((SPACING_COLUMN, HIP_HEIGHT_COLUMN, MARKER_COLUMN), _ways(values), strict=True)
+            if v
+        ]
+        if not problem and len(ways) > 1:
+            problem = f"gives {' and '.join(ways)}, which each set the spacing; leave all but one empty"
         if problem:
             problems.setdefault(name, f"{path.name} line {line}: {problem}")
         elif name in listed and listed[name] != values:
@@ -107,6 +115,11 @@ def read_study_list(path: Path) -> tuple[dict[str, Listed], dict[str, str]]:
         listed.setdefault(name, values)
         lines.setdefault(name, line)
     return listed, problems
+
+
+def _ways(values: Listed) -> tuple[bool, bool, bool]:
+    """Which of the ways to a film's spacing a list gives it: a spacing, a hip height, a marker."""
+    return (values.pixel_spacing is not None, values.hip_height_mm is not None, values.marker_mm is not None)
 
 
 def study_list_summary(path: Path) -> dict[str, Any]:
@@ -153,7 +166,7 @@ def _number(
 def check_listed(listed: Sequence[Listed], *, marker_mm: float | None, magnification: float | None) -> None:
     """Refuse run options that would overrule what a study list gives its files: ``--marker-mm``
     (the spacing from the marker) beside listed spacings or hip heights, ``--magnification``
-    beside listed hip heights."""
+    beside listed hip heights. (A listed marker is the film's own and wins over the options.)"""
     spacing = any(v.pixel_spacing is not None for v in listed)
     height = any(v.hip_height_mm is not None for v in listed)
     for option, value, overruled in (
