@@ -59,6 +59,12 @@ class Listed:
     hip_height_mm: float | None = None
     marker_mm: float | None = None
 
+    def spacing_columns(self) -> list[str]:
+        """The columns given of those that each set the spacing their own way: a spacing at the
+        hip, a hip height (with the file's detector spacing), a calibration marker."""
+        given = ((SPACING_COLUMN, self.pixel_spacing), (HIP_HEIGHT_COLUMN, self.hip_height_mm))
+        return [column for column, value in (*given, (MARKER_COLUMN, self.marker_mm)) if value is not None]
+
     def as_list(self) -> list[float | None]:
         """The values in :data:`VALUE_COLUMNS` order, as a journal row keeps them."""
         return list(astuple(self))
@@ -101,11 +107,7 @@ def read_study_list(path: Path) -> tuple[dict[str, Listed], dict[str, str]]:
         cells = [_number(row, i, *spec) for i, spec in zip(at, VALUE_COLUMNS, strict=True)]
         values = Listed(*(value for value, _ in cells))
         problem = next((problem for _, problem in cells if problem), "")
-        ways = [
-            c
-            for c, v in zip((SPACING_COLUMN, HIP_HEIGHT_COLUMN, MARKER_COLUMN), _ways(values), strict=True)
-            if v
-        ]
+        ways = values.spacing_columns()
         if not problem and len(ways) > 1:
             problem = f"gives {' and '.join(ways)}, which each set the spacing; leave all but one empty"
         if problem:
@@ -115,11 +117,6 @@ def read_study_list(path: Path) -> tuple[dict[str, Listed], dict[str, str]]:
         listed.setdefault(name, values)
         lines.setdefault(name, line)
     return listed, problems
-
-
-def _ways(values: Listed) -> tuple[bool, bool, bool]:
-    """Which of the ways to a film's spacing a list gives it: a spacing, a hip height, a marker."""
-    return (values.pixel_spacing is not None, values.hip_height_mm is not None, values.marker_mm is not None)
 
 
 def study_list_summary(path: Path) -> dict[str, Any]:
