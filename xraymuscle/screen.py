@@ -4,7 +4,9 @@ Inputs are decoded in worker processes (reading, resampling to the model's grid,
 content for duplicates, the DICOM study metadata) while the main process runs Monte Carlo
 inference on batches of images. Every finished row goes to ``journal.jsonl`` at once (synced),
 so a run killed at any moment, even by ``kill -9``, loses at most the batch in flight; started
-again on the same output folder, it skips what the journal holds and finishes the rest. The
+again on the same output folder, it skips what the journal holds and finishes the rest, but for
+the inputs its study list now gives other values (:mod:`xraymuscle.study_list`) and, with
+``retry_errors``, those recorded as ``error``: these are screened again, their rows replaced. The
 tables ``results.csv`` and ``results.parquet`` (the predictions contract, plus study columns) are
 rewritten from the journal as the run goes and at its end, in the study's stable order.
 
