@@ -99,6 +99,35 @@ def metrics_csv(metrics: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def paired_csv(
+    head: list[str],
+    leads: list[list[str]],
+    muscles: list[str],
+    pred: np.ndarray,
+    sd: np.ndarray,
+    truth: np.ndarray,
+    valid: np.ndarray,
+    *,
+    tail: tuple[str, list[str]] | None = None,
+) -> str:
+    """A CSV of each case's true, predicted and sd values per muscle (``true_ml__<m>``,
+    ``volume_ml__<m>``, ``volume_sd_ml__<m>``; no truth where ``valid`` is false), after the
+    ``head`` columns whose cells ``leads`` gives per case, and before one ``tail`` column."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = [*head]
+    for m in muscles:
+        columns += [f"true_ml__{m}", f"volume_ml__{m}", f"volume_sd_ml__{m}"]
+    writer.writerow([*columns, *([tail[0]] if tail else [])])
+    for i, lead in enumerate(leads):
+        cells = list(lead)
+        for j in range(len(muscles)):
+            values = (truth[i, j] if valid[i, j] else math.nan, pred[i, j], sd[i, j])
+            cells += [format_number(float(v)) for v in values]
+        writer.writerow([*cells, *([tail[1][i]] if tail else [])])
+    return buf.getvalue()
+
+
 def format_number(value: Any) -> str:
     """A table cell: floats to 6 significant digits, missing and NaN as empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

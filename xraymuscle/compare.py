@@ -22,7 +22,6 @@ off is not comparable.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from xraymuscle.agreement import agreement_figures, format_number, write_agreement, write_json
+from xraymuscle.agreement import agreement_figures, paired_csv, write_agreement, write_json
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.csv_table import read_csv_rows
 from xraymuscle.errors import InputError
@@ -108,7 +107,9 @@ def compare_tables(
     metrics = write_agreement(
         out, pred, true, valid, sd, muscles, cases, plots=plots, extra={"matching": matching}
     )
-    write_text_atomic(out / "matched.csv", _matched_csv(kept, case_of, muscles, pred, sd, true, valid))
+    leads = [[row["image"], case_of[name], row["status"]] for name, row in kept]
+    matched_rows = paired_csv(["image", "case_id", "status"], leads, muscles, pred, sd, true, valid)
+    write_text_atomic(out / "matched.csv", matched_rows)
     weighed = [m for m in muscles if f"mass_g__{m}" in predicted.columns]
     if any(f"mass_g__{m}" in reference[k] for k, _ in kept for m in weighed):
         masses = [f"mass_g__{m}" for m in weighed]
@@ -273,27 +274,3 @@ def _refuse_repeats(keys: list[str], path: Path, match: str) -> None:
                 )
             raise InputError(f"two rows are of the same radiograph {key}", path)
         seen.add(key)
-
-
-def _matched_csv(
-    kept: list[tuple[str, dict[str, str]]],
-    case_of: dict[str, str],
-    muscles: list[str],
-    pred: np.ndarray,
-    sd: np.ndarray,
-    true: np.ndarray,
-    valid: np.ndarray,
-) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    head = ["image", "case_id", "status"]
-    for m in muscles:
-        head += [f"true_ml__{m}", f"volume_ml__{m}", f"volume_sd_ml__{m}"]
-    writer.writerow(head)
-    for i, (name, row) in enumerate(kept):
-        cells = [row["image"], case_of[name], row["status"]]
-        for j in range(len(muscles)):
-            truth = float(true[i, j]) if valid[i, j] else math.nan
-            cells += [format_number(truth), format_number(float(pred[i, j])), format_number(float(sd[i, j]))]
-        writer.writerow(cells)
-    return buf.getvalue()

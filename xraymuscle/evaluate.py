@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
 import warnings
 from pathlib import Path
@@ -13,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from training.data import DrrTrainingSet, GridSpec, collect
-from xraymuscle.agreement import agreement_figures, format_number, write_agreement, write_json
+from xraymuscle.agreement import agreement_figures, format_number, paired_csv, write_agreement, write_json
 from xraymuscle.atomic import write_text_atomic
 from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.errors import InputError
@@ -83,7 +80,12 @@ def evaluate_model(
         write_json(out / "mass_metrics.json", mass_metrics)
     if model.groups:
         write_json(out / "group_metrics.json", _group_metrics(model, result, sd, cases))
-    write_text_atomic(out / "predictions.csv", _predictions_csv(data, result, sd))
+    table = paired_csv(
+        ["sample_id", "case_id"], [[row["sample_id"], row["case_id"]] for row in data.rows], data.muscles,
+        result["pred"], sd, result["truth"], result["valid"],
+        tail=("ood_score", [format_number(float(v)) for v in result["ood_score"]]),
+    )  # fmt: skip
+    write_text_atomic(out / "predictions.csv", table)
     return metrics
 
 
@@ -138,20 +140,3 @@ def predict_dataset(
         "features": mc.features,
         "correlation": mc.volume_correlation,
     }
-
-
-def _predictions_csv(data: DrrDataset, result: dict[str, Any], sd: np.ndarray) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    head = ["sample_id", "case_id"]
-    for m in data.muscles:
-        head += [f"true_ml__{m}", f"volume_ml__{m}", f"volume_sd_ml__{m}"]
-    writer.writerow([*head, "ood_score"])
-    for i, row in enumerate(data.rows):
-        cells: list[str] = [row["sample_id"], row["case_id"]]
-        for j in range(len(data.muscles)):
-            truth = result["truth"][i, j] if result["valid"][i, j] else math.nan
-            values = (truth, result["pred"][i, j], sd[i, j])
-            cells += [format_number(float(v)) for v in values]
-        writer.writerow([*cells, format_number(float(result["ood_score"][i]))])
-    return buf.getvalue()
