@@ -101,3 +101,29 @@ def test_inspect_says_what_a_list_holds(tmp_path: Path) -> None:
     listing.write_text("name,age\nx,1\n", encoding="utf-8")
     refused = CliRunner().invoke(app, ["inspect", str(listing)])
     assert refused.exit_code == 2 and "no column named one of path, image, file" in refused.output
+
+
+def test_the_spacing_probes_are_made_only_where_a_spacing_sd_needs_them(tmp_path: Path) -> None:
+    import numpy as np
+
+    from xraymuscle.decoding import prepare_input
+    from xraymuscle.dicom_writer import write_dx
+    from xraymuscle.prepare import GridTarget
+    from xraymuscle.study import StudyInput
+
+    yy, xx = np.mgrid[0:200, 0:200] / 200.0
+    film = write_dx(
+        tmp_path / "film.dcm",
+        0.3 + 0.4 * np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.05),
+        pixel_spacing_mm=1.5,
+    )
+    target = GridTarget(size=64, spacing_mm=5.0, magnification=1.0, spacing_probes=True)
+    plain, _ = prepare_input(StudyInput(0, str(film)), target)
+    listed, _ = prepare_input(StudyInput(1, str(film), listed=Listed(spacing_sd_percent=3.0)), target)
+    run_wide, _ = prepare_input(StudyInput(2, str(film)), target, spacing_sd_percent=5.0)
+    assert plain.probes is None and plain.spacing_sd_percent is None
+    assert (
+        listed.probes is not None and listed.probes.shape == (2, 64, 64) and listed.spacing_sd_percent == 3.0
+    )
+    assert run_wide.probes is not None and run_wide.spacing_sd_percent == 5.0
+    np.testing.assert_array_equal(listed.image, plain.image)

@@ -75,9 +75,12 @@ def prepare_input(
     """:func:`read_and_prepare` for one input of a study: what its study list gives it (a pixel
     spacing, a spacing sd, a hip height, a calibration marker) wins over the run's options
     (``--pixel-spacing``, ``--spacing-sd-percent``, ``--hip-height-mm``, ``--marker-mm``); a
-    listed spacing's source is ``study list``.
+    listed spacing's source is ``study list``. The spacing probes are made for an input that
+    carries a spacing sd, whatever ``target`` says.
     The input's own problem is not looked at."""
     listed = item.listed
+    sd = spacing_sd_percent if listed.spacing_sd_percent is None else listed.spacing_sd_percent
+    target = replace(target, spacing_probes=sd is not None)  # the probes only where a spacing sd needs them
     if listed.hip_height_mm is not None:
         target = replace(target, hip_to_detector_mm=listed.hip_height_mm, hip_height_given=True)
     if listed.marker_mm is not None:
@@ -89,9 +92,7 @@ def prepare_input(
     )
     if listed.pixel_spacing is not None and prepared.spacing_source == "user":
         prepared.spacing_source = "study list"
-    prepared.spacing_sd_percent = (
-        spacing_sd_percent if listed.spacing_sd_percent is None else listed.spacing_sd_percent
-    )
+    prepared.spacing_sd_percent = sd
     return prepared, radiograph
 
 

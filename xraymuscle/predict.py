@@ -133,9 +133,7 @@ def predict_images(
         magnification=magnification,
         marker_mm=marker_mm,
         hip_height_mm=hip_height_mm,
-        spacing_probes=spacing_sd_percent is not None
-        or any(i.listed.spacing_sd_percent is not None for i in inputs),
-    )
+    )  # (prepare_input makes the spacing probes of the images that carry a spacing sd)
     out = Path(out)
     _check_out(out)
     earlier = picture_names(out / "predictions.csv")  # an earlier run's, replaced by this one's

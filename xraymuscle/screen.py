@@ -260,7 +260,7 @@ def screen_study(
             magnification=magnification,
             marker_mm=marker_mm,
             hip_height_mm=hip_height_mm,
-            spacing_probes=spacing_sd_percent is not None or listed_sd,
+            spacing_probes=spacing_sd_percent is not None or listed_sd,  # (Ray's batches carry them)
         ),
         pixel_spacing,
         salt,
