@@ -20,9 +20,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from new_phantoms import cell_number, new_phantom_radiographs
+from new_phantoms import new_phantom_radiographs
 
 from xraymuscle.catalog import MuscleCatalog
+from xraymuscle.compare import cell_number
 from xraymuscle.predict import predict_images
 
 

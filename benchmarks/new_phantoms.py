@@ -7,7 +7,6 @@ skipped when its output is there.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,6 @@ from xraymuscle.drr_dataset import DrrDataset
 from xraymuscle.generate import GenerateOptions, generate_drr, read_cohort
 from xraymuscle.paths import config_file
 from xraymuscle.phantom.cohort import make_cohort
-
-
-def cell_number(value: object) -> float:
-    """A cell of a ``predict`` table as a number (NaN when empty)."""
-    return float(value) if isinstance(value, int | float | str) and value != "" else math.nan
 
 
 def new_phantom_radiographs(work: Path, n: int, seed: int) -> tuple[DrrDataset, list[Path], np.ndarray]:

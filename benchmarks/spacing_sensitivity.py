@@ -36,9 +36,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from new_phantoms import cell_number, new_phantom_radiographs
+from new_phantoms import new_phantom_radiographs
 from scipy.stats import spearmanr
 
+from xraymuscle.compare import cell_number
 from xraymuscle.dicom_writer import write_dx
 from xraymuscle.predict import predict_images
 

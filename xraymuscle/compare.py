@@ -244,16 +244,20 @@ def _arrays(
     pred, sd, true = (np.full((n, k), np.nan) for _ in range(3))
     for i, (name, row) in enumerate(kept):
         for j in range(k):
-            pred[i, j] = _number(row.get(values[j]))
-            sd[i, j] = _number(row.get(sds[j]))
+            pred[i, j] = cell_number(row.get(values[j]))
+            sd[i, j] = cell_number(row.get(sds[j]))
             true[i, j] = sum(reference[name].get(c, np.nan) for c in truths[j])  # NaN where one is missing
     valid = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(true)
     return np.nan_to_num(pred), np.nan_to_num(sd), np.nan_to_num(true), valid
 
 
-def _number(text: str | None) -> float:
+def cell_number(value: object) -> float:
+    """A predictions table's cell (text, or a number as ``predict`` returns its rows) as a number:
+    NaN when empty or not a number."""
+    if value is None or value == "" or not isinstance(value, int | float | str):
+        return math.nan
     try:
-        return float(text) if text not in (None, "") else math.nan
+        return float(value)
     except ValueError:
         return math.nan
 
